@@ -1,0 +1,36 @@
+# `cmake --install` produces a package: find_package(gantry) then
+# target_link_libraries(app gantry::core).
+include(GNUInstallDirs)
+include(CMakePackageConfigHelpers)
+
+install(TARGETS gantry_core gantry_gpu gantry_proto gantry_build_flags
+  EXPORT gantryTargets
+  ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
+  LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
+install(DIRECTORY ${PROJECT_SOURCE_DIR}/core/include/gantry ${PROJECT_SOURCE_DIR}/gpu/include/gantry
+  DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+install(EXPORT gantryTargets NAMESPACE gantry:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/gantry)
+
+file(WRITE ${CMAKE_CURRENT_BINARY_DIR}/gantryConfig.cmake.in [=[
+@PACKAGE_INIT@
+include(CMakeFindDependencyMacro)
+find_dependency(Threads)
+find_dependency(Protobuf)
+find_dependency(gRPC CONFIG)
+find_dependency(fmt CONFIG)
+find_dependency(spdlog CONFIG)
+if(@GANTRY_HAVE_CUDA@)
+  find_dependency(CUDAToolkit)
+endif()
+include("${CMAKE_CURRENT_LIST_DIR}/gantryTargets.cmake")
+if(TARGET gantry::gantry_core AND NOT TARGET gantry::core)
+  add_library(gantry::core ALIAS gantry::gantry_core)
+endif()
+]=])
+configure_package_config_file(${CMAKE_CURRENT_BINARY_DIR}/gantryConfig.cmake.in
+  ${CMAKE_CURRENT_BINARY_DIR}/gantryConfig.cmake
+  INSTALL_DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/gantry)
+write_basic_package_version_file(${CMAKE_CURRENT_BINARY_DIR}/gantryConfigVersion.cmake
+  COMPATIBILITY SameMinorVersion)
+install(FILES ${CMAKE_CURRENT_BINARY_DIR}/gantryConfig.cmake ${CMAKE_CURRENT_BINARY_DIR}/gantryConfigVersion.cmake
+  DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/gantry)

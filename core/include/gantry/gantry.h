@@ -1,0 +1,242 @@
+#pragma once
+
+/// gantry: tasks, actors and objects on a cluster, from C++.
+///
+///     int64_t fibonacci(int n);
+///     GANTRY_REMOTE(fibonacci);
+///
+///     int main(int argc, char** argv) {
+///       gantry::init(argc, argv);          // workers run tasks here and never return
+///       auto r = gantry::task(fibonacci).remote(30);
+///       std::cout << r.get() << "\n";
+///       gantry::shutdown();
+///     }
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "gantry/actor_handle.h"
+#include "gantry/codec.h"
+#include "gantry/detail/registry.h"
+#include "gantry/errors.h"
+#include "gantry/ids.h"
+#include "gantry/object_ref.h"
+#include "gantry/options.h"
+
+namespace gantry {
+
+/// Starts the embedded local cluster (or joins `options.address`). In a worker process
+/// (the same executable started by the node agent) it serves tasks and never returns.
+/// Call it early in `main`, before threads are started. Not thread-safe.
+void init(int argc, char** argv, InitOptions options = {});
+void init(InitOptions options = {});
+/// Stops this driver's workers and the embedded cluster. Safe to call twice.
+void shutdown();
+bool is_initialized();
+
+/// Ids of the GPUs assigned to the running task or actor (empty when it asked for none).
+std::vector<int> get_gpu_ids();
+/// Node, worker, job and assigned resources of the running task or actor, or the driver.
+RuntimeContext runtime_context();
+
+namespace detail {
+
+/// Names a registered free function or throws a clear error.
+std::string require_function_name(const void* address, const char* what);
+
+/// Encodes one call argument for parameter type `Param`: `ObjectRef`s travel as
+/// references, small values inline, large values through the object store.
+template <typename Param, typename A>
+EncodedArg encode_arg(A&& arg) {
+  using Plain = std::decay_t<A>;
+  using P = std::decay_t<Param>;
+  EncodedArg out;
+  if constexpr (IsObjectRef<Plain>::value && !IsObjectRef<P>::value) {
+    static_assert(std::is_convertible_v<typename Plain::value_type, P>,
+                  "ObjectRef<T> passed where T is not convertible to the parameter type");
+    if (!arg.valid()) throw Error("cannot pass an empty gantry::ObjectRef as an argument");
+    if constexpr (std::is_same_v<typename Plain::value_type, P>) {
+      out.ref = arg.ref_state();
+    } else {
+      // Converting types (say ObjectRef<int> into a double parameter) needs the value.
+      return encode_arg<Param>(static_cast<P>(arg.get()));
+    }
+  } else {
+    static_assert(std::is_constructible_v<P, A&&>,
+                  "argument is not convertible to the remote function's parameter type");
+    const P& value = arg;  // binds directly when A is already P
+    size_t n = encoded_size(value);
+    Runtime& rt = runtime();
+    if (n >= rt.inline_threshold()) {
+      auto object = rt.create_object(n);
+      Writer w(object->data());
+      encode(w, value);
+      ObjectId id = rt.seal_object(std::move(object));
+      out.ref = std::make_shared<RefState>(id, rt.address(), RefState::Adopt{});
+    } else {
+      out.inline_data.resize(n);
+      Writer w(reinterpret_cast<uint8_t*>(out.inline_data.data()));
+      encode(w, value);
+    }
+  }
+  return out;
+}
+
+template <typename... Params, typename... As>
+std::vector<EncodedArg> encode_args(As&&... args) {
+  std::vector<EncodedArg> out;
+  out.reserve(sizeof...(As));
+  (out.push_back(encode_arg<Params>(std::forward<As>(args))), ...);
+  return out;
+}
+
+template <typename R>
+ObjectRef<R> adopt_ref(const ObjectId& id) {
+  return ObjectRef<R>(std::make_shared<RefState>(id, runtime().address(), RefState::Adopt{}));
+}
+
+}  // namespace detail
+
+/// Calls a registered free function remotely: `gantry::task(f).options({...}).remote(args...)`.
+template <typename R, typename... Params>
+class TaskCaller {
+ public:
+  explicit TaskCaller(R (*fn)(Params...))
+      : name_(detail::require_function_name(reinterpret_cast<const void*>(fn), "function")) {}
+
+  /// Returns a copy with these options.
+  TaskCaller options(TaskOptions options) const {
+    TaskCaller copy = *this;
+    copy.options_ = std::move(options);
+    return copy;
+  }
+
+  /// Submits the task and returns a reference to its result at once. Arguments are
+  /// values convertible to the parameters, or `ObjectRef`s of them (resolved before the
+  /// function runs).
+  template <typename... As>
+  ObjectRef<R> remote(As&&... args) const {
+    static_assert(sizeof...(As) == sizeof...(Params), "wrong number of arguments for this function");
+    auto encoded = detail::encode_args<Params...>(std::forward<As>(args)...);
+    return detail::adopt_ref<R>(detail::runtime().submit_task(name_, std::move(encoded), options_));
+  }
+
+ private:
+  std::string name_;
+  TaskOptions options_;
+};
+
+template <typename R, typename... Params>
+TaskCaller<R, Params...> task(R (*fn)(Params...)) {
+  return TaskCaller<R, Params...>(fn);
+}
+
+/// Creates actors of class `T` through a registered factory `T* (*)(Params...)`.
+template <typename T, typename... Params>
+class ActorCreator {
+ public:
+  explicit ActorCreator(T* (*factory)(Params...))
+      : name_(detail::require_function_name(reinterpret_cast<const void*>(factory), "actor factory")) {}
+
+  ActorCreator options(ActorOptions options) const {
+    ActorCreator copy = *this;
+    copy.options_ = std::move(options);
+    return copy;
+  }
+
+  /// Starts the actor (asynchronously) and returns its handle at once.
+  template <typename... As>
+  ActorHandle<T> remote(As&&... args) const {
+    static_assert(sizeof...(As) == sizeof...(Params), "wrong number of arguments for this factory");
+    auto encoded = detail::encode_args<Params...>(std::forward<As>(args)...);
+    return ActorHandle<T>(detail::runtime().create_actor(name_, detail::class_key<T>(),
+                                                         std::move(encoded), options_));
+  }
+
+ private:
+  std::string name_;
+  ActorOptions options_;
+};
+
+template <typename T, typename... Params>
+ActorCreator<T, Params...> actor(T* (*factory)(Params...)) {
+  return ActorCreator<T, Params...>(factory);
+}
+
+/// The value of `ref`, blocking until it is ready.
+template <typename T>
+T get(const ObjectRef<T>& ref) {
+  return ref.get();
+}
+template <typename T, typename Rep, typename Period>
+T get(const ObjectRef<T>& ref, std::chrono::duration<Rep, Period> timeout) {
+  return ref.get(timeout);
+}
+
+/// The values of `refs`, in order.
+template <typename T>
+std::vector<T> get(const std::vector<ObjectRef<T>>& refs) {
+  std::vector<T> out;
+  out.reserve(refs.size());
+  for (const auto& r : refs) out.push_back(r.get());
+  return out;
+}
+
+/// Stores `value` in the cluster and returns a reference to it. Large values go to the
+/// node's shared-memory store and are written once.
+template <typename T>
+ObjectRef<std::decay_t<T>> put(const T& value) {
+  using V = std::decay_t<T>;
+  detail::Runtime& rt = detail::runtime();
+  size_t n = encoded_size<V>(value);
+  if (n >= rt.inline_threshold()) {
+    auto object = rt.create_object(n);
+    Writer w(object->data());
+    encode<V>(w, value);
+    return detail::adopt_ref<V>(rt.seal_object(std::move(object)));
+  }
+  return detail::adopt_ref<V>(rt.put_inline(encode_to_string<V>(value)));
+}
+
+/// Refs split by readiness.
+template <typename T>
+struct WaitResult {
+  std::vector<ObjectRef<T>> ready;
+  std::vector<ObjectRef<T>> pending;
+};
+
+/// Waits until `num_returns` of `refs` are ready or `timeout` passes (no timeout: wait
+/// as long as it takes), and splits them, keeping their order within each part.
+///
+///     auto [ready, pending] = gantry::wait(refs, 1, std::chrono::milliseconds(500));
+template <typename T>
+WaitResult<T> wait(const std::vector<ObjectRef<T>>& refs, size_t num_returns,
+                   std::optional<std::chrono::milliseconds> timeout = std::nullopt) {
+  std::vector<std::pair<ObjectId, std::string>> ids;
+  ids.reserve(refs.size());
+  for (const auto& r : refs) ids.emplace_back(r.id(), r.owner());
+  std::vector<bool> ready = detail::runtime().wait(ids, num_returns, timeout);
+  WaitResult<T> out;
+  for (size_t i = 0; i < refs.size(); ++i) (ready[i] ? out.ready : out.pending).push_back(refs[i]);
+  return out;
+}
+
+/// The live actor called `name`, if there is one of class `T`.
+template <typename T>
+std::optional<ActorHandle<T>> get_actor(const std::string& name) {
+  auto id = detail::runtime().get_named_actor(name, detail::class_key<T>());
+  if (!id) return std::nullopt;
+  return ActorHandle<T>(*id);
+}
+
+/// Kills the actor's process. With `no_restart` (the default) it stays dead; otherwise
+/// it restarts if its `max_restarts` allows.
+template <typename T>
+void kill(const ActorHandle<T>& actor, bool no_restart = true) {
+  detail::runtime().kill_actor(actor.id(), no_restart);
+}
+
+}  // namespace gantry

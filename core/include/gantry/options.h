@@ -1,0 +1,88 @@
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace gantry {
+
+/// How `gantry::init` starts or joins a cluster.
+///
+///     gantry::init(argc, argv, {.num_cpus = 4, .num_gpus = 2});
+struct InitOptions {
+  /// CPUs this node offers; -1 uses the machine's core count.
+  int num_cpus = -1;
+  /// GPUs this node offers. -1 detects them through the CUDA runtime (zero without a
+  /// driver); a number declares that many *logical* GPUs, ids 0..n-1.
+  int num_gpus = -1;
+  /// Custom resources, e.g. {{"TPU", 4}}.
+  std::map<std::string, double> resources{};
+  /// Bytes of shared memory for large objects; -1 uses 30% of physical memory.
+  int64_t object_store_memory = -1;
+  /// Where session directories go (logs, sockets); empty uses $TMPDIR/gantry or /tmp/gantry.
+  std::string temp_dir{};
+  /// spdlog level name for gantry's own logs on stderr: trace, debug, info, warn, error, off.
+  std::string log_level = "warn";
+  /// Print worker stdout/stderr lines on the driver's terminal (always kept in the logs).
+  bool log_to_driver = true;
+  /// Cluster address to join; empty starts the embedded local cluster.
+  std::string address{};
+};
+
+/// Resources and retry policy of one task. Fields are in declaration order so designated
+/// initialisers read naturally:
+///
+///     gantry::task(f).options({.num_cpus = 1, .num_gpus = 0.5, .max_retries = 3}).remote(x);
+struct TaskOptions {
+  double num_cpus = 1;
+  /// Fractions below 1 share a device; whole numbers above 1 take that many devices.
+  double num_gpus = 0;
+  /// Bytes of memory the task needs (scheduling only, not enforced).
+  double memory = 0;
+  std::map<std::string, double> resources{};
+  /// Times a task is re-run when its worker process dies. -1: unlimited.
+  int max_retries = 3;
+  /// Also retry when user code throws.
+  bool retry_exceptions = false;
+  /// Name shown in logs and errors instead of the registered function name.
+  std::string name{};
+};
+
+/// Resources, name and restart policy of an actor.
+///
+///     gantry::actor(Counter::create).options({.name = "c", .num_gpus = 1}).remote(5);
+struct ActorOptions {
+  /// A name makes the actor findable with `gantry::get_actor<T>(name)`.
+  std::string name{};
+  /// CPUs held for the actor's lifetime. Actors hold none by default, so a laptop can
+  /// run more actors than it has cores; ask for CPUs to reserve them.
+  double num_cpus = 0;
+  double num_gpus = 0;
+  double memory = 0;
+  std::map<std::string, double> resources{};
+  /// Times the actor is re-created (its factory re-run) after its process dies. -1: unlimited.
+  int max_restarts = 0;
+  /// Times a method call in flight when the actor died is re-sent after a restart.
+  int max_task_retries = 0;
+};
+
+/// What a task or actor can learn about where it runs; see `gantry::runtime_context()`.
+struct RuntimeContext {
+  std::string node_id;
+  std::string worker_id;
+  std::string job_id;
+  std::string task_id;   ///< empty in the driver
+  std::string actor_id;  ///< empty outside an actor
+  std::string function;  ///< the task's function or the actor's method
+  int pid = 0;
+  bool is_driver = true;
+  /// This session's directory: logs/ holds driver.log, and per worker its gantry log
+  /// (worker-PID.log) and its prefixed stdout/stderr (worker-PID.out).
+  std::string session_dir;
+  /// The resources assigned to the running task or actor, e.g. {{"CPU", 1}, {"GPU", 0.5}}.
+  std::map<std::string, double> assigned_resources;
+  std::vector<int> gpu_ids;
+};
+
+}  // namespace gantry

@@ -1,0 +1,118 @@
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+
+#include "agent/worker_pool.h"
+#include "gantry/agent.grpc.pb.h"
+#include "gantry/head.grpc.pb.h"
+#include "gantry/ids.h"
+#include "object_store/object_store.h"
+#include "scheduler/node_resources.h"
+
+namespace gantry::internal {
+
+struct NodeAgentConfig {
+  UniqueId node_id;
+  std::string listen_address;  // "unix:/path"
+  std::string head_address;
+  ResourceSet total;           // includes CPU, GPU, memory and custom resources
+  int num_gpus = 0;
+  std::string store_dir;
+  uint64_t store_capacity = 0;
+  int prestart_workers = 0;
+  WorkerLaunchSpec launch;
+};
+
+/// The node agent: grants leases on worker processes for resource shapes, keeps a pool of
+/// warm workers, and keeps the ledger of the node's shared-memory store.
+///
+/// All state lives behind one mutex (`mu_`); RPC handlers take it briefly. A lease request
+/// that cannot be granted yet waits in `pending_` until resources and a worker are free.
+class NodeAgent final : public proto::NodeAgent::Service {
+ public:
+  explicit NodeAgent(NodeAgentConfig config);
+  ~NodeAgent() override;
+
+  /// Starts the gRPC server, registers with the head and pre-starts workers.
+  void start();
+  /// Fails waiting requests, stops workers and the server. Idempotent.
+  void stop();
+
+  const std::string& address() const { return config_.listen_address; }
+  const UniqueId& node_id() const { return config_.node_id; }
+
+  grpc::Status RequestLease(grpc::ServerContext* ctx, const proto::LeaseRequest* req,
+                            proto::LeaseReply* reply) override;
+  grpc::Status ReturnLease(grpc::ServerContext* ctx, const proto::ReturnLeaseRequest* req,
+                           proto::Empty* reply) override;
+  grpc::Status RegisterWorker(grpc::ServerContext* ctx, const proto::RegisterWorkerRequest* req,
+                              proto::RegisterWorkerReply* reply) override;
+  grpc::Status NotifyWorkerBlocked(grpc::ServerContext* ctx, const proto::WorkerBlocked* req,
+                                   proto::Empty* reply) override;
+  grpc::Status CreateObject(grpc::ServerContext* ctx, const proto::CreateObjectRequest* req,
+                            proto::CreateObjectReply* reply) override;
+  grpc::Status DeleteObjects(grpc::ServerContext* ctx, const proto::ObjectIds* req,
+                             proto::Empty* reply) override;
+  grpc::Status KillWorker(grpc::ServerContext* ctx, const proto::KillWorkerRequest* req,
+                          proto::Empty* reply) override;
+  grpc::Status GetNodeStats(grpc::ServerContext* ctx, const proto::Empty* req,
+                            proto::NodeStats* reply) override;
+
+ private:
+  enum class WorkerState { kStarting, kIdle, kLeased, kActor, kDead };
+  struct Worker {
+    UniqueId id;
+    pid_t pid = 0;
+    std::vector<int> gpu_ids;
+    std::string address;
+    WorkerState state = WorkerState::kStarting;
+    uint64_t lease_id = 0;
+    bool blocked = false;  // in get()/wait(): its CPUs are lent back to the node
+  };
+  struct Lease {
+    UniqueId worker_id;
+    Allocation allocation;
+    bool for_actor = false;
+  };
+  struct PendingLease {
+    proto::LeaseRequest request;
+    ResourceSet resources;
+    std::optional<Allocation> allocation;  // reserved while a worker starts
+    bool done = false;
+    proto::LeaseReply reply;
+  };
+
+  // All *_locked methods need mu_ held.
+  void try_grant_locked();
+  Worker* find_idle_worker_locked(const std::vector<int>& gpu_ids);
+  void start_worker_locked(const std::vector<int>& gpu_ids);
+  void release_lease_locked(uint64_t lease_id);
+  void on_worker_exit(const UniqueId& worker_id, pid_t pid, const std::string& reason);
+
+  NodeAgentConfig config_;
+  std::unique_ptr<ObjectStore> store_;
+  std::unique_ptr<proto::Head::Stub> head_;
+
+  std::mutex mu_;  // guards everything below
+  std::condition_variable cv_;
+  NodeResources resources_;
+  std::unordered_map<UniqueId, Worker> workers_;
+  std::unordered_map<uint64_t, Lease> leases_;
+  std::deque<std::shared_ptr<PendingLease>> pending_;
+  uint64_t next_lease_id_ = 1;
+  int consecutive_start_failures_ = 0;
+  std::string last_start_failure_;
+  bool stopping_ = false;
+
+  std::unique_ptr<WorkerPool> pool_;  // after the state its exit callback touches
+  std::unique_ptr<grpc::Server> server_;
+};
+
+}  // namespace gantry::internal

@@ -1,0 +1,142 @@
+#include "agent/worker_pool.h"
+
+#include <signal.h>
+#include <spawn.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+
+#include "common/logging.h"
+#include "gantry/errors.h"
+#include "runtime/process_env.h"
+
+extern char** environ;
+
+namespace gantry::internal {
+
+std::string describe_exit(int status) {
+  if (WIFEXITED(status)) return "exit code " + std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) {
+    int sig = WTERMSIG(status);
+    const char* name = sigabbrev_np(sig);
+    return "killed by signal " + std::to_string(sig) + (name ? std::string(" (SIG") + name + ")" : "");
+  }
+  return "status " + std::to_string(status);
+}
+
+WorkerPool::WorkerPool(WorkerLaunchSpec spec, ExitCallback on_exit)
+    : spec_(std::move(spec)), on_exit_(std::move(on_exit)) {
+  monitor_ = std::thread([this] { monitor_loop(); });
+}
+
+WorkerPool::~WorkerPool() {
+  stop_all(std::chrono::milliseconds(500));
+  stopping_ = true;
+  if (monitor_.joinable()) monitor_.join();
+}
+
+UniqueId WorkerPool::start(const std::vector<int>& gpu_ids) {
+  UniqueId id = UniqueId::generate();
+  std::map<std::string, std::string> env_map;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const char* eq = std::strchr(*e, '=');
+    if (eq != nullptr) env_map[std::string(*e, static_cast<size_t>(eq - *e))] = std::string(eq + 1);
+  }
+  for (const auto& [k, v] : spec_.environment) env_map[k] = v;
+  env_map["GANTRY_WORKER"] = "1";
+  env_map["GANTRY_WORKER_ID"] = id.hex();
+  env_map["GANTRY_GPU_IDS"] = join_ids(gpu_ids);
+  // Set before the process starts, so CUDA in the worker only ever sees its devices;
+  // a worker without GPUs sees none.
+  env_map["CUDA_VISIBLE_DEVICES"] = join_ids(gpu_ids);
+
+  std::vector<std::string> env_strings;
+  env_strings.reserve(env_map.size());
+  for (const auto& [k, v] : env_map) env_strings.push_back(k + "=" + v);
+  std::vector<char*> envp, argv;
+  for (auto& s : env_strings) envp.push_back(s.data());
+  envp.push_back(nullptr);
+  std::vector<std::string> args = spec_.argv;
+  for (auto& s : args) argv.push_back(s.data());
+  argv.push_back(nullptr);
+
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  // Workers start with default signal dispositions and an empty mask, whatever the driver
+  // has blocked in the spawning thread.
+  sigset_t none, all;
+  sigemptyset(&none);
+  sigfillset(&all);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setsigdefault(&attr, &all);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+
+  pid_t pid = 0;
+  std::lock_guard<std::mutex> lock(mu_);
+  int rc = ::posix_spawn(&pid, spec_.executable.c_str(), nullptr, &attr, argv.data(), envp.data());
+  posix_spawnattr_destroy(&attr);
+  if (rc != 0)
+    throw Error("cannot start worker process " + spec_.executable + ": " + std::strerror(rc));
+  running_.emplace(pid, id);
+  GANTRY_LOG_DEBUG("started worker {} pid {} gpus [{}]", id.short_hex(), pid, join_ids(gpu_ids));
+  return id;
+}
+
+void WorkerPool::signal(const UniqueId& worker_id, int sig) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [pid, id] : running_)
+    if (id == worker_id) ::kill(pid, sig);
+}
+
+void WorkerPool::stop_all(std::chrono::milliseconds grace) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [pid, id] : running_) ::kill(pid, SIGTERM);
+  }
+  auto deadline = std::chrono::steady_clock::now() + grace;
+  while (num_running() > 0 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [pid, id] : running_) ::kill(pid, SIGKILL);
+}
+
+size_t WorkerPool::num_running() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return running_.size();
+}
+
+void WorkerPool::monitor_loop() {
+  // Waits on our own children by pid, never waitpid(-1): the driver process may have
+  // children of its own whose exit statuses are not ours to reap.
+  while (true) {
+    std::vector<std::pair<pid_t, UniqueId>> snapshot;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stopping_ && running_.empty()) return;
+      snapshot.assign(running_.begin(), running_.end());
+    }
+    for (const auto& [pid, id] : snapshot) {
+      int status = 0;
+      pid_t r = ::waitpid(pid, &status, WNOHANG);
+      if (r == pid || (r < 0 && errno == ECHILD)) {
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          running_.erase(pid);
+        }
+        std::string reason = r == pid ? describe_exit(status) : "exited (status unknown)";
+        GANTRY_LOG_DEBUG("worker {} pid {} {}", id.short_hex(), pid, reason);
+        if (on_exit_) on_exit_(id, pid, reason);
+      }
+    }
+    if (stopping_) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (running_.empty()) return;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
+}  // namespace gantry::internal

@@ -1,0 +1,56 @@
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gantry/ids.h"
+
+namespace gantry::internal {
+
+/// How the agent starts a worker: the job's own executable in worker mode.
+struct WorkerLaunchSpec {
+  std::string executable;
+  std::vector<std::string> argv;                   // argv[0] included
+  std::map<std::string, std::string> environment;  // GANTRY_* settings shared by all workers
+};
+
+/// Starts worker processes and reports their exits. Thread-safe (one mutex); the exit
+/// callback runs on the pool's monitor thread without the pool's lock held.
+class WorkerPool {
+ public:
+  using ExitCallback = std::function<void(const UniqueId& worker_id, pid_t pid, const std::string& reason)>;
+
+  WorkerPool(WorkerLaunchSpec spec, ExitCallback on_exit);
+  ~WorkerPool();
+
+  /// Starts a worker that will see exactly `gpu_ids` (CUDA_VISIBLE_DEVICES). Returns its
+  /// id; throws gantry::Error when the process cannot be started.
+  UniqueId start(const std::vector<int>& gpu_ids);
+  /// Sends `signal` to the worker, if it is still running.
+  void signal(const UniqueId& worker_id, int signal);
+  /// Terminates every worker: SIGTERM, then SIGKILL after `grace`.
+  void stop_all(std::chrono::milliseconds grace);
+  size_t num_running() const;
+
+ private:
+  void monitor_loop();
+
+  const WorkerLaunchSpec spec_;
+  const ExitCallback on_exit_;
+  mutable std::mutex mu_;  // guards running_
+  std::map<pid_t, UniqueId> running_;
+  std::atomic<bool> stopping_{false};
+  std::thread monitor_;
+};
+
+/// Describes a wait status: "exit code 3", "killed by signal 9 (SIGKILL)".
+std::string describe_exit(int status);
+
+}  // namespace gantry::internal

@@ -1,0 +1,368 @@
+#include "head/head_service.h"
+
+#include <chrono>
+
+#include "common/logging.h"
+#include "gantry/errors.h"
+
+namespace gantry::internal {
+namespace {
+
+struct LeaseCall {
+  grpc::ClientContext ctx;
+  proto::LeaseRequest request;
+  proto::LeaseReply reply;
+};
+
+struct CreateCall {
+  grpc::ClientContext ctx;
+  proto::CreateActorRequest request;
+  proto::CreateActorReply reply;
+};
+
+std::string actor_label(const proto::ActorSpec& spec) {
+  std::string label = spec.class_name();
+  if (!spec.name().empty()) label += " '" + spec.name() + "'";
+  return label + " " + ActorId::from_binary(spec.actor_id()).short_hex();
+}
+
+}  // namespace
+
+HeadService::HeadService(std::string listen_address) : address_(std::move(listen_address)) {}
+
+HeadService::~HeadService() { stop(); }
+
+void HeadService::start() {
+  grpc::ServerBuilder builder;
+  configure_server(builder);
+  builder.AddListeningPort(address_, grpc::InsecureServerCredentials());
+  builder.RegisterService(this);
+  server_ = builder.BuildAndStart();
+  if (!server_) throw Error("head cannot listen on " + address_);
+}
+
+void HeadService::stop() {
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (stopping_ && calls_in_flight_ == 0 && !server_) return;
+    stopping_ = true;
+    cv_.notify_all();
+    // Placement callbacks reference `this`; wait for them (their calls fail fast once
+    // the agents are gone).
+    cv_.wait_for(lock, std::chrono::seconds(5), [this] { return calls_in_flight_ == 0; });
+  }
+  if (server_) {
+    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
+    server_->Wait();
+    server_.reset();
+  }
+}
+
+grpc::Status HeadService::RegisterNode(grpc::ServerContext*, const proto::RegisterNodeRequest* req, proto::Empty*) {
+  UniqueId id = UniqueId::from_binary(req->node_id());
+  if (id.is_nil()) return {grpc::StatusCode::INVALID_ARGUMENT, "node id must be 16 bytes"};
+  Node node;
+  node.id = id;
+  node.agent_address = req->agent_address();
+  try {
+    node.shape = std::make_unique<NodeResources>(from_proto(req->total()), req->num_gpus());
+  } catch (const std::exception& e) {
+    return {grpc::StatusCode::INVALID_ARGUMENT, std::string("bad node resources: ") + e.what()};
+  }
+  node.agent = proto::NodeAgent::NewStub(channels_.get(node.agent_address));
+  std::lock_guard<std::mutex> lock(mu_);
+  GANTRY_LOG_INFO("node {} registered at {} with {}", id.short_hex(), node.agent_address,
+                  node.shape->total().to_string());
+  nodes_[id] = std::move(node);
+  return grpc::Status::OK;
+}
+
+const HeadService::Node* HeadService::pick_node_locked(const ResourceSet& resources, std::string* reason) const {
+  if (nodes_.empty()) {
+    *reason = "there are no nodes in the cluster";
+    return nullptr;
+  }
+  for (const auto& [id, node] : nodes_) {
+    std::string why = node.shape->infeasible_reason(resources);
+    if (why.empty()) return &node;
+    *reason = why;
+  }
+  return nullptr;
+}
+
+grpc::Status HeadService::CreateActor(grpc::ServerContext*, const proto::ActorSpec* spec,
+                                      proto::CreateActorRegistration* reply) {
+  ActorId id = ActorId::from_binary(spec->actor_id());
+  if (id.is_nil()) return {grpc::StatusCode::INVALID_ARGUMENT, "actor id must be 16 bytes"};
+  ResourceSet resources;
+  try {
+    resources = from_proto(spec->resources());
+  } catch (const std::exception& e) {
+    return {grpc::StatusCode::INVALID_ARGUMENT, std::string("bad resources: ") + e.what()};
+  }
+  std::unique_lock<std::mutex> lock(mu_);
+  if (stopping_) return {grpc::StatusCode::UNAVAILABLE, "head is stopping"};
+  if (actors_.count(id)) return {grpc::StatusCode::ALREADY_EXISTS, "actor id already registered"};
+  if (!spec->name().empty()) {
+    auto named = named_actors_.find(spec->name());
+    if (named != named_actors_.end()) {
+      *reply->mutable_error() = make_error(proto::ErrorInfo::INTERNAL,
+                                           "an actor named '" + spec->name() + "' already exists; pick another "
+                                           "name, or kill it first, or look it up with gantry::get_actor");
+      return grpc::Status::OK;
+    }
+  }
+  std::string why;
+  if (pick_node_locked(resources, &why) == nullptr) {
+    *reply->mutable_error() = make_error(proto::ErrorInfo::INFEASIBLE,
+                                         "cannot place actor " + actor_label(*spec) + " with " + resources.to_string() +
+                                             ": it " + why + ", and no node of the cluster can ever satisfy it");
+    return grpc::Status::OK;
+  }
+  Actor& actor = actors_[id];
+  actor.spec = *spec;
+  actor.info.set_actor_id(spec->actor_id());
+  actor.info.set_state(proto::ActorInfo::PENDING);
+  actor.info.set_class_name(spec->class_name());
+  actor.info.set_name(spec->name());
+  if (!spec->name().empty()) named_actors_[spec->name()] = id;
+  auto start = place_actor_locked(actor);
+  lock.unlock();
+  if (start) start();
+  reply->set_ok(true);
+  return grpc::Status::OK;
+}
+
+std::function<void()> HeadService::place_actor_locked(Actor& actor) {
+  std::string why;
+  ResourceSet resources = from_proto(actor.spec.resources());
+  const Node* node = pick_node_locked(resources, &why);
+  if (node == nullptr) {
+    mark_dead_locked(actor, make_error(proto::ErrorInfo::INFEASIBLE, "cannot place actor: it " + why));
+    return {};
+  }
+  auto call = std::make_shared<LeaseCall>();
+  *call->request.mutable_resources() = actor.spec.resources();
+  call->request.set_for_actor(true);
+  call->request.set_actor_id(actor.spec.actor_id());
+  call->request.set_owner_address(actor.spec.owner_address());
+  call->request.set_description("actor " + actor_label(actor.spec));
+  ActorId id = ActorId::from_binary(actor.spec.actor_id());
+  uint64_t placement = ++actor.placement;
+  std::string agent_address = node->agent_address;
+  std::shared_ptr<proto::NodeAgent::Stub> agent = node->agent;
+  ++calls_in_flight_;
+  return [this, agent, call, id, placement, agent_address] {
+    agent->async()->RequestLease(&call->ctx, &call->request, &call->reply,
+                                 [this, call, id, placement, agent_address](grpc::Status s) {
+                                   on_actor_lease(id, placement, agent_address, s, call->reply);
+                                   std::lock_guard<std::mutex> lock(mu_);
+                                   --calls_in_flight_;
+                                   cv_.notify_all();
+                                 });
+  };
+}
+
+void HeadService::on_actor_lease(const ActorId& id, uint64_t placement, const std::string& agent_address,
+                                 const grpc::Status& status, const proto::LeaseReply& reply) {
+  std::unique_lock<std::mutex> lock(mu_);
+  auto it = actors_.find(id);
+  bool stale = it == actors_.end() || it->second.placement != placement ||
+               it->second.info.state() == proto::ActorInfo::DEAD;
+  if (stale || stopping_) {
+    if (status.ok() && reply.granted()) {
+      lock.unlock();
+      kill_worker(agent_address, UniqueId::from_binary(reply.worker_id()));
+    }
+    return;
+  }
+  Actor& actor = it->second;
+  if (!status.ok()) {
+    mark_dead_locked(actor, make_error(proto::ErrorInfo::ACTOR_DIED,
+                                       "cannot lease a worker for the actor: " + status.error_message()));
+    return;
+  }
+  if (reply.has_error()) {
+    mark_dead_locked(actor, reply.error());
+    return;
+  }
+  actor.worker_id = UniqueId::from_binary(reply.worker_id());
+  actor.node_agent = agent_address;
+  actor.info.set_pid(reply.worker_pid());
+  actor.info.set_node_id(UniqueId::from_binary(reply.node_id()).hex());
+
+  auto call = std::make_shared<CreateCall>();
+  call->request.set_actor_id(actor.spec.actor_id());
+  call->request.set_factory(actor.spec.factory());
+  *call->request.mutable_args() = actor.spec.args();
+  call->request.set_class_name(actor.spec.class_name());
+  call->request.set_restart_count(actor.info.num_restarts());
+  *call->request.mutable_resources() = actor.spec.resources();
+  call->request.set_job_id(actor.spec.job_id());
+  for (int g : reply.gpu_ids()) call->request.add_gpu_ids(g);
+  std::string worker_address = reply.worker_address();
+  std::shared_ptr<proto::WorkerService::Stub> stub = proto::WorkerService::NewStub(channels_.get(worker_address));
+  ++calls_in_flight_;
+  lock.unlock();
+  stub->async()->CreateActor(&call->ctx, &call->request, &call->reply,
+                             [this, stub, call, id, placement, worker_address](grpc::Status s) {
+                               {
+                                 std::lock_guard<std::mutex> lock(mu_);
+                                 auto it = actors_.find(id);
+                                 if (it != actors_.end() && it->second.placement == placement && s.ok() &&
+                                     call->reply.ok())
+                                   it->second.info.set_address(worker_address);
+                               }
+                               on_actor_created(id, placement, s, call->reply);
+                               std::lock_guard<std::mutex> lock(mu_);
+                               --calls_in_flight_;
+                               cv_.notify_all();
+                             });
+}
+
+void HeadService::on_actor_created(const ActorId& id, uint64_t placement, const grpc::Status& status,
+                                   const proto::CreateActorReply& reply) {
+  std::unique_lock<std::mutex> lock(mu_);
+  auto it = actors_.find(id);
+  if (it == actors_.end() || it->second.placement != placement) return;
+  Actor& actor = it->second;
+  if (actor.info.state() == proto::ActorInfo::DEAD) return;
+  if (status.ok() && reply.ok()) {
+    actor.info.set_state(proto::ActorInfo::ALIVE);
+    GANTRY_LOG_DEBUG("actor {} alive at {}", actor_label(actor.spec), actor.info.address());
+    cv_.notify_all();
+    return;
+  }
+  proto::ErrorInfo cause = reply.has_error()
+                               ? reply.error()
+                               : make_error(proto::ErrorInfo::ACTOR_DIED,
+                                            "the actor's worker did not answer: " + status.error_message());
+  // The factory threw: re-running it would throw again, so the actor is dead for good.
+  std::string agent = actor.node_agent;
+  UniqueId worker = actor.worker_id;
+  actor.killed = true;
+  mark_dead_locked(actor, cause);
+  lock.unlock();
+  kill_worker(agent, worker);
+}
+
+void HeadService::mark_dead_locked(Actor& actor, const proto::ErrorInfo& cause) {
+  actor.info.set_state(proto::ActorInfo::DEAD);
+  actor.info.set_address("");
+  *actor.info.mutable_death_cause() = cause;
+  if (!actor.spec.name().empty()) {
+    auto named = named_actors_.find(actor.spec.name());
+    if (named != named_actors_.end() && named->second == ActorId::from_binary(actor.spec.actor_id()))
+      named_actors_.erase(named);
+  }
+  GANTRY_LOG_DEBUG("actor {} dead: {}", actor_label(actor.spec), cause.message());
+  cv_.notify_all();
+}
+
+void HeadService::kill_worker(const std::string& agent_address, const UniqueId& worker_id) {
+  if (agent_address.empty() || worker_id.is_nil()) return;
+  auto stub = proto::NodeAgent::NewStub(channels_.get(agent_address));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  proto::KillWorkerRequest req;
+  req.set_worker_id(worker_id.binary());
+  proto::Empty reply;
+  stub->KillWorker(&ctx, req, &reply);
+}
+
+grpc::Status HeadService::GetActor(grpc::ServerContext* ctx, const proto::GetActorRequest* req,
+                                   proto::GetActorReply* reply) {
+  std::unique_lock<std::mutex> lock(mu_);
+  ActorId id = ActorId::from_binary(req->actor_id());
+  if (id.is_nil() && !req->name().empty()) {
+    auto named = named_actors_.find(req->name());
+    if (named == named_actors_.end()) return grpc::Status::OK;
+    id = named->second;
+  }
+  auto deadline = req->timeout_ms() < 0 ? std::chrono::steady_clock::time_point::max()
+                                        : std::chrono::steady_clock::now() + std::chrono::milliseconds(req->timeout_ms());
+  while (true) {
+    auto it = actors_.find(id);
+    if (it == actors_.end()) return grpc::Status::OK;
+    const proto::ActorInfo& info = it->second.info;
+    bool settled = info.state() == proto::ActorInfo::DEAD ||
+                   (info.state() == proto::ActorInfo::ALIVE && info.address() != req->known_address());
+    if (!req->wait() || settled || std::chrono::steady_clock::now() >= deadline) {
+      reply->set_found(true);
+      *reply->mutable_info() = info;
+      return grpc::Status::OK;
+    }
+    if (stopping_ || ctx->IsCancelled()) return {grpc::StatusCode::UNAVAILABLE, "head is stopping"};
+    cv_.wait_for(lock, std::chrono::milliseconds(100));
+  }
+}
+
+grpc::Status HeadService::KillActor(grpc::ServerContext*, const proto::KillActorRequest* req, proto::Empty*) {
+  std::unique_lock<std::mutex> lock(mu_);
+  auto it = actors_.find(ActorId::from_binary(req->actor_id()));
+  if (it == actors_.end()) return {grpc::StatusCode::NOT_FOUND, "no such actor"};
+  Actor& actor = it->second;
+  if (actor.info.state() == proto::ActorInfo::DEAD) return grpc::Status::OK;
+  std::string agent = actor.node_agent;
+  UniqueId worker = actor.worker_id;
+  if (req->no_restart()) {
+    actor.killed = true;
+    mark_dead_locked(actor, make_error(proto::ErrorInfo::ACTOR_DIED,
+                                       "actor " + actor_label(actor.spec) + " was killed with gantry::kill"));
+  }
+  lock.unlock();
+  kill_worker(agent, worker);
+  return grpc::Status::OK;
+}
+
+grpc::Status HeadService::ReportWorkerFailure(grpc::ServerContext*, const proto::WorkerFailure* req, proto::Empty*) {
+  UniqueId worker = UniqueId::from_binary(req->worker_id());
+  std::vector<std::function<void()>> starts;
+  std::unique_lock<std::mutex> lock(mu_);
+  for (auto& [id, actor] : actors_) {
+    if (actor.worker_id != worker || actor.info.state() == proto::ActorInfo::DEAD) continue;
+    actor.worker_id = UniqueId();
+    actor.info.set_address("");
+    int max = actor.spec.max_restarts();
+    if (!actor.killed && !stopping_ && (max < 0 || actor.info.num_restarts() < max)) {
+      actor.info.set_num_restarts(actor.info.num_restarts() + 1);
+      actor.info.set_state(proto::ActorInfo::RESTARTING);
+      GANTRY_LOG_INFO("restarting actor {} ({} of {}): {}", actor_label(actor.spec), actor.info.num_restarts(),
+                      max < 0 ? std::string("unlimited") : std::to_string(max), req->reason());
+      if (auto start = place_actor_locked(actor)) starts.push_back(std::move(start));
+    } else {
+      mark_dead_locked(actor, make_error(proto::ErrorInfo::ACTOR_DIED,
+                                         "actor " + actor_label(actor.spec) + " died: " + req->reason() +
+                                             (actor.killed ? "" : "; no restarts left (max_restarts = " +
+                                                                      std::to_string(max) + ")")));
+    }
+    cv_.notify_all();
+  }
+  lock.unlock();
+  for (auto& start : starts) start();
+  return grpc::Status::OK;
+}
+
+grpc::Status HeadService::ListActors(grpc::ServerContext*, const proto::Empty*, proto::ListActorsReply* reply) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [id, actor] : actors_) *reply->add_actors() = actor.info;
+  return grpc::Status::OK;
+}
+
+grpc::Status HeadService::KvPut(grpc::ServerContext*, const proto::KvRequest* req, proto::Empty*) {
+  std::lock_guard<std::mutex> lock(mu_);
+  kv_[req->key()] = req->value();
+  return grpc::Status::OK;
+}
+
+grpc::Status HeadService::KvGet(grpc::ServerContext*, const proto::KvRequest* req, proto::KvReply* reply) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = kv_.find(req->key());
+  if (it != kv_.end()) {
+    reply->set_found(true);
+    reply->set_value(it->second);
+  }
+  return grpc::Status::OK;
+}
+
+}  // namespace gantry::internal

@@ -1,0 +1,86 @@
+#pragma once
+
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "gantry/agent.grpc.pb.h"
+#include "gantry/head.grpc.pb.h"
+#include "gantry/ids.h"
+#include "gantry/worker.grpc.pb.h"
+#include "rpc/grpc_util.h"
+#include "scheduler/node_resources.h"
+
+namespace gantry::internal {
+
+/// The head: the cluster's control store. Keeps the node table, the actor directory
+/// (placement, names, restarts) and a key-value store.
+///
+/// All tables live behind one mutex (`mu_`). Actor placement runs asynchronously on gRPC
+/// callback threads: lease from an agent, then CreateActor on the leased worker.
+class HeadService final : public proto::Head::Service {
+ public:
+  explicit HeadService(std::string listen_address);
+  ~HeadService() override;
+
+  void start();
+  /// Fails waiting calls and stops the server. Idempotent.
+  void stop();
+  const std::string& address() const { return address_; }
+
+  grpc::Status RegisterNode(grpc::ServerContext*, const proto::RegisterNodeRequest*, proto::Empty*) override;
+  grpc::Status CreateActor(grpc::ServerContext*, const proto::ActorSpec*, proto::CreateActorRegistration*) override;
+  grpc::Status GetActor(grpc::ServerContext*, const proto::GetActorRequest*, proto::GetActorReply*) override;
+  grpc::Status KillActor(grpc::ServerContext*, const proto::KillActorRequest*, proto::Empty*) override;
+  grpc::Status ReportWorkerFailure(grpc::ServerContext*, const proto::WorkerFailure*, proto::Empty*) override;
+  grpc::Status ListActors(grpc::ServerContext*, const proto::Empty*, proto::ListActorsReply*) override;
+  grpc::Status KvPut(grpc::ServerContext*, const proto::KvRequest*, proto::Empty*) override;
+  grpc::Status KvGet(grpc::ServerContext*, const proto::KvRequest*, proto::KvReply*) override;
+
+ private:
+  struct Node {
+    UniqueId id;
+    std::string agent_address;
+    std::unique_ptr<NodeResources> shape;  // totals only, for feasibility checks
+    std::shared_ptr<proto::NodeAgent::Stub> agent;
+  };
+  struct Actor {
+    proto::ActorSpec spec;
+    proto::ActorInfo info;
+    UniqueId worker_id;
+    std::string node_agent;  // agent address of the node it runs on
+    bool killed = false;     // killed with no_restart: stays dead
+    uint64_t placement = 0;  // generation of the placement attempt in flight
+  };
+
+  // Needs mu_ held. Prepares placing (or re-placing) `actor`; the returned function starts
+  // the async call and must run after mu_ is released (callbacks may run inline).
+  std::function<void()> place_actor_locked(Actor& actor);
+  void on_actor_lease(const ActorId& id, uint64_t placement, const std::string& agent_address,
+                      const grpc::Status& status, const proto::LeaseReply& reply);
+  void on_actor_created(const ActorId& id, uint64_t placement, const grpc::Status& status,
+                        const proto::CreateActorReply& reply);
+  void mark_dead_locked(Actor& actor, const proto::ErrorInfo& cause);
+  // Picks a node whose totals can hold `resources`; empty reason when found.
+  const Node* pick_node_locked(const ResourceSet& resources, std::string* infeasible_reason) const;
+  void kill_worker(const std::string& agent_address, const UniqueId& worker_id);
+
+  const std::string address_;
+  ChannelCache channels_;
+  std::unique_ptr<grpc::Server> server_;
+
+  std::mutex mu_;  // guards the tables below
+  std::condition_variable cv_;
+  std::map<UniqueId, Node> nodes_;
+  std::unordered_map<ActorId, Actor> actors_;
+  std::unordered_map<std::string, ActorId> named_actors_;
+  std::unordered_map<std::string, std::string> kv_;
+  bool stopping_ = false;
+  int calls_in_flight_ = 0;  // async placement calls holding `this`
+};
+
+}  // namespace gantry::internal

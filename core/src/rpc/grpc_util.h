@@ -1,0 +1,45 @@
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "gantry/common.pb.h"
+#include "scheduler/resource_set.h"
+
+namespace gantry::internal {
+
+/// A channel to `address` ("unix:/path" or "host:port") with gantry's settings
+/// (no message size limit).
+std::shared_ptr<grpc::Channel> make_channel(const std::string& address);
+
+/// Shared channels, one per address. Thread-safe.
+class ChannelCache {
+ public:
+  std::shared_ptr<grpc::Channel> get(const std::string& address);
+
+ private:
+  std::mutex mu_;  // guards channels_
+  std::unordered_map<std::string, std::shared_ptr<grpc::Channel>> channels_;
+};
+
+/// Server builder settings shared by every gantry service.
+void configure_server(grpc::ServerBuilder& builder);
+
+proto::Resources to_proto(const ResourceSet& set);
+ResourceSet from_proto(const proto::Resources& resources);
+
+/// Builds the ErrorInfo carried to a caller.
+proto::ErrorInfo make_error(proto::ErrorInfo::Kind kind, const std::string& message,
+                            const std::string& function = {}, const std::string& remote_type = {});
+
+/// Throws the gantry exception that `error` describes.
+[[noreturn]] void throw_error(const proto::ErrorInfo& error);
+
+/// "unix:" + path.
+std::string unix_address(const std::string& path);
+
+}  // namespace gantry::internal

@@ -1,0 +1,224 @@
+#include "runtime/actor_submitter.h"
+
+#include "common/logging.h"
+
+namespace gantry::internal {
+
+struct ActorSubmitter::ResolveCall {
+  grpc::ClientContext ctx;
+  proto::GetActorRequest request;
+  proto::GetActorReply reply;
+};
+
+ActorSubmitter::ActorSubmitter(ActorSubmitterConfig config) : config_(std::move(config)) {}
+
+ActorSubmitter::~ActorSubmitter() { stop(); }
+
+void ActorSubmitter::set_max_task_retries(const ActorId& actor, int max_task_retries) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ActorState& st = actors_[actor];
+  st.id = actor;
+  st.max_task_retries = max_task_retries;
+}
+
+void ActorSubmitter::submit(const ActorId& actor, proto::TaskSpec spec, std::vector<ObjectId> arg_refs) {
+  config_.refs->add_submitted(arg_refs);
+  AfterUnlock after;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ActorState& st = actors_[actor];
+    st.id = actor;
+    Call call;
+    spec.set_sequence(st.next_sequence++);
+    call.spec = std::move(spec);
+    call.arg_refs = std::move(arg_refs);
+    call.retries_left = st.max_task_retries;
+    if (st.dead || stopping_) {
+      fail_call(call, st.death, after);
+    } else {
+      st.queue.push_back(std::move(call));
+      if (st.stream) flush_locked(st);
+      else if (!st.resolving) resolve_locked(st, after);
+    }
+  }
+  finish(after);
+}
+
+void ActorSubmitter::flush_locked(ActorState& st) {
+  while (!st.queue.empty()) {
+    Call call = std::move(st.queue.front());
+    st.queue.pop_front();
+    // Ready owned arguments travel with the call; pending ones stay references, which
+    // the actor resolves in call order.
+    for (auto& arg : *call.spec.mutable_args()) {
+      if (!arg.has_ref() || arg.ref().owner_address() != config_.self_address) continue;
+      ValuePtr value = config_.store->get_if_ready(ObjectId::from_binary(arg.ref().id()));
+      if (!value || value->has_error()) continue;
+      if (value->has_shm()) {
+        proto::ShmLocation shm = value->shm();
+        *arg.mutable_shm() = std::move(shm);
+      } else if (value->inline_data().size() < config_.inline_threshold) {
+        std::string data = value->inline_data();
+        arg.set_inline_data(std::move(data));
+      }
+    }
+    uint64_t seq = call.spec.sequence();
+    st.seq_of[TaskId::from_binary(call.spec.task_id())] = seq;
+    st.stream->send(call.spec);
+    st.in_flight.emplace(seq, std::move(call));
+  }
+}
+
+void ActorSubmitter::resolve_locked(ActorState& st, AfterUnlock& after) {
+  st.resolving = true;
+  auto call = std::make_shared<ResolveCall>();
+  call->request.set_actor_id(st.id.binary());
+  call->request.set_wait(true);
+  call->request.set_known_address(st.last_address);
+  call->request.set_timeout_ms(-1);
+  resolve_calls_.emplace(call.get(), call);
+  ActorId id = st.id;
+  after.calls.push_back([this, call, id] {
+    config_.head->async()->GetActor(&call->ctx, &call->request, &call->reply, [this, call, id](grpc::Status s) {
+      on_resolved(id, s, call->reply);
+      std::lock_guard<std::mutex> lock(mu_);
+      resolve_calls_.erase(call.get());
+      cv_.notify_all();
+    });
+  });
+}
+
+void ActorSubmitter::fail_call(Call& call, const proto::ErrorInfo& error, AfterUnlock& after) {
+  auto value = std::make_shared<proto::ObjectValue>();
+  proto::ErrorInfo e = error;
+  if (e.message().empty()) e = make_error(proto::ErrorInfo::ACTOR_DIED, "the actor is dead");
+  if (e.kind() != proto::ErrorInfo::INFEASIBLE) e.set_kind(proto::ErrorInfo::ACTOR_DIED);
+  e.set_function(call.spec.function());
+  *value->mutable_error() = std::move(e);
+  after.done.push_back({ObjectId::from_binary(call.spec.return_id()), std::move(value), std::move(call.arg_refs)});
+}
+
+void ActorSubmitter::on_resolved(const ActorId& id, const grpc::Status& status, const proto::GetActorReply& reply) {
+  AfterUnlock after;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ActorState& st = actors_[id];
+    st.resolving = false;
+    if (stopping_) return;
+    if (!status.ok() || !reply.found() || reply.info().state() == proto::ActorInfo::DEAD) {
+      st.dead = true;
+      if (!status.ok())
+        st.death = make_error(proto::ErrorInfo::ACTOR_DIED, "cannot reach the head to find the actor: " +
+                                                                status.error_message());
+      else if (!reply.found())
+        st.death = make_error(proto::ErrorInfo::ACTOR_DIED, "actor " + id.hex() + " is unknown to the head");
+      else
+        st.death = reply.info().death_cause();
+      while (!st.queue.empty()) {
+        fail_call(st.queue.front(), st.death, after);
+        st.queue.pop_front();
+      }
+    } else {
+      st.address = reply.info().address();
+      uint64_t gen = ++st.generation;
+      st.stream = std::make_shared<TaskStream>(
+          config_.channels->get(st.address),
+          [this, id, gen](proto::ResultBatch& batch) { on_results(id, gen, batch); },
+          [this, id, gen](const std::string& why) { on_broken(id, gen, why); });
+      flush_locked(st);
+    }
+  }
+  finish(after);
+}
+
+void ActorSubmitter::on_results(const ActorId& id, uint64_t generation, proto::ResultBatch& batch) {
+  AfterUnlock after;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ActorState& st = actors_[id];
+    for (auto& result : *batch.mutable_results()) {
+      auto s = st.seq_of.find(TaskId::from_binary(result.task_id()));
+      if (s == st.seq_of.end()) continue;
+      auto it = st.in_flight.find(s->second);
+      st.seq_of.erase(s);
+      if (it == st.in_flight.end()) continue;
+      auto value = std::make_shared<proto::ObjectValue>();
+      value->Swap(result.mutable_value());
+      after.done.push_back({ObjectId::from_binary(it->second.spec.return_id()), std::move(value),
+                            std::move(it->second.arg_refs)});
+      st.in_flight.erase(it);
+    }
+  }
+  finish(after);
+}
+
+void ActorSubmitter::on_broken(const ActorId& id, uint64_t generation, const std::string& why) {
+  AfterUnlock after;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ActorState& st = actors_[id];
+    if (stopping_ || st.generation != generation) return;
+    st.last_address = st.address;
+    st.address.clear();
+    retired_.push_back(std::move(st.stream));
+    st.stream.reset();
+    // Calls that may have run: retried ahead of newer calls if allowed, in order.
+    std::deque<Call> retry;
+    for (auto& [seq, call] : st.in_flight) {
+      st.seq_of.erase(TaskId::from_binary(call.spec.task_id()));
+      if (call.retries_left != 0) {
+        if (call.retries_left > 0) --call.retries_left;
+        call.spec.set_attempt(call.spec.attempt() + 1);
+        retry.push_back(std::move(call));
+      } else {
+        fail_call(call,
+                  make_error(proto::ErrorInfo::ACTOR_DIED,
+                             "the actor's process died while running " + call.spec.function() + " (" + why +
+                                 "); the call was not retried (max_task_retries = " +
+                                 std::to_string(st.max_task_retries) + ")"),
+                  after);
+      }
+    }
+    st.in_flight.clear();
+    for (auto it = retry.rbegin(); it != retry.rend(); ++it) st.queue.push_front(std::move(*it));
+    resolve_locked(st, after);
+  }
+  finish(after);
+}
+
+void ActorSubmitter::finish(AfterUnlock& after) {
+  for (auto& call : after.calls) call();
+  for (auto& c : after.done) {
+    config_.complete(c.id, std::move(c.value));
+    config_.refs->remove_submitted(c.arg_refs);
+  }
+  std::vector<std::shared_ptr<TaskStream>> retired;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    retired.swap(retired_);
+  }
+  // A stream retired by its own reader thread cannot be joined here; hand it to a
+  // detached thread that can.
+  for (auto& s : retired) std::thread([s = std::move(s)]() mutable { s.reset(); }).detach();
+}
+
+void ActorSubmitter::stop() {
+  std::vector<std::shared_ptr<TaskStream>> streams;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+    for (auto& [id, st] : actors_)
+      if (st.stream) streams.push_back(st.stream);
+    for (auto& [ptr, call] : resolve_calls_) call->ctx.TryCancel();
+    cv_.wait_for(lock, std::chrono::seconds(3), [this] { return resolve_calls_.empty(); });
+  }
+  for (auto& s : streams) s->cancel();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [id, st] : actors_) st.stream.reset();
+  }
+  streams.clear();
+}
+
+}  // namespace gantry::internal

@@ -1,0 +1,214 @@
+// The public entry points: init/shutdown, the worker's main loop, and the non-template
+// pieces of the API headers.
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <fstream>
+#include <mutex>
+
+#include "common/logging.h"
+#include "gantry/gantry.h"
+#include "runtime/core_worker.h"
+#include "runtime/local_cluster.h"
+#include "runtime/output_forwarder.h"
+#include "runtime/process_env.h"
+
+namespace gantry {
+namespace {
+
+using internal::CoreWorker;
+using internal::LocalCluster;
+
+std::mutex g_init_mu;  // serialises init and shutdown
+std::atomic<detail::Runtime*> g_runtime{nullptr};
+std::unique_ptr<LocalCluster> g_cluster;
+std::unique_ptr<CoreWorker> g_core;
+
+std::vector<std::string> args_from(int argc, char** argv) {
+  std::vector<std::string> out;
+  for (int i = 0; i < argc; ++i) out.emplace_back(argv[i]);
+  return out;
+}
+
+std::vector<std::string> args_from_proc() {
+  std::ifstream in("/proc/self/cmdline", std::ios::binary);
+  std::vector<std::string> out;
+  std::string arg;
+  while (std::getline(in, arg, '\0')) out.push_back(arg);
+  return out;
+}
+
+std::string level_or(const std::string& level, const std::string& fallback) {
+  return level.empty() ? fallback : level;
+}
+
+/// A worker process: serve tasks until the agent stops us or the driver goes away.
+[[noreturn]] void run_worker(const internal::ProcessEnv& env) {
+  // SIGTERM/SIGINT are taken synchronously below; block them before any thread starts so
+  // every thread inherits the mask.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  pid_t parent = ::getppid();
+
+  std::string logs = env.session_dir + "/logs";
+  std::string tag = "worker-" + std::to_string(::getpid());
+  internal::setup_logging(level_or(env.log_level, "warn"), logs + "/" + tag + ".log", tag);
+  auto output = std::make_unique<internal::OutputForwarder>(logs + "/" + tag + ".out", env.log_to_driver);
+
+  internal::CoreWorkerConfig config;
+  config.is_driver = false;
+  config.worker_id = UniqueId::from_hex(env.worker_id);
+  config.node_id = UniqueId::from_hex(env.node_id);
+  config.job_id = UniqueId::from_hex(env.job_id);
+  config.listen_address = internal::unix_address(env.session_dir + "/sockets/w-" + env.worker_id + ".sock");
+  config.agent_address = env.agent_address;
+  config.head_address = env.head_address;
+  config.gpu_ids = env.gpu_ids;
+  config.session_dir = env.session_dir;
+  config.output = output.get();
+  try {
+    g_core = std::make_unique<CoreWorker>(config);
+    g_runtime = g_core.get();
+    g_core->start();
+  } catch (const std::exception& e) {
+    GANTRY_LOG_ERROR("worker start-up failed: {}", e.what());
+    output->flush();
+    std::_Exit(3);
+  }
+  timespec tick{0, 200 * 1000 * 1000};
+  while (true) {
+    int sig = ::sigtimedwait(&stop_signals, nullptr, &tick);
+    if (sig == SIGTERM || sig == SIGINT) break;
+    if (::getppid() != parent) break;  // the agent (or embedded driver) is gone
+  }
+  // Make sure everything the user's code printed reaches the terminal, then leave without
+  // running destructors: threads of the user's code may still be inside tasks.
+  output->flush();
+  std::fflush(nullptr);
+  std::_Exit(0);
+}
+
+}  // namespace
+
+void init(int argc, char** argv, InitOptions options) {
+  std::vector<std::string> args = argc > 0 && argv != nullptr ? args_from(argc, argv) : args_from_proc();
+  internal::ProcessEnv env = internal::ProcessEnv::read();
+  if (env.worker_mode) run_worker(env);
+
+  std::lock_guard<std::mutex> lock(g_init_mu);
+  if (g_core) throw Error("gantry::init was already called; call gantry::shutdown first");
+  std::string address = !options.address.empty() ? options.address : env.address;
+  if (!address.empty())
+    throw Error("joining a running cluster (address " + address + ") is not supported by this build yet; "
+                "leave the address empty to use the embedded local cluster");
+  if (options.temp_dir.empty()) options.temp_dir = env.temp_dir;
+  if (!env.log_level.empty()) options.log_level = env.log_level;
+  if (spdlog::level::from_str(options.log_level) == spdlog::level::off && options.log_level != "off")
+    throw Error("unknown log_level '" + options.log_level + "'; use trace, debug, info, warn, error or off");
+
+  g_cluster = LocalCluster::start(options, args);
+  internal::setup_logging(options.log_level, g_cluster->session_dir() + "/logs/driver.log", "driver");
+  internal::CoreWorkerConfig config;
+  config.is_driver = true;
+  config.worker_id = UniqueId::generate();
+  config.node_id = g_cluster->node_id();
+  config.job_id = g_cluster->job_id();
+  config.listen_address = internal::unix_address(g_cluster->session_dir() + "/sockets/driver.sock");
+  config.agent_address = g_cluster->agent_address();
+  config.head_address = g_cluster->head_address();
+  config.session_dir = g_cluster->session_dir();
+  try {
+    g_core = std::make_unique<CoreWorker>(config);
+    g_core->start();
+  } catch (...) {
+    g_core.reset();
+    g_cluster.reset();
+    throw;
+  }
+  g_runtime = g_core.get();
+}
+
+void init(InitOptions options) { init(0, nullptr, std::move(options)); }
+
+void shutdown() {
+  std::lock_guard<std::mutex> lock(g_init_mu);
+  if (!g_core) return;
+  g_runtime = nullptr;
+  g_core->stop();
+  if (g_cluster) g_cluster->stop();
+  g_core.reset();
+  g_cluster.reset();
+}
+
+bool is_initialized() { return g_runtime.load() != nullptr; }
+
+std::vector<int> get_gpu_ids() { return detail::runtime().context().gpu_ids; }
+
+RuntimeContext runtime_context() { return detail::runtime().context(); }
+
+namespace detail {
+
+Runtime& runtime() {
+  Runtime* rt = g_runtime.load();
+  if (rt == nullptr) throw Error("gantry is not running: call gantry::init(argc, argv) first");
+  return *rt;
+}
+
+Runtime* runtime_if_alive() { return g_runtime.load(); }
+
+RefState::RefState(ObjectId id, std::string owner) : id_(id), owner_(std::move(owner)) {
+  runtime().add_local_ref(id_, owner_);
+}
+
+RefState::~RefState() {
+  if (Runtime* rt = runtime_if_alive()) rt->remove_local_ref(id_);
+}
+
+void encode_ref(Writer& w, const ObjectId& id, const std::string& owner) {
+  std::string payload = id.binary() + owner;
+  w.ext(kExtObjectRef, payload.data(), payload.size());
+}
+
+std::shared_ptr<RefState> decode_ref(Reader& r) {
+  int8_t type = 0;
+  std::string_view payload = r.ext(type);
+  if (type != kExtObjectRef || payload.size() < UniqueId::kSize) r.fail("ObjectRef");
+  return std::make_shared<RefState>(UniqueId::from_binary(payload.substr(0, UniqueId::kSize)),
+                                    std::string(payload.substr(UniqueId::kSize)));
+}
+
+void encode_actor(Writer& w, const ActorId& id) {
+  std::string payload = id.binary();
+  w.ext(kExtActorHandle, payload.data(), payload.size());
+}
+
+ActorId decode_actor(Reader& r) {
+  int8_t type = 0;
+  std::string_view payload = r.ext(type);
+  if (type != kExtActorHandle || payload.size() != UniqueId::kSize) r.fail("ActorHandle");
+  return UniqueId::from_binary(payload);
+}
+
+std::string require_function_name(const void* address, const char* what) {
+  std::string name = Registry::instance().name_of(address);
+  if (name.empty())
+    throw Error(std::string("this ") + what + " is not registered with gantry: add GANTRY_REMOTE(" +
+                "its name) at namespace scope in a source file of the program");
+  return name;
+}
+
+std::string require_method_name(const std::string& name, const char* what) {
+  if (name.empty())
+    throw Error(std::string("this ") + what + " is not registered with gantry: list it in " +
+                "GANTRY_REMOTE(Class::create, &Class::method, ...)");
+  return name;
+}
+
+}  // namespace detail
+}  // namespace gantry

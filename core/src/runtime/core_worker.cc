@@ -1,0 +1,539 @@
+#include "runtime/core_worker.h"
+
+#include <unistd.h>
+
+#include <thread>
+
+#include "common/logging.h"
+#include "gantry/detail/registry.h"
+#include "gantry/errors.h"
+#include "object_store/shm_object.h"
+#include "runtime/output_forwarder.h"
+#include "runtime/task_executor.h"
+
+namespace gantry::internal {
+namespace {
+
+/// An inline value shared with the memory store (no copy).
+class ValueBuffer final : public detail::Buffer {
+ public:
+  explicit ValueBuffer(ValuePtr value) : value_(std::move(value)) {}
+  const uint8_t* data() const override { return reinterpret_cast<const uint8_t*>(value_->inline_data().data()); }
+  size_t size() const override { return value_->inline_data().size(); }
+
+ private:
+  ValuePtr value_;
+};
+
+/// A large value mapped from the node's shared-memory store.
+class MappedBuffer final : public detail::Buffer {
+ public:
+  explicit MappedBuffer(std::unique_ptr<MappedFile> file) : file_(std::move(file)) {}
+  const uint8_t* data() const override { return file_->data(); }
+  size_t size() const override { return file_->size(); }
+
+ private:
+  std::unique_ptr<MappedFile> file_;
+};
+
+/// Bytes owned by the buffer (an inline argument copied out of a spec).
+class StringBuffer final : public detail::Buffer {
+ public:
+  explicit StringBuffer(std::string bytes) : bytes_(std::move(bytes)) {}
+  const uint8_t* data() const override { return reinterpret_cast<const uint8_t*>(bytes_.data()); }
+  size_t size() const override { return bytes_.size(); }
+
+ private:
+  std::string bytes_;
+};
+
+class ShmWritable final : public detail::WritableObject {
+ public:
+  ShmWritable(ObjectId id, std::unique_ptr<MappedFile> file, std::string node)
+      : id_(id), file_(std::move(file)), node_(std::move(node)) {}
+  uint8_t* data() override { return file_->data(); }
+  size_t size() const override { return file_->size(); }
+  const ObjectId& id() const { return id_; }
+  proto::ShmLocation location() const {
+    proto::ShmLocation loc;
+    loc.set_path(file_->path());
+    loc.set_size(file_->size());
+    loc.set_node_id(node_);
+    return loc;
+  }
+
+ private:
+  ObjectId id_;
+  std::unique_ptr<MappedFile> file_;
+  std::string node_;
+};
+
+template <typename Duration>
+std::string ms_text(Duration d) {
+  return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()) + " ms";
+}
+
+}  // namespace
+
+CoreWorker::CoreWorker(CoreWorkerConfig config)
+    : config_(std::move(config)),
+      refs_(config_.listen_address, [this](const ObjectId& id) { on_free(id); },
+            [this](const ObjectId& id, const std::string& owner, bool add) { on_borrow(id, owner, add); }) {
+  agent_ = proto::NodeAgent::NewStub(channels_.get(config_.agent_address));
+  head_ = proto::Head::NewStub(channels_.get(config_.head_address));
+  auto complete = [this](const ObjectId& id, ValuePtr value) { this->complete(id, std::move(value)); };
+  SubmitterConfig sc;
+  sc.self_address = config_.listen_address;
+  sc.agent = agent_;
+  sc.channels = &channels_;
+  sc.store = &store_;
+  sc.refs = &refs_;
+  sc.complete = complete;
+  sc.inline_threshold = config_.inline_threshold;
+  tasks_ = std::make_unique<TaskSubmitter>(sc);
+  ActorSubmitterConfig ac;
+  ac.self_address = config_.listen_address;
+  ac.head = head_;
+  ac.channels = &channels_;
+  ac.store = &store_;
+  ac.refs = &refs_;
+  ac.complete = complete;
+  ac.inline_threshold = config_.inline_threshold;
+  actors_ = std::make_unique<ActorSubmitter>(ac);
+  executor_ = std::make_unique<TaskExecutor>(*this);
+}
+
+CoreWorker::~CoreWorker() { stop(); }
+
+void CoreWorker::start() {
+  grpc::ServerBuilder builder;
+  configure_server(builder);
+  builder.AddListeningPort(config_.listen_address, grpc::InsecureServerCredentials());
+  builder.RegisterService(this);
+  server_ = builder.BuildAndStart();
+  if (!server_) throw Error("cannot listen on " + config_.listen_address);
+  if (config_.is_driver) return;
+  proto::RegisterWorkerRequest req;
+  req.set_worker_id(config_.worker_id.binary());
+  req.set_pid(::getpid());
+  req.set_address(config_.listen_address);
+  proto::RegisterWorkerReply reply;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  grpc::Status s = agent_->RegisterWorker(&ctx, req, &reply);
+  if (!s.ok()) throw Error("worker cannot register with its node agent: " + s.error_message());
+}
+
+void CoreWorker::stop() {
+  if (stopped_.exchange(true)) return;
+  store_.close();
+  tasks_->stop();
+  actors_->stop();
+  if (server_) {
+    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
+    server_->Wait();
+  }
+}
+
+size_t CoreWorker::num_pending_tasks() const { return tasks_->num_tasks(); }
+
+void CoreWorker::add_local_ref(const ObjectId& id, const std::string& owner) { refs_.add_local(id, owner); }
+
+void CoreWorker::remove_local_ref(const ObjectId& id) { refs_.remove_local(id); }
+
+ObjectId CoreWorker::put_inline(std::string bytes) {
+  ObjectId id = ObjectId::generate();
+  auto value = std::make_shared<proto::ObjectValue>();
+  value->set_inline_data(std::move(bytes));
+  refs_.add_owned(id);
+  store_.put_new(id, std::move(value));
+  return id;
+}
+
+std::unique_ptr<detail::WritableObject> CoreWorker::create_object_with_id(const ObjectId& id, size_t size) {
+  proto::CreateObjectRequest req;
+  req.set_id(id.binary());
+  req.set_size(size);
+  proto::CreateObjectReply reply;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  grpc::Status s = agent_->CreateObject(&ctx, req, &reply);
+  if (!s.ok()) throw Error("cannot create an object in the node's store: " + s.error_message());
+  if (reply.has_error()) throw_error(reply.error());
+  return std::make_unique<ShmWritable>(id, MappedFile::create(reply.path(), size), config_.node_id.hex());
+}
+
+std::unique_ptr<detail::WritableObject> CoreWorker::create_object(size_t size) {
+  return create_object_with_id(ObjectId::generate(), size);
+}
+
+proto::ShmLocation CoreWorker::location_of(const detail::WritableObject& object) const {
+  const auto* shm = dynamic_cast<const ShmWritable*>(&object);
+  if (shm == nullptr) throw Error("not an object made by create_object");
+  return shm->location();
+}
+
+ObjectId CoreWorker::seal_object(std::unique_ptr<detail::WritableObject> object) {
+  auto* shm = dynamic_cast<ShmWritable*>(object.get());
+  if (shm == nullptr) throw Error("seal_object: not an object made by create_object");
+  ObjectId id = shm->id();
+  auto value = std::make_shared<proto::ObjectValue>();
+  *value->mutable_shm() = shm->location();
+  object.reset();  // unmap: readers map the file themselves
+  refs_.add_owned(id);
+  store_.put_new(id, std::move(value));
+  return id;
+}
+
+std::shared_ptr<detail::Buffer> CoreWorker::to_buffer(const ValuePtr& value, const ObjectId& id) {
+  if (value->has_error()) throw_error(value->error());
+  if (value->has_shm()) return std::make_shared<MappedBuffer>(MappedFile::open_read_only(value->shm().path()));
+  return std::make_shared<ValueBuffer>(value);
+}
+
+void CoreWorker::set_blocked(bool blocked) {
+  if (config_.is_driver || !executor_->busy()) return;
+  proto::WorkerBlocked req;
+  req.set_worker_id(config_.worker_id.binary());
+  req.set_blocked(blocked);
+  proto::Empty reply;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  agent_->NotifyWorkerBlocked(&ctx, req, &reply);
+}
+
+ValuePtr CoreWorker::fetch_from_owner(const ObjectId& id, const std::string& owner,
+                                      std::optional<std::chrono::milliseconds> timeout) {
+  auto stub = proto::WorkerService::NewStub(channels_.get(owner));
+  proto::GetObjectRequest req;
+  req.set_id(id.binary());
+  req.set_timeout_ms(timeout ? timeout->count() : -1);
+  proto::GetObjectReply reply;
+  grpc::ClientContext ctx;
+  if (timeout) ctx.set_deadline(std::chrono::system_clock::now() + *timeout + std::chrono::seconds(5));
+  grpc::Status s = stub->GetObject(&ctx, req, &reply);
+  if (!s.ok())
+    throw ObjectLostError("object " + id.hex() + " is lost: its owner at " + owner +
+                          " cannot be reached (" + s.error_message() + "); the owner process probably exited");
+  if (!reply.known())
+    throw ObjectLostError("object " + id.hex() + " is lost: its owner at " + owner +
+                          " no longer has it (every reference was dropped)");
+  if (!reply.ready()) return nullptr;
+  return std::make_shared<proto::ObjectValue>(std::move(*reply.mutable_value()));
+}
+
+std::shared_ptr<detail::Buffer> CoreWorker::get(const ObjectId& id, const std::string& owner,
+                                                std::optional<std::chrono::milliseconds> timeout) {
+  ValuePtr value;
+  if (owner == config_.listen_address) {
+    value = store_.get_if_ready(id);
+    if (!value) {
+      std::optional<std::chrono::steady_clock::time_point> deadline;
+      if (timeout) deadline = std::chrono::steady_clock::now() + *timeout;
+      set_blocked(true);
+      try {
+        value = store_.wait(id, deadline);
+      } catch (...) {
+        set_blocked(false);
+        throw;
+      }
+      set_blocked(false);
+    }
+  } else {
+    set_blocked(true);
+    try {
+      value = fetch_from_owner(id, owner, timeout);
+    } catch (...) {
+      set_blocked(false);
+      throw;
+    }
+    set_blocked(false);
+  }
+  if (!value)
+    throw GetTimeoutError("object " + id.hex() + " was not ready within " + ms_text(*timeout) +
+                          "; wait longer, or use gantry::wait to poll");
+  return to_buffer(value, id);
+}
+
+std::vector<bool> CoreWorker::wait(const std::vector<std::pair<ObjectId, std::string>>& ids, size_t num_returns,
+                                   std::optional<std::chrono::milliseconds> timeout) {
+  num_returns = std::min(num_returns, ids.size());
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+  if (timeout) deadline = std::chrono::steady_clock::now() + *timeout;
+  bool all_owned = true;
+  std::vector<ObjectId> plain;
+  for (const auto& [id, owner] : ids) {
+    all_owned &= owner == config_.listen_address;
+    plain.push_back(id);
+  }
+  if (all_owned) return store_.wait_many(plain, num_returns, deadline);
+  // Mixed owners: poll, owned objects locally and borrowed ones at their owners.
+  std::vector<bool> ready(ids.size(), false);
+  while (true) {
+    size_t n = 0;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (!ready[i]) {
+        const auto& [id, owner] = ids[i];
+        if (owner == config_.listen_address) {
+          ready[i] = !store_.contains(id) || store_.get_if_ready(id) != nullptr;
+        } else {
+          try {
+            ready[i] = fetch_from_owner(id, owner, std::chrono::milliseconds(0)) != nullptr;
+          } catch (const ObjectLostError&) {
+            ready[i] = true;  // get() reports it
+          }
+        }
+      }
+      n += ready[i];
+    }
+    if (n >= num_returns || (deadline && std::chrono::steady_clock::now() >= *deadline)) return ready;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+}
+
+proto::TaskArg CoreWorker::to_task_arg(detail::EncodedArg& arg, std::vector<ObjectId>* refs) {
+  proto::TaskArg out;
+  if (arg.ref) {
+    out.mutable_ref()->set_id(arg.ref->id().binary());
+    out.mutable_ref()->set_owner_address(arg.ref->owner());
+    refs->push_back(arg.ref->id());
+  } else {
+    out.set_inline_data(std::move(arg.inline_data));
+  }
+  return out;
+}
+
+namespace {
+
+ResourceSet resources_of(double cpus, double gpus, double memory, const std::map<std::string, double>& custom,
+                         const std::string& what) {
+  std::map<std::string, double> all = custom;
+  for (const auto& [name, q] : custom)
+    if (name == kCpu || name == kGpu || name == kMemory)
+      throw Error("invalid options for " + what + ": set " + name + " with its own field, not in resources");
+  all[kCpu] = cpus;
+  all[kGpu] = gpus;
+  all[kMemory] = memory;
+  try {
+    return ResourceSet::from_doubles(all);
+  } catch (const std::invalid_argument& e) {
+    throw Error("invalid options for " + what + ": " + e.what());
+  }
+}
+
+}  // namespace
+
+ObjectId CoreWorker::submit_task(const std::string& function, std::vector<detail::EncodedArg> args,
+                                 const TaskOptions& options) {
+  if (stopped_) throw Error("gantry is shut down");
+  ResourceSet resources = resources_of(options.num_cpus, options.num_gpus, options.memory, options.resources,
+                                       "task " + function);
+  TaskId id = TaskId::generate();
+  proto::TaskSpec spec;
+  spec.set_task_id(id.binary());
+  spec.set_return_id(id.binary());
+  spec.set_function(function);
+  spec.set_owner_address(config_.listen_address);
+  spec.set_job_id(config_.job_id.binary());
+  *spec.mutable_resources() = to_proto(resources);
+  std::vector<ObjectId> arg_refs;
+  for (auto& a : args) *spec.add_args() = to_task_arg(a, &arg_refs);
+  store_.add_pending(id);
+  refs_.add_owned(id);
+  tasks_->submit(std::move(spec), std::move(arg_refs), std::move(resources), options.max_retries,
+                 options.retry_exceptions);
+  return id;
+}
+
+ActorId CoreWorker::create_actor(const std::string& factory, const std::string& class_key,
+                                 std::vector<detail::EncodedArg> args, const ActorOptions& options) {
+  if (stopped_) throw Error("gantry is shut down");
+  ResourceSet resources = resources_of(options.num_cpus, options.num_gpus, options.memory, options.resources,
+                                       "actor " + class_key);
+  ActorId id = ActorId::generate();
+  proto::ActorSpec spec;
+  spec.set_actor_id(id.binary());
+  spec.set_name(options.name);
+  spec.set_class_name(class_key);
+  spec.set_factory(factory);
+  *spec.mutable_resources() = to_proto(resources);
+  spec.set_max_restarts(options.max_restarts);
+  spec.set_owner_address(config_.listen_address);
+  spec.set_job_id(config_.job_id.binary());
+  std::vector<ObjectId> refs;
+  std::vector<std::shared_ptr<detail::RefState>> keep;
+  for (auto& a : args) {
+    if (a.ref) keep.push_back(a.ref);
+    *spec.add_args() = to_task_arg(a, &refs);
+  }
+  {
+    std::lock_guard<std::mutex> lock(actor_args_mu_);
+    actor_args_[id] = std::move(keep);
+  }
+  actors_->set_max_task_retries(id, options.max_task_retries);
+  proto::CreateActorRegistration reply;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  grpc::Status s = head_->CreateActor(&ctx, spec, &reply);
+  if (!s.ok()) throw Error("cannot create actor " + class_key + ": the head answered " + s.error_message());
+  if (reply.has_error()) {
+    std::lock_guard<std::mutex> lock(actor_args_mu_);
+    actor_args_.erase(id);
+    throw_error(reply.error());
+  }
+  return id;
+}
+
+ObjectId CoreWorker::submit_actor_task(const ActorId& actor, const std::string& method,
+                                       std::vector<detail::EncodedArg> args) {
+  if (stopped_) throw Error("gantry is shut down");
+  TaskId id = TaskId::generate();
+  proto::TaskSpec spec;
+  spec.set_task_id(id.binary());
+  spec.set_return_id(id.binary());
+  spec.set_function(method);
+  spec.set_owner_address(config_.listen_address);
+  spec.set_job_id(config_.job_id.binary());
+  spec.set_actor_id(actor.binary());
+  std::vector<ObjectId> arg_refs;
+  for (auto& a : args) *spec.add_args() = to_task_arg(a, &arg_refs);
+  store_.add_pending(id);
+  refs_.add_owned(id);
+  actors_->submit(actor, std::move(spec), std::move(arg_refs));
+  return id;
+}
+
+std::optional<ActorId> CoreWorker::get_named_actor(const std::string& name, const std::string& class_key) {
+  proto::GetActorRequest req;
+  req.set_name(name);
+  proto::GetActorReply reply;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  grpc::Status s = head_->GetActor(&ctx, req, &reply);
+  if (!s.ok()) throw Error("cannot look up actor '" + name + "': " + s.error_message());
+  if (!reply.found() || reply.info().state() == proto::ActorInfo::DEAD) return std::nullopt;
+  if (reply.info().class_name() != class_key)
+    throw Error("actor '" + name + "' is a " + reply.info().class_name() + ", not a " + class_key);
+  return ActorId::from_binary(reply.info().actor_id());
+}
+
+void CoreWorker::kill_actor(const ActorId& actor, bool no_restart) {
+  proto::KillActorRequest req;
+  req.set_actor_id(actor.binary());
+  req.set_no_restart(no_restart);
+  proto::Empty reply;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  grpc::Status s = head_->KillActor(&ctx, req, &reply);
+  if (!s.ok()) throw Error("cannot kill actor " + actor.hex() + ": " + s.error_message());
+  if (no_restart) {
+    std::lock_guard<std::mutex> lock(actor_args_mu_);
+    actor_args_.erase(actor);
+  }
+}
+
+RuntimeContext CoreWorker::context() const {
+  RuntimeContext c;
+  c.node_id = config_.node_id.hex();
+  c.worker_id = config_.worker_id.hex();
+  c.job_id = config_.job_id.hex();
+  c.pid = ::getpid();
+  c.is_driver = config_.is_driver;
+  c.gpu_ids = config_.gpu_ids;
+  c.session_dir = config_.session_dir;
+  if (const proto::TaskSpec* spec = current_task()) {
+    c.task_id = TaskId::from_binary(spec->task_id()).hex();
+    c.function = spec->function();
+    if (!spec->actor_id().empty()) c.actor_id = ActorId::from_binary(spec->actor_id()).hex();
+    c.assigned_resources = from_proto(spec->resources()).to_doubles();
+  }
+  if (!executor_->actor_id().is_nil() && (c.task_id.empty() || !c.actor_id.empty()))
+    c.assigned_resources = from_proto(executor_->actor_resources()).to_doubles();
+  if (c.actor_id.empty() && !executor_->actor_id().is_nil()) c.actor_id = executor_->actor_id().hex();
+  return c;
+}
+
+std::shared_ptr<detail::Buffer> CoreWorker::resolve_arg(const proto::TaskArg& arg) {
+  if (arg.has_shm()) return std::make_shared<MappedBuffer>(MappedFile::open_read_only(arg.shm().path()));
+  if (arg.has_ref()) return get(ObjectId::from_binary(arg.ref().id()), arg.ref().owner_address(), std::nullopt);
+  return std::make_shared<StringBuffer>(arg.inline_data());
+}
+
+void CoreWorker::on_free(const ObjectId& id) {
+  ValuePtr value = store_.erase(id);
+  if (value && value->has_shm()) delete_shm(id);
+}
+
+void CoreWorker::complete(const ObjectId& id, ValuePtr value) {
+  bool has_shm = value->has_shm();
+  if (!store_.put(id, std::move(value)) && has_shm) delete_shm(id);
+}
+
+void CoreWorker::delete_shm(const ObjectId& id) {
+  if (stopped_) return;
+  struct DeleteCall {
+    grpc::ClientContext ctx;
+    proto::ObjectIds request;
+    proto::Empty reply;
+  };
+  auto call = std::make_shared<DeleteCall>();
+  call->request.add_ids(id.binary());
+  call->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  agent_->async()->DeleteObjects(&call->ctx, &call->request, &call->reply, [call](grpc::Status) {});
+}
+
+void CoreWorker::on_borrow(const ObjectId& id, const std::string& owner, bool add) {
+  if (stopped_) return;
+  auto stub = proto::WorkerService::NewStub(channels_.get(owner));
+  proto::BorrowUpdate req;
+  (add ? req.add_add() : req.add_remove())->assign(id.binary());
+  req.set_borrower_address(config_.listen_address);
+  proto::Empty reply;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  // Synchronous for adds: the owner must know of the borrow before the task that passed
+  // the reference finishes and unpins it.
+  grpc::Status s = stub->UpdateBorrowers(&ctx, req, &reply);
+  if (!s.ok()) GANTRY_LOG_DEBUG("borrow update for {} to {} failed: {}", id.short_hex(), owner, s.error_message());
+}
+
+grpc::Status CoreWorker::PushTasks(grpc::ServerContext* ctx,
+                                   grpc::ServerReaderWriter<proto::ResultBatch, proto::TaskBatch>* stream) {
+  return executor_->push_tasks(ctx, stream);
+}
+
+grpc::Status CoreWorker::CreateActor(grpc::ServerContext*, const proto::CreateActorRequest* req,
+                                     proto::CreateActorReply* reply) {
+  executor_->create_actor(*req, reply);
+  return grpc::Status::OK;
+}
+
+grpc::Status CoreWorker::GetObject(grpc::ServerContext*, const proto::GetObjectRequest* req,
+                                   proto::GetObjectReply* reply) {
+  ObjectId id = ObjectId::from_binary(req->id());
+  if (id.is_nil()) return {grpc::StatusCode::INVALID_ARGUMENT, "object id must be 16 bytes"};
+  if (!store_.contains(id)) return grpc::Status::OK;  // known = false
+  reply->set_known(true);
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+  if (req->timeout_ms() >= 0) deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(req->timeout_ms());
+  try {
+    ValuePtr value = store_.wait(id, deadline);
+    if (value) {
+      reply->set_ready(true);
+      *reply->mutable_value() = *value;
+    }
+  } catch (const ObjectLostError&) {
+    reply->set_known(false);
+  } catch (const Error& e) {
+    return {grpc::StatusCode::UNAVAILABLE, e.what()};
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status CoreWorker::UpdateBorrowers(grpc::ServerContext*, const proto::BorrowUpdate* req, proto::Empty*) {
+  for (const auto& raw : req->add()) refs_.add_borrower(ObjectId::from_binary(raw), req->borrower_address());
+  for (const auto& raw : req->remove()) refs_.remove_borrower(ObjectId::from_binary(raw), req->borrower_address());
+  return grpc::Status::OK;
+}
+
+}  // namespace gantry::internal

@@ -1,0 +1,127 @@
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "gantry/agent.grpc.pb.h"
+#include "gantry/detail/runtime.h"
+#include "gantry/head.grpc.pb.h"
+#include "gantry/worker.grpc.pb.h"
+#include "rpc/grpc_util.h"
+#include "runtime/actor_submitter.h"
+#include "runtime/memory_store.h"
+#include "runtime/reference_counter.h"
+#include "runtime/task_submitter.h"
+
+namespace gantry::internal {
+
+class TaskExecutor;
+class OutputForwarder;
+
+struct CoreWorkerConfig {
+  bool is_driver = true;
+  UniqueId worker_id;
+  UniqueId node_id;
+  UniqueId job_id;
+  std::string listen_address;  // "unix:/path" this process serves on
+  std::string agent_address;
+  std::string head_address;
+  std::vector<int> gpu_ids;
+  std::string session_dir;
+  size_t inline_threshold = 100 * 1024;
+  OutputForwarder* output = nullptr;  // workers only; not owned
+};
+
+/// The runtime of one driver or worker process: owns the objects it creates (memory
+/// store and reference counts), submits tasks and actor calls, and serves WorkerService
+/// (GetObject and UpdateBorrowers for its objects; PushTasks and CreateActor to execute).
+/// All public methods are thread-safe.
+class CoreWorker final : public detail::Runtime, public proto::WorkerService::Service {
+ public:
+  explicit CoreWorker(CoreWorkerConfig config);
+  ~CoreWorker() override;
+
+  /// Starts serving; a worker then registers with its node agent.
+  void start();
+  /// Stops submitting and serving. Idempotent.
+  void stop();
+
+  // detail::Runtime
+  void add_local_ref(const ObjectId& id, const std::string& owner) override;
+  void remove_local_ref(const ObjectId& id) override;
+  ObjectId put_inline(std::string bytes) override;
+  std::unique_ptr<detail::WritableObject> create_object(size_t size) override;
+  ObjectId seal_object(std::unique_ptr<detail::WritableObject> object) override;
+  std::shared_ptr<detail::Buffer> get(const ObjectId& id, const std::string& owner,
+                                      std::optional<std::chrono::milliseconds> timeout) override;
+  std::vector<bool> wait(const std::vector<std::pair<ObjectId, std::string>>& ids, size_t num_returns,
+                         std::optional<std::chrono::milliseconds> timeout) override;
+  ObjectId submit_task(const std::string& function, std::vector<detail::EncodedArg> args,
+                       const TaskOptions& options) override;
+  ActorId create_actor(const std::string& factory, const std::string& class_key,
+                       std::vector<detail::EncodedArg> args, const ActorOptions& options) override;
+  ObjectId submit_actor_task(const ActorId& actor, const std::string& method,
+                             std::vector<detail::EncodedArg> args) override;
+  std::optional<ActorId> get_named_actor(const std::string& name, const std::string& class_key) override;
+  void kill_actor(const ActorId& actor, bool no_restart) override;
+  const std::string& address() const override { return config_.listen_address; }
+  RuntimeContext context() const override;
+  size_t inline_threshold() const override { return config_.inline_threshold; }
+
+  // proto::WorkerService
+  grpc::Status PushTasks(grpc::ServerContext* ctx,
+                         grpc::ServerReaderWriter<proto::ResultBatch, proto::TaskBatch>* stream) override;
+  grpc::Status CreateActor(grpc::ServerContext* ctx, const proto::CreateActorRequest* req,
+                           proto::CreateActorReply* reply) override;
+  grpc::Status GetObject(grpc::ServerContext* ctx, const proto::GetObjectRequest* req,
+                         proto::GetObjectReply* reply) override;
+  grpc::Status UpdateBorrowers(grpc::ServerContext* ctx, const proto::BorrowUpdate* req,
+                               proto::Empty* reply) override;
+
+  // For the executor.
+  /// The bytes of one task argument: inline, mapped from shared memory, or fetched.
+  std::shared_ptr<detail::Buffer> resolve_arg(const proto::TaskArg& arg);
+  /// Creates a shared-memory object for a large value with id `id`.
+  std::unique_ptr<detail::WritableObject> create_object_with_id(const ObjectId& id, size_t size);
+  /// Where an object made by create_object_with_id lives.
+  proto::ShmLocation location_of(const detail::WritableObject& object) const;
+  const CoreWorkerConfig& config() const { return config_; }
+  OutputForwarder* output() const { return config_.output; }
+
+  size_t num_owned_objects() const { return store_.size(); }
+  size_t num_pending_tasks() const;
+
+ private:
+  std::shared_ptr<detail::Buffer> to_buffer(const ValuePtr& value, const ObjectId& id);
+  ValuePtr fetch_from_owner(const ObjectId& id, const std::string& owner,
+                            std::optional<std::chrono::milliseconds> timeout);
+  void on_free(const ObjectId& id);
+  void on_borrow(const ObjectId& id, const std::string& owner, bool add);
+  void complete(const ObjectId& id, ValuePtr value);
+  void delete_shm(const ObjectId& id);
+  /// Tells the agent this worker waits in get()/wait() so its CPUs can run other tasks.
+  void set_blocked(bool blocked);
+  proto::TaskArg to_task_arg(detail::EncodedArg& arg, std::vector<ObjectId>* refs);
+
+  CoreWorkerConfig config_;
+  ChannelCache channels_;
+  std::shared_ptr<proto::NodeAgent::Stub> agent_;
+  std::shared_ptr<proto::Head::Stub> head_;
+  MemoryStore store_;
+  ReferenceCounter refs_;
+  std::unique_ptr<TaskSubmitter> tasks_;
+  std::unique_ptr<ActorSubmitter> actors_;
+  std::unique_ptr<TaskExecutor> executor_;
+  std::unique_ptr<grpc::Server> server_;
+
+  std::mutex actor_args_mu_;  // guards actor_args_
+  // Arguments of actors created here, kept for restarts (which re-run the factory).
+  std::unordered_map<ActorId, std::vector<std::shared_ptr<detail::RefState>>> actor_args_;
+  std::atomic<bool> stopped_{false};
+};
+
+}  // namespace gantry::internal

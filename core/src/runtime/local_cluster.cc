@@ -1,0 +1,143 @@
+#include "runtime/local_cluster.h"
+
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <ctime>
+#include <filesystem>
+#include <thread>
+
+#include "agent/node_agent.h"
+#include "common/logging.h"
+#include "gantry/errors.h"
+#include "gantry/gpu/devices.h"
+#include "head/head_service.h"
+#include "object_store/object_store.h"
+#include "rpc/grpc_util.h"
+
+namespace gantry::internal {
+namespace {
+
+constexpr size_t kMaxUnixPath = 100;  // sun_path is 108 bytes; leave room for file names
+
+std::string executable_path() {
+  std::error_code ec;
+  auto p = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec) throw Error("cannot find this program's executable (/proc/self/exe): " + ec.message());
+  return p.string();
+}
+
+uint64_t default_store_capacity(const std::string& dir) {
+  uint64_t want = physical_memory_bytes() * 3 / 10;
+  struct statvfs st {};
+  if (::statvfs(dir.c_str(), &st) == 0) {
+    uint64_t free_bytes = static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
+    if (free_bytes > 0 && free_bytes < want) want = free_bytes * 9 / 10;
+  }
+  return want;
+}
+
+}  // namespace
+
+std::string create_session_dir(const std::string& root_in) {
+  std::string root = root_in;
+  if (root.empty()) {
+    const char* tmp = std::getenv("TMPDIR");
+    root = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/gantry";
+  }
+  std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  ::localtime_r(&now, &tm);
+  char stamp[64];
+  std::strftime(stamp, sizeof stamp, "%Y-%m-%d_%H-%M-%S", &tm);
+  std::string dir = root + "/session_" + stamp + "_" + std::to_string(::getpid());
+  std::error_code ec;
+  std::filesystem::create_directories(dir + "/logs", ec);
+  if (!ec) std::filesystem::create_directories(dir + "/sockets", ec);
+  if (ec) throw Error("cannot create the session directory " + dir + ": " + ec.message() +
+                      "; set InitOptions::temp_dir or GANTRY_TEMP_DIR to a writable place");
+  if ((dir + "/sockets/").size() + 40 > kMaxUnixPath)
+    throw Error("the session directory path " + dir + " is too long for Unix socket names; set "
+                "InitOptions::temp_dir or GANTRY_TEMP_DIR to a shorter directory");
+  std::filesystem::path latest = std::filesystem::path(root) / "session_latest";
+  std::filesystem::remove(latest, ec);
+  std::filesystem::create_directory_symlink(dir, latest, ec);  // best effort, for humans
+  return dir;
+}
+
+std::unique_ptr<LocalCluster> LocalCluster::start(const InitOptions& options, const std::vector<std::string>& argv) {
+  std::unique_ptr<LocalCluster> c(new LocalCluster());
+  c->session_dir_ = create_session_dir(options.temp_dir);
+  c->node_id_ = UniqueId::generate();
+  c->job_id_ = UniqueId::generate();
+
+  int num_cpus = options.num_cpus >= 0 ? options.num_cpus : static_cast<int>(std::thread::hardware_concurrency());
+  if (num_cpus <= 0) num_cpus = 1;
+  c->num_cpus_ = num_cpus;
+  int num_gpus = options.num_gpus;
+  if (num_gpus < 0) {
+    std::string note;
+    num_gpus = static_cast<int>(gpu::detect_devices(&note).size());
+    if (num_gpus == 0) GANTRY_LOG_INFO("no GPUs found: {}", note);
+  }
+  std::map<std::string, double> totals = options.resources;
+  for (const char* reserved : {"CPU", "GPU", "memory"})
+    if (totals.count(reserved))
+      throw Error(std::string("InitOptions::resources must not set '") + reserved +
+                  "'; use num_cpus / num_gpus instead");
+  totals["CPU"] = num_cpus;
+  totals["GPU"] = num_gpus;
+  totals["memory"] = static_cast<double>(physical_memory_bytes() * 7 / 10);
+  ResourceSet total;
+  try {
+    total = ResourceSet::from_doubles(totals);
+  } catch (const std::invalid_argument& e) {
+    throw Error(std::string("invalid InitOptions: ") + e.what());
+  }
+
+  std::string sockets = c->session_dir_ + "/sockets";
+  c->head_ = std::make_unique<HeadService>(unix_address(sockets + "/head.sock"));
+  c->head_->start();
+
+  NodeAgentConfig ac;
+  ac.node_id = c->node_id_;
+  ac.listen_address = unix_address(sockets + "/agent.sock");
+  ac.head_address = c->head_->address();
+  ac.total = total;
+  ac.num_gpus = num_gpus;
+  std::string shm_root = std::filesystem::exists("/dev/shm") ? "/dev/shm" : c->session_dir_;
+  ac.store_dir = shm_root + "/gantry_" + std::to_string(::getpid()) + "_" + c->node_id_.short_hex();
+  ac.store_capacity = options.object_store_memory >= 0 ? static_cast<uint64_t>(options.object_store_memory)
+                                                       : default_store_capacity(shm_root);
+  ac.prestart_workers = num_cpus;
+  ac.launch.executable = executable_path();
+  ac.launch.argv = argv;
+  ac.launch.environment = {
+      {"GANTRY_AGENT_ADDRESS", ac.listen_address},
+      {"GANTRY_HEAD_ADDRESS", ac.head_address},
+      {"GANTRY_SESSION_DIR", c->session_dir_},
+      {"GANTRY_NODE_ID", c->node_id_.hex()},
+      {"GANTRY_JOB_ID", c->job_id_.hex()},
+      {"GANTRY_LOG_LEVEL", options.log_level},
+      {"GANTRY_LOG_TO_DRIVER", options.log_to_driver ? "1" : "0"},
+  };
+  c->agent_ = std::make_unique<NodeAgent>(ac);
+  c->agent_->start();
+  GANTRY_LOG_INFO("local cluster up: {} CPUs, {} GPUs, session {}", num_cpus, num_gpus, c->session_dir_);
+  return c;
+}
+
+LocalCluster::~LocalCluster() { stop(); }
+
+void LocalCluster::stop() {
+  if (agent_) agent_->stop();
+  if (head_) head_->stop();
+  agent_.reset();
+  head_.reset();
+}
+
+std::string LocalCluster::head_address() const { return head_ ? head_->address() : std::string(); }
+std::string LocalCluster::agent_address() const { return agent_ ? agent_->address() : std::string(); }
+
+}  // namespace gantry::internal

@@ -1,0 +1,65 @@
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <unordered_map>
+#include <vector>
+
+#include "gantry/common.pb.h"
+#include "gantry/ids.h"
+
+namespace gantry::internal {
+
+/// An object's value as its owner holds it: inline bytes, a shared-memory location, or
+/// an error. Immutable once stored, shared by readers without copying.
+using ValuePtr = std::shared_ptr<const proto::ObjectValue>;
+
+/// The owner's table of its objects: pending until a task result or put arrives, then
+/// ready. Thread-safe (one mutex); callbacks run without the lock held.
+class MemoryStore {
+ public:
+  using Deadline = std::optional<std::chrono::steady_clock::time_point>;
+  using ReadyCallback = std::function<void(const ValuePtr&)>;
+
+  /// Declares an object whose value will arrive later.
+  void add_pending(const ObjectId& id);
+  /// Stores a value. Returns false, storing nothing, when the id is unknown (it was freed
+  /// while its task ran) so the caller can release what the value holds.
+  bool put(const ObjectId& id, ValuePtr value);
+  /// Stores a value for a new id (put()).
+  void put_new(const ObjectId& id, ValuePtr value);
+  /// The value if ready; null when pending or unknown.
+  ValuePtr get_if_ready(const ObjectId& id) const;
+  bool contains(const ObjectId& id) const;
+  /// Waits for the value. Returns null at the deadline; throws gantry::ObjectLostError when
+  /// the id is unknown or freed.
+  ValuePtr wait(const ObjectId& id, Deadline deadline);
+  /// Which ids are ready once `num_ready` are or the deadline passes. Unknown ids count as
+  /// ready (a get on them throws at once).
+  std::vector<bool> wait_many(const std::vector<ObjectId>& ids, size_t num_ready, Deadline deadline);
+  /// Runs `callback` once the value is ready: now (on this thread) if it already is.
+  /// Returns false when the id is unknown.
+  bool on_ready(const ObjectId& id, ReadyCallback callback);
+  /// Forgets the object and returns its value, if it had one.
+  ValuePtr erase(const ObjectId& id);
+  size_t size() const;
+  /// Wakes every waiter and makes later waits throw gantry::Error (shutdown).
+  void close();
+
+ private:
+  struct Entry {
+    ValuePtr value;  // null while pending
+    std::vector<ReadyCallback> callbacks;
+  };
+
+  mutable std::mutex mu_;  // guards entries_
+  std::condition_variable cv_;
+  std::unordered_map<ObjectId, Entry> entries_;
+  bool closed_ = false;
+};
+
+}  // namespace gantry::internal

@@ -1,0 +1,227 @@
+#include "runtime/task_executor.h"
+
+#include <cxxabi.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <thread>
+
+#include "common/logging.h"
+#include "gantry/detail/registry.h"
+#include "gantry/errors.h"
+#include "rpc/grpc_util.h"
+#include "runtime/core_worker.h"
+#include "runtime/output_forwarder.h"
+
+namespace gantry::internal {
+namespace {
+
+thread_local const proto::TaskSpec* t_current_task = nullptr;
+
+constexpr int kMaxResultsPerBatch = 64;
+constexpr auto kMaxResultDelay = std::chrono::milliseconds(1);
+
+/// Writes a result inline into the reply, or into shared memory when it is large.
+class ResultWriter final : public detail::ResultSink {
+ public:
+  ResultWriter(CoreWorker& core, ObjectId id, proto::ObjectValue* out) : core_(core), id_(id), out_(out) {}
+
+  uint8_t* reserve(size_t size) override {
+    if (size < core_.inline_threshold()) {
+      std::string* s = out_->mutable_inline_data();
+      s->resize(size);
+      return reinterpret_cast<uint8_t*>(s->data());
+    }
+    large_ = core_.create_object_with_id(id_, size);
+    return large_->data();
+  }
+
+  /// Publishes a large result: unmaps it and returns where it lives. The owner frees it
+  /// when its references are gone.
+  proto::ShmLocation release_large() {
+    proto::ShmLocation loc = core_.location_of(*large_);
+    large_.reset();
+    return loc;
+  }
+
+  detail::WritableObject* large() { return large_.get(); }
+
+ private:
+  CoreWorker& core_;
+  ObjectId id_;
+  proto::ObjectValue* out_;
+  std::unique_ptr<detail::WritableObject> large_;
+};
+
+struct CurrentTaskScope {
+  explicit CurrentTaskScope(const proto::TaskSpec* spec) { t_current_task = spec; }
+  ~CurrentTaskScope() { t_current_task = nullptr; }
+};
+
+}  // namespace
+
+const proto::TaskSpec* current_task() { return t_current_task; }
+
+bool TaskExecutor::busy() const { return running_.load() > 0; }
+
+proto::ErrorInfo TaskExecutor::current_exception_error(const std::string& function) const {
+  std::string type = "unknown exception";
+  std::string message;
+  try {
+    throw;
+  } catch (const std::exception& e) {
+    type = detail::demangle(typeid(e).name());
+    message = e.what();
+  } catch (...) {
+    if (std::type_info* t = abi::__cxa_current_exception_type()) type = detail::demangle(t->name());
+    message = "(not derived from std::exception)";
+  }
+  proto::ErrorInfo error = make_error(proto::ErrorInfo::TASK_ERROR, message, function, type);
+  error.set_node(core_.config().node_id.hex());
+  error.set_pid(::getpid());
+  return error;
+}
+
+void TaskExecutor::execute(const proto::TaskSpec& spec, proto::TaskResult* result) {
+  auto start = std::chrono::steady_clock::now();
+  result->set_task_id(spec.task_id());
+  proto::ObjectValue* value = result->mutable_value();
+  CurrentTaskScope scope(&spec);
+  if (OutputForwarder* out = core_.output()) out->set_label(spec.function());
+  try {
+    std::vector<std::shared_ptr<detail::Buffer>> keep;
+    std::vector<detail::ArgView> views;
+    keep.reserve(spec.args_size());
+    views.reserve(spec.args_size());
+    for (const auto& arg : spec.args()) {
+      if (arg.has_inline_data()) {
+        views.push_back({reinterpret_cast<const uint8_t*>(arg.inline_data().data()), arg.inline_data().size()});
+        continue;
+      }
+      keep.push_back(core_.resolve_arg(arg));
+      views.push_back({keep.back()->data(), keep.back()->size()});
+    }
+    ObjectId return_id = ObjectId::from_binary(spec.return_id());
+    auto sink = std::make_unique<ResultWriter>(core_, return_id, value);
+    if (spec.actor_id().empty()) {
+      const detail::FunctionEntry* fn = detail::Registry::instance().find_function(spec.function());
+      if (fn == nullptr)
+        throw Error("function '" + spec.function() + "' is not registered in this worker's executable; "
+                    "was the worker started from a different build?");
+      if (fn->arity != static_cast<size_t>(spec.args_size()))
+        throw Error("'" + spec.function() + "' takes " + std::to_string(fn->arity) + " arguments, got " +
+                    std::to_string(spec.args_size()));
+      fn->invoke(views, *sink);
+    } else {
+      if (!actor_ || actor_id_ != ActorId::from_binary(spec.actor_id()))
+        throw ActorDiedError("this worker does not host actor " + ActorId::from_binary(spec.actor_id()).hex());
+      const detail::MethodEntry* m = detail::Registry::instance().find_method(spec.function());
+      if (m == nullptr) throw Error("actor method '" + spec.function() + "' is not registered");
+      if (m->class_key != actor_class_)
+        throw Error("'" + spec.function() + "' is not a method of " + actor_class_);
+      if (m->arity != static_cast<size_t>(spec.args_size()))
+        throw Error("'" + spec.function() + "' takes " + std::to_string(m->arity) + " arguments, got " +
+                    std::to_string(spec.args_size()));
+      m->invoke(actor_.get(), views, *sink);
+    }
+    if (sink->large() != nullptr) *value->mutable_shm() = sink->release_large();
+  } catch (...) {
+    value->Clear();
+    *value->mutable_error() = current_exception_error(spec.function());
+  }
+  result->set_exec_us(static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count()));
+}
+
+grpc::Status TaskExecutor::push_tasks(grpc::ServerContext* ctx,
+                                      grpc::ServerReaderWriter<proto::ResultBatch, proto::TaskBatch>* stream) {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<proto::TaskSpec> queue;
+  bool reader_done = false;
+  std::thread reader([&] {
+    proto::TaskBatch batch;
+    while (stream->Read(&batch)) {
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        for (auto& t : *batch.mutable_tasks()) queue.push_back(std::move(t));
+      }
+      cv.notify_one();
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    reader_done = true;
+    cv.notify_one();
+  });
+
+  proto::ResultBatch pending;
+  std::chrono::steady_clock::time_point first_pending;
+  bool broken = false;
+  auto flush = [&] {
+    if (pending.results_size() == 0) return;
+    if (!stream->Write(pending)) broken = true;
+    pending.Clear();
+  };
+  while (!broken) {
+    proto::TaskSpec spec;
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      if (queue.empty() && pending.results_size() > 0) {
+        lock.unlock();
+        flush();
+        continue;
+      }
+      cv.wait(lock, [&] { return !queue.empty() || reader_done; });
+      if (queue.empty()) break;
+      spec = std::move(queue.front());
+      queue.pop_front();
+    }
+    {
+      std::lock_guard<std::mutex> exec(exec_mu_);
+      ++running_;
+      execute(spec, pending.add_results());
+      --running_;
+    }
+    if (pending.results_size() == 1) first_pending = std::chrono::steady_clock::now();
+    if (pending.results_size() >= kMaxResultsPerBatch ||
+        std::chrono::steady_clock::now() - first_pending >= kMaxResultDelay)
+      flush();
+  }
+  flush();
+  if (broken) ctx->TryCancel();
+  reader.join();
+  return grpc::Status::OK;
+}
+
+void TaskExecutor::create_actor(const proto::CreateActorRequest& req, proto::CreateActorReply* reply) {
+  std::lock_guard<std::mutex> exec(exec_mu_);
+  const detail::FactoryEntry* factory = detail::Registry::instance().find_factory(req.factory());
+  if (OutputForwarder* out = core_.output()) out->set_label(req.class_name());
+  try {
+    if (factory == nullptr)
+      throw Error("actor factory '" + req.factory() + "' is not registered in this worker's executable");
+    if (actor_) throw Error("this worker already hosts an actor");
+    std::vector<std::shared_ptr<detail::Buffer>> keep;
+    std::vector<detail::ArgView> views;
+    for (const auto& arg : req.args()) {
+      keep.push_back(core_.resolve_arg(arg));
+      views.push_back({keep.back()->data(), keep.back()->size()});
+    }
+    ++running_;
+    actor_ = factory->create(views);
+    --running_;
+    actor_class_ = factory->class_key;
+    actor_id_ = ActorId::from_binary(req.actor_id());
+    actor_resources_ = req.resources();
+    reply->set_ok(true);
+  } catch (...) {
+    running_ = 0;
+    proto::ErrorInfo e = current_exception_error(req.factory());
+    e.set_kind(proto::ErrorInfo::ACTOR_DIED);
+    e.set_message("the actor's factory " + req.factory() + " threw " + e.remote_type() + ": " + e.message());
+    *reply->mutable_error() = std::move(e);
+  }
+}
+
+}  // namespace gantry::internal

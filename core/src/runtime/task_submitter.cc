@@ -1,0 +1,367 @@
+#include "runtime/task_submitter.h"
+
+#include <algorithm>
+
+#include "common/logging.h"
+
+namespace gantry::internal {
+namespace {
+
+// Tasks kept in flight per worker: enough to cover this much execution time.
+constexpr double kPipelineTargetUs = 2000;
+constexpr size_t kMaxPipelineDepth = 256;
+
+}  // namespace
+
+struct TaskSubmitter::LeaseCall {
+  grpc::ClientContext ctx;
+  proto::LeaseRequest request;
+  proto::LeaseReply reply;
+};
+
+TaskSubmitter::TaskSubmitter(SubmitterConfig config) : config_(std::move(config)) {
+  housekeeper_ = std::thread([this] { housekeeping_loop(); });
+}
+
+TaskSubmitter::~TaskSubmitter() { stop(); }
+
+size_t TaskSubmitter::num_tasks() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return tasks_.size();
+}
+
+void TaskSubmitter::submit(proto::TaskSpec spec, std::vector<ObjectId> arg_refs, ResourceSet resources,
+                           int max_retries, bool retry_exceptions) {
+  TaskId id = TaskId::from_binary(spec.task_id());
+  config_.refs->add_submitted(arg_refs);
+  // Owned arguments still being computed: the task waits here, not on a worker, so a
+  // chain of tasks never holds workers idle.
+  std::vector<ObjectId> pending;
+  for (const auto& arg : spec.args()) {
+    if (!arg.has_ref() || arg.ref().owner_address() != config_.self_address) continue;
+    ObjectId dep = ObjectId::from_binary(arg.ref().id());
+    if (config_.store->contains(dep) && !config_.store->get_if_ready(dep)) pending.push_back(dep);
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto task = std::make_unique<Task>();
+    task->key = resources.to_string();
+    task->retries_left = max_retries;
+    task->retry_exceptions = retry_exceptions;
+    task->unresolved = static_cast<int>(pending.size()) + 1;  // +1 released below
+    task->arg_refs = std::move(arg_refs);
+    auto [it, inserted] = keys_.try_emplace(task->key);
+    if (inserted) {
+      it->second.key = task->key;
+      it->second.resources = std::move(resources);
+      it->second.description = "task " + spec.function();
+    }
+    task->spec = std::move(spec);
+    tasks_.emplace(id, std::move(task));
+  }
+  for (const auto& dep : pending)
+    if (!config_.store->on_ready(dep, [this, id](const ValuePtr&) { on_dependency_ready(id); }))
+      on_dependency_ready(id);
+  on_dependency_ready(id);
+}
+
+void TaskSubmitter::on_dependency_ready(const TaskId& id) {
+  AfterUnlock after;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = tasks_.find(id);
+    if (it == tasks_.end() || --it->second->unresolved > 0 || stopping_) return;
+    KeyState& ks = keys_[it->second->key];
+    ks.queue.push_back(id);
+    dispatch_locked(ks, after);
+  }
+  finish(after);
+}
+
+size_t TaskSubmitter::pipeline_depth_locked(const KeyState& ks) const {
+  if (ks.avg_task_us < 0) return 1;
+  double depth = kPipelineTargetUs / std::max(ks.avg_task_us, 1.0);
+  return static_cast<size_t>(std::clamp(depth, 1.0, static_cast<double>(kMaxPipelineDepth)));
+}
+
+bool TaskSubmitter::resolve_args_locked(Task& task, AfterUnlock& after) {
+  for (auto& arg : *task.spec.mutable_args()) {
+    if (!arg.has_ref() || arg.ref().owner_address() != config_.self_address) continue;
+    ValuePtr value = config_.store->get_if_ready(ObjectId::from_binary(arg.ref().id()));
+    if (!value) continue;  // the worker asks us, and learns it is lost
+    if (value->has_error()) {
+      // A failed argument fails the task with the same error, without running it.
+      fail_task_locked(TaskId::from_binary(task.spec.task_id()), value->error(), after);
+      return false;
+    }
+    if (value->has_shm()) {
+      proto::ShmLocation shm = value->shm();
+      *arg.mutable_shm() = std::move(shm);
+    } else if (value->inline_data().size() < config_.inline_threshold) {
+      std::string data = value->inline_data();
+      arg.set_inline_data(std::move(data));
+    }
+  }
+  return true;
+}
+
+void TaskSubmitter::dispatch_locked(KeyState& ks, AfterUnlock& after) {
+  size_t depth = pipeline_depth_locked(ks);
+  while (!ks.queue.empty()) {
+    LeasedWorker* best = nullptr;
+    for (auto& [lease, w] : ks.workers)
+      if (w->in_flight.size() < depth && (best == nullptr || w->in_flight.size() < best->in_flight.size()))
+        best = w.get();
+    if (best == nullptr) break;
+    TaskId id = ks.queue.front();
+    ks.queue.pop_front();
+    auto it = tasks_.find(id);
+    if (it == tasks_.end()) continue;
+    Task& task = *it->second;
+    if (!resolve_args_locked(task, after)) continue;
+    best->in_flight.insert(id);
+    best->stream->send(task.spec);
+  }
+  if (!ks.queue.empty() && ks.pending_lease_requests == 0) request_lease_locked(ks, after);
+}
+
+void TaskSubmitter::request_lease_locked(KeyState& ks, AfterUnlock& after) {
+  ++ks.pending_lease_requests;
+  ++calls_in_flight_;
+  auto call = std::make_shared<LeaseCall>();
+  *call->request.mutable_resources() = to_proto(ks.resources);
+  call->request.set_owner_address(config_.self_address);
+  call->request.set_description(ks.description);
+  lease_calls_.emplace(call.get(), call);
+  std::string key = ks.key;
+  after.calls.push_back([this, call, key] {
+    config_.agent->async()->RequestLease(&call->ctx, &call->request, &call->reply,
+                                         [this, call, key](grpc::Status s) {
+                                           on_lease(key, s, call->reply);
+                                           std::lock_guard<std::mutex> lock(mu_);
+                                           lease_calls_.erase(call.get());
+                                           --calls_in_flight_;
+                                           cv_.notify_all();
+                                         });
+  });
+}
+
+void TaskSubmitter::on_lease(const std::string& key, const grpc::Status& status, const proto::LeaseReply& reply) {
+  AfterUnlock after;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    KeyState& ks = keys_[key];
+    --ks.pending_lease_requests;
+    bool granted = status.ok() && reply.granted();
+    if (stopping_ || (granted && ks.queue.empty())) {
+      if (granted) {
+        uint64_t lease = reply.lease_id();
+        after.calls.push_back([this, lease] { return_lease(lease, false); });
+      }
+    } else if (!status.ok()) {
+      fail_queue_locked(ks,
+                        make_error(proto::ErrorInfo::INTERNAL,
+                                   "cannot lease a worker from the node agent: " + status.error_message()),
+                        after);
+    } else if (reply.has_error()) {
+      fail_queue_locked(ks, reply.error(), after);
+    } else {
+      auto w = std::make_unique<LeasedWorker>();
+      w->lease_id = reply.lease_id();
+      w->address = reply.worker_address();
+      w->pid = reply.worker_pid();
+      w->idle_since = std::chrono::steady_clock::now();
+      uint64_t lease = w->lease_id;
+      w->stream = std::make_shared<TaskStream>(
+          config_.channels->get(w->address),
+          [this, key, lease](proto::ResultBatch& batch) { on_results(key, lease, batch); },
+          [this, key, lease](const std::string& why) { on_broken(key, lease, why); });
+      ks.workers.emplace(lease, std::move(w));
+      dispatch_locked(ks, after);
+    }
+  }
+  finish(after);
+}
+
+void TaskSubmitter::on_results(const std::string& key, uint64_t lease_id, proto::ResultBatch& batch) {
+  AfterUnlock after;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    KeyState& ks = keys_[key];
+    auto wit = ks.workers.find(lease_id);
+    LeasedWorker* w = wit == ks.workers.end() ? nullptr : wit->second.get();
+    for (auto& result : *batch.mutable_results()) {
+      TaskId id = TaskId::from_binary(result.task_id());
+      if (w != nullptr) w->in_flight.erase(id);
+      double us = static_cast<double>(result.exec_us());
+      ks.avg_task_us = ks.avg_task_us < 0 ? us : 0.8 * ks.avg_task_us + 0.2 * us;
+      auto it = tasks_.find(id);
+      if (it == tasks_.end()) continue;
+      Task& task = *it->second;
+      const proto::ObjectValue& value = result.value();
+      if (value.has_error() && value.error().kind() == proto::ErrorInfo::TASK_ERROR && task.retry_exceptions &&
+          task.retries_left != 0) {
+        if (task.retries_left > 0) --task.retries_left;
+        task.spec.set_attempt(task.spec.attempt() + 1);
+        ks.queue.push_front(id);
+        continue;
+      }
+      auto stored = std::make_shared<proto::ObjectValue>();
+      stored->Swap(result.mutable_value());
+      after.done.push_back({ObjectId::from_binary(task.spec.return_id()), std::move(stored), std::move(task.arg_refs)});
+      tasks_.erase(it);
+    }
+    if (!stopping_) dispatch_locked(ks, after);
+    if (w != nullptr && w->in_flight.empty()) w->idle_since = std::chrono::steady_clock::now();
+  }
+  finish(after);
+}
+
+void TaskSubmitter::on_broken(const std::string& key, uint64_t lease_id, const std::string& why) {
+  AfterUnlock after;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return;
+    KeyState& ks = keys_[key];
+    auto wit = ks.workers.find(lease_id);
+    if (wit == ks.workers.end()) return;
+    LeasedWorker& w = *wit->second;
+    // Re-run in submission order ahead of newer work.
+    std::vector<TaskId> lost(w.in_flight.begin(), w.in_flight.end());
+    std::sort(lost.begin(), lost.end());
+    for (auto rit = lost.rbegin(); rit != lost.rend(); ++rit) {
+      auto it = tasks_.find(*rit);
+      if (it == tasks_.end()) continue;
+      Task& task = *it->second;
+      if (task.retries_left != 0) {
+        if (task.retries_left > 0) --task.retries_left;
+        task.spec.set_attempt(task.spec.attempt() + 1);
+        GANTRY_LOG_INFO("worker pid {} died running {}; retrying (attempt {})", w.pid, task.spec.function(),
+                        task.spec.attempt() + 1);
+        ks.queue.push_front(*rit);
+      } else {
+        fail_task_locked(*rit,
+                         make_error(proto::ErrorInfo::WORKER_CRASHED,
+                                    "the worker process (pid " + std::to_string(w.pid) + ") running " +
+                                        task.spec.function() + " died before finishing it (" + why + "), after " +
+                                        std::to_string(task.spec.attempt() + 1) + " attempt(s); raise max_retries "
+                                        "to retry more often",
+                                    task.spec.function()),
+                         after);
+      }
+    }
+    w.in_flight.clear();
+    drop_worker_locked(ks, lease_id, true, after);
+    dispatch_locked(ks, after);
+  }
+  finish(after);
+}
+
+void TaskSubmitter::fail_task_locked(const TaskId& id, proto::ErrorInfo error, AfterUnlock& after) {
+  auto it = tasks_.find(id);
+  if (it == tasks_.end()) return;
+  Task& task = *it->second;
+  if (error.function().empty()) error.set_function(task.spec.function());
+  auto value = std::make_shared<proto::ObjectValue>();
+  *value->mutable_error() = std::move(error);
+  after.done.push_back({ObjectId::from_binary(task.spec.return_id()), std::move(value), std::move(task.arg_refs)});
+  tasks_.erase(it);
+}
+
+void TaskSubmitter::fail_queue_locked(KeyState& ks, const proto::ErrorInfo& error, AfterUnlock& after) {
+  while (!ks.queue.empty()) {
+    TaskId id = ks.queue.front();
+    ks.queue.pop_front();
+    fail_task_locked(id, error, after);
+  }
+}
+
+void TaskSubmitter::drop_worker_locked(KeyState& ks, uint64_t lease_id, bool failed, AfterUnlock& after) {
+  auto it = ks.workers.find(lease_id);
+  if (it == ks.workers.end()) return;
+  it->second->stream->close();
+  retired_streams_.push_back(std::move(it->second->stream));
+  ks.workers.erase(it);
+  after.calls.push_back([this, lease_id, failed] { return_lease(lease_id, failed); });
+}
+
+void TaskSubmitter::return_lease(uint64_t lease_id, bool failed) {
+  struct ReturnCall {
+    grpc::ClientContext ctx;
+    proto::ReturnLeaseRequest request;
+    proto::Empty reply;
+  };
+  auto call = std::make_shared<ReturnCall>();
+  call->request.set_lease_id(lease_id);
+  call->request.set_worker_failed(failed);
+  call->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++calls_in_flight_;
+  }
+  config_.agent->async()->ReturnLease(&call->ctx, &call->request, &call->reply, [this, call](grpc::Status) {
+    std::lock_guard<std::mutex> lock(mu_);
+    --calls_in_flight_;
+    cv_.notify_all();
+  });
+}
+
+void TaskSubmitter::finish(AfterUnlock& after) {
+  for (auto& call : after.calls) call();
+  for (auto& c : after.done) {
+    config_.complete(c.id, std::move(c.value));
+    config_.refs->remove_submitted(c.arg_refs);
+  }
+}
+
+void TaskSubmitter::housekeeping_loop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stopping_) {
+    cv_.wait_for(lock, std::chrono::milliseconds(10));
+    if (stopping_) break;
+    AfterUnlock after;
+    auto now = std::chrono::steady_clock::now();
+    for (auto& [key, ks] : keys_) {
+      if (!ks.queue.empty()) continue;
+      std::vector<uint64_t> idle;
+      for (const auto& [lease, w] : ks.workers)
+        if (w->in_flight.empty() && now - w->idle_since >= config_.lease_linger) idle.push_back(lease);
+      for (uint64_t lease : idle) drop_worker_locked(ks, lease, false, after);
+    }
+    std::vector<std::shared_ptr<TaskStream>> retired;
+    retired.swap(retired_streams_);
+    lock.unlock();
+    finish(after);
+    retired.clear();  // joins stream threads, off the lock
+    lock.lock();
+  }
+}
+
+void TaskSubmitter::stop() {
+  std::vector<std::shared_ptr<TaskStream>> streams;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+    for (auto& [key, ks] : keys_)
+      for (auto& [lease, w] : ks.workers) streams.push_back(w->stream);
+    for (auto& s : retired_streams_) streams.push_back(s);
+    for (auto& [ptr, call] : lease_calls_) call->ctx.TryCancel();
+  }
+  cv_.notify_all();
+  if (housekeeper_.joinable()) housekeeper_.join();
+  for (auto& s : streams) s->cancel();
+  std::vector<uint64_t> leases;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, std::chrono::seconds(3), [this] { return calls_in_flight_ == 0; });
+    for (auto& [key, ks] : keys_) {
+      for (auto& [lease, w] : ks.workers) leases.push_back(lease);
+      ks.workers.clear();
+    }
+    retired_streams_.clear();
+  }
+  streams.clear();
+}
+
+}  // namespace gantry::internal

@@ -1,0 +1,131 @@
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "gantry/agent.grpc.pb.h"
+#include "gantry/ids.h"
+#include "rpc/grpc_util.h"
+#include "runtime/memory_store.h"
+#include "runtime/reference_counter.h"
+#include "runtime/task_stream.h"
+#include "scheduler/resource_set.h"
+
+namespace gantry::internal {
+
+/// How a finished task's value reaches its owner's tables.
+using CompleteCallback = std::function<void(const ObjectId& id, ValuePtr value)>;
+
+struct SubmitterConfig {
+  std::string self_address;
+  std::shared_ptr<proto::NodeAgent::Stub> agent;
+  ChannelCache* channels = nullptr;  // not owned
+  MemoryStore* store = nullptr;      // not owned
+  ReferenceCounter* refs = nullptr;  // not owned
+  CompleteCallback complete;
+  size_t inline_threshold = 100 * 1024;
+  std::chrono::milliseconds lease_linger{100};
+};
+
+/// Submits normal tasks: waits for their owned arguments, leases workers from the node
+/// agent per resource shape, streams specs to leased workers and takes results back.
+///
+/// Leases are kept while work of their shape is queued and returned after `lease_linger`
+/// idle. Each worker gets several tasks in flight when tasks are short (measured from the
+/// results), one at a time when they are long, so long tasks spread over all workers.
+/// State lives behind `mu_`; streams and agent calls are never made with callbacks that
+/// re-enter while it is held.
+class TaskSubmitter {
+ public:
+  explicit TaskSubmitter(SubmitterConfig config);
+  ~TaskSubmitter();
+
+  /// Queues a task. `spec.args` hold inline values or refs; `arg_refs` are the refs among
+  /// them, already counted by the caller's ObjectRefs, and pinned here until the task ends.
+  void submit(proto::TaskSpec spec, std::vector<ObjectId> arg_refs, ResourceSet resources, int max_retries,
+              bool retry_exceptions);
+  /// Cancels streams and lease requests; tasks still queued are dropped. Idempotent.
+  void stop();
+  size_t num_tasks() const;
+
+  /// A finished task: its value, and the argument pins to release.
+  struct Completion {
+    ObjectId id;
+    ValuePtr value;
+    std::vector<ObjectId> arg_refs;
+  };
+
+ private:
+  struct Task {
+    proto::TaskSpec spec;
+    std::vector<ObjectId> arg_refs;
+    std::string key;
+    int retries_left = 0;
+    bool retry_exceptions = false;
+    int unresolved = 0;
+  };
+  struct LeasedWorker {
+    uint64_t lease_id = 0;
+    std::string address;
+    int pid = 0;
+    std::shared_ptr<TaskStream> stream;
+    std::unordered_set<TaskId> in_flight;
+    std::chrono::steady_clock::time_point idle_since;
+  };
+  struct KeyState {
+    std::string key;
+    ResourceSet resources;
+    std::string description;
+    std::deque<TaskId> queue;
+    std::unordered_map<uint64_t, std::unique_ptr<LeasedWorker>> workers;
+    int pending_lease_requests = 0;
+    double avg_task_us = -1;  // moving average of execution time; <0 unknown
+  };
+  /// Work collected under mu_ and done after it is released: completions (which run
+  /// store callbacks) and RPCs (whose callbacks may run inline).
+  struct AfterUnlock {
+    std::vector<Completion> done;
+    std::vector<std::function<void()>> calls;
+  };
+  struct LeaseCall;
+
+  // All *_locked methods need mu_ held.
+  void dispatch_locked(KeyState& ks, AfterUnlock& after);
+  size_t pipeline_depth_locked(const KeyState& ks) const;
+  bool resolve_args_locked(Task& task, AfterUnlock& after);
+  void request_lease_locked(KeyState& ks, AfterUnlock& after);
+  void fail_task_locked(const TaskId& id, proto::ErrorInfo error, AfterUnlock& after);
+  void fail_queue_locked(KeyState& ks, const proto::ErrorInfo& error, AfterUnlock& after);
+  void drop_worker_locked(KeyState& ks, uint64_t lease_id, bool failed, AfterUnlock& after);
+
+  void on_dependency_ready(const TaskId& id);
+  void on_lease(const std::string& key, const grpc::Status& status, const proto::LeaseReply& reply);
+  void on_results(const std::string& key, uint64_t lease_id, proto::ResultBatch& batch);
+  void on_broken(const std::string& key, uint64_t lease_id, const std::string& why);
+  void finish(AfterUnlock& after);
+  void return_lease(uint64_t lease_id, bool failed);
+  void housekeeping_loop();
+
+  SubmitterConfig config_;
+  mutable std::mutex mu_;  // guards everything below
+  std::condition_variable cv_;
+  std::unordered_map<TaskId, std::unique_ptr<Task>> tasks_;
+  std::map<std::string, KeyState> keys_;
+  std::vector<std::shared_ptr<TaskStream>> retired_streams_;  // destroyed off the lock
+  std::unordered_map<LeaseCall*, std::shared_ptr<LeaseCall>> lease_calls_;
+  int calls_in_flight_ = 0;  // lease requests and returns whose callbacks hold `this`
+  bool stopping_ = false;
+  std::thread housekeeper_;
+};
+
+}  // namespace gantry::internal

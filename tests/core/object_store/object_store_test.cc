@@ -1,0 +1,88 @@
+#include "object_store/object_store.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+
+#include "gantry/errors.h"
+#include "object_store/shm_object.h"
+
+namespace gantry::internal {
+namespace {
+
+std::filesystem::path test_dir() {
+  return std::filesystem::path("/dev/shm") / ("gantry_store_test_" + std::to_string(::getpid()));
+}
+
+TEST(ObjectStore, ReservesWithinCapacityAndRejectsWhenFull) {
+  ObjectStore store(test_dir(), 1000);
+  ObjectId a = ObjectId::generate(), b = ObjectId::generate(), c = ObjectId::generate();
+  auto ra = store.reserve(a, 600);
+  ASSERT_TRUE(ra.error.empty()) << ra.error;
+  EXPECT_EQ(store.used(), 600u);
+  auto rb = store.reserve(b, 500);
+  EXPECT_TRUE(rb.path.empty());
+  EXPECT_NE(rb.error.find("object store full"), std::string::npos) << rb.error;
+  EXPECT_NE(rb.error.find("object_store_memory"), std::string::npos) << "the error says what to do";
+  EXPECT_EQ(store.used(), 600u) << "a refused reservation changes nothing";
+  auto rc = store.reserve(c, 400);
+  EXPECT_TRUE(rc.error.empty()) << rc.error;
+  EXPECT_EQ(store.used(), 1000u);
+  EXPECT_FALSE(store.reserve(a, 1).error.empty()) << "an id is reserved once";
+}
+
+TEST(ObjectStore, RemoveFreesCapacityAndUnlinksTheFile) {
+  ObjectStore store(test_dir(), 1 << 20);
+  ObjectId id = ObjectId::generate();
+  auto r = store.reserve(id, 4096);
+  ASSERT_TRUE(r.error.empty());
+  {
+    auto file = MappedFile::create(r.path, 4096);
+    std::memset(file->data(), 7, 4096);
+  }
+  EXPECT_TRUE(std::filesystem::exists(r.path));
+  store.remove(id);
+  EXPECT_FALSE(std::filesystem::exists(r.path));
+  EXPECT_EQ(store.used(), 0u);
+  EXPECT_EQ(store.num_objects(), 0u);
+  store.remove(id);  // unknown ids are ignored
+}
+
+TEST(MappedFile, ReaderSeesWriterBytesAndSurvivesUnlink) {
+  ObjectStore store(test_dir(), 1 << 24);
+  ObjectId id = ObjectId::generate();
+  auto r = store.reserve(id, 1 << 20);
+  ASSERT_TRUE(r.error.empty());
+  {
+    auto w = MappedFile::create(r.path, 1 << 20);
+    for (size_t i = 0; i < w->size(); ++i) w->data()[i] = static_cast<uint8_t>(i * 31);
+  }
+  auto reader = MappedFile::open_read_only(r.path);
+  ASSERT_EQ(reader->size(), size_t{1} << 20);
+  store.remove(id);  // unlinked, but the mapping stays valid
+  for (size_t i = 0; i < reader->size(); i += 4099) EXPECT_EQ(reader->data()[i], static_cast<uint8_t>(i * 31));
+  EXPECT_THROW(MappedFile::open_read_only(r.path), ObjectLostError);
+}
+
+TEST(MappedFile, CreateRefusesAnExistingPath) {
+  ObjectStore store(test_dir(), 1 << 20);
+  ObjectId id = ObjectId::generate();
+  auto r = store.reserve(id, 64);
+  MappedFile::create(r.path, 64);
+  EXPECT_THROW(MappedFile::create(r.path, 64), Error);
+}
+
+TEST(ObjectStore, DestructionRemovesTheDirectory) {
+  std::filesystem::path dir = test_dir() / "nested";
+  {
+    ObjectStore store(dir, 1 << 20);
+    auto r = store.reserve(ObjectId::generate(), 64);
+    MappedFile::create(r.path, 64);
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir));
+}
+
+}  // namespace
+}  // namespace gantry::internal
