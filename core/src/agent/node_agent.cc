@@ -297,6 +297,7 @@ grpc::Status NodeAgent::CreateObject(grpc::ServerContext*, const proto::CreateOb
   ObjectStore::Reservation r = store_->reserve(id, req->size());
   if (!r.error.empty()) *reply->mutable_error() = make_error(proto::ErrorInfo::OBJECT_STORE_FULL, r.error);
   reply->set_path(r.path);
+  reply->set_reused(r.reused);
   return grpc::Status::OK;
 }
 

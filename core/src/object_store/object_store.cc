@@ -34,9 +34,44 @@ ObjectStore::~ObjectStore() {
 
 std::string ObjectStore::path_of(const ObjectId& id) const { return (dir_ / id.hex()).string(); }
 
+namespace {
+// Files kept for reuse: at most this many, each reused only for objects at least half
+// its size (a smaller object would hold memory it does not use).
+constexpr size_t kMaxPooledFiles = 8;
+}  // namespace
+
+void ObjectStore::evict_pool_locked(uint64_t need) {
+  while (!pool_.empty() && need > capacity_ - used_) {
+    ::unlink(pool_.front().path.c_str());
+    used_ -= pool_.front().size;
+    pooled_ -= pool_.front().size;
+    pool_.erase(pool_.begin());
+  }
+}
+
 ObjectStore::Reservation ObjectStore::reserve(const ObjectId& id, uint64_t size) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (sizes_.count(id) != 0) return {{}, "object " + id.hex() + " already exists in the store"};
+  if (sizes_.count(id) != 0) return {{}, "object " + id.hex() + " already exists in the store", false};
+  // Best fit among pooled files: the smallest that holds the object without wasting half.
+  size_t best = pool_.size();
+  for (size_t i = 0; i < pool_.size(); ++i) {
+    uint64_t s = pool_[i].size;
+    if (s >= size && s / 2 <= size && (best == pool_.size() || s < pool_[best].size)) best = i;
+  }
+  if (best != pool_.size()) {
+    PooledFile f = pool_[best];
+    pool_.erase(pool_.begin() + static_cast<std::ptrdiff_t>(best));
+    pooled_ -= f.size;
+    used_ -= f.size;
+    if (::rename(f.path.c_str(), path_of(id).c_str()) == 0) {
+      // The creator truncates the file to `size`, giving back the tail.
+      used_ += size;
+      sizes_.emplace(id, size);
+      return {path_of(id), {}, true};
+    }
+    ::unlink(f.path.c_str());
+  }
+  evict_pool_locked(size);
   if (size > capacity_ - used_) {
     return {{},
             "object store full: an object of " + human_bytes(size) + " does not fit (" + human_bytes(used_) +
@@ -45,16 +80,37 @@ ObjectStore::Reservation ObjectStore::reserve(const ObjectId& id, uint64_t size)
   }
   used_ += size;
   sizes_.emplace(id, size);
-  return {path_of(id), {}};
+  return {path_of(id), {}, false};
 }
 
 void ObjectStore::remove(const ObjectId& id) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = sizes_.find(id);
   if (it == sizes_.end()) return;
-  used_ -= it->second;
+  uint64_t size = it->second;
   sizes_.erase(it);
-  ::unlink(path_of(id).c_str());
+  std::string path = path_of(id);
+  if (size > 0) {
+    std::string pooled = (dir_ / ("free-" + std::to_string(next_pool_file_++))).string();
+    if (::rename(path.c_str(), pooled.c_str()) == 0) {
+      pool_.push_back({pooled, size});
+      pooled_ += size;
+      while (pool_.size() > kMaxPooledFiles) {
+        ::unlink(pool_.front().path.c_str());
+        used_ -= pool_.front().size;
+        pooled_ -= pool_.front().size;
+        pool_.erase(pool_.begin());
+      }
+      return;
+    }
+  }
+  used_ -= size;
+  ::unlink(path.c_str());
+}
+
+uint64_t ObjectStore::pooled() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return pooled_;
 }
 
 uint64_t ObjectStore::used() const {

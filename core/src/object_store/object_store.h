@@ -5,6 +5,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "gantry/ids.h"
 
@@ -20,27 +21,42 @@ class ObjectStore {
   ~ObjectStore();
 
   struct Reservation {
-    std::string path;   // where the creator writes; empty on error
-    std::string error;  // why not, e.g. the store is full
+    std::string path;     // where the creator writes; empty on error
+    std::string error;    // why not, e.g. the store is full
+    bool reused = false;  // the file exists (a freed object's, pages already in memory)
   };
   /// Reserves `size` bytes for object `id`.
   Reservation reserve(const ObjectId& id, uint64_t size);
-  /// Unlinks the object and releases its bytes. Unknown ids are ignored.
+  /// Releases the object's bytes. Its file is kept for reuse by a later object of similar
+  /// size (so its memory need not be allocated and zeroed again) or unlinked. Unknown ids
+  /// are ignored.
   void remove(const ObjectId& id);
 
   uint64_t used() const;
   uint64_t capacity() const { return capacity_; }
   size_t num_objects() const;
+  /// Bytes held by freed files kept for reuse (counted in used()).
+  uint64_t pooled() const;
   const std::filesystem::path& dir() const { return dir_; }
 
  private:
   std::string path_of(const ObjectId& id) const;
+  // Needs mu_ held. Unlinks pooled files until `need` more bytes fit, oldest first.
+  void evict_pool_locked(uint64_t need);
+
+  struct PooledFile {
+    std::string path;
+    uint64_t size;
+  };
 
   const std::filesystem::path dir_;
   const uint64_t capacity_;
   mutable std::mutex mu_;  // guards used_ and sizes_
-  uint64_t used_ = 0;
+  uint64_t used_ = 0;    // live objects and pooled files
+  uint64_t pooled_ = 0;  // part of used_ held by pool_
+  uint64_t next_pool_file_ = 0;
   std::unordered_map<ObjectId, uint64_t> sizes_;
+  std::vector<PooledFile> pool_;  // freed files, oldest first
 };
 
 /// Bytes of physical memory.

@@ -17,8 +17,8 @@ std::string errno_text() { return std::strerror(errno); }
 
 }  // namespace
 
-std::unique_ptr<MappedFile> MappedFile::create(const std::string& path, size_t size) {
-  int fd = ::open(path.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+std::unique_ptr<MappedFile> MappedFile::create(const std::string& path, size_t size, bool reuse) {
+  int fd = reuse ? ::open(path.c_str(), O_RDWR | O_CLOEXEC) : ::open(path.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
   if (fd < 0) throw Error("cannot create shared-memory object " + path + ": " + errno_text());
   if (size > 0 && ::ftruncate(fd, static_cast<off_t>(size)) != 0) {
     std::string why = errno_text();

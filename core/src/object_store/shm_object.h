@@ -12,9 +12,10 @@ namespace gantry::internal {
 /// vanish under it.
 class MappedFile {
  public:
-  /// Creates `path` (must not exist) of `size` bytes, mapped read-write. Throws
-  /// gantry::Error naming the path and the reason on failure.
-  static std::unique_ptr<MappedFile> create(const std::string& path, size_t size);
+  /// Creates `path` (must not exist) of `size` bytes, mapped read-write. With `reuse`, the
+  /// file exists (a freed object's, handed over by the store) and is resized instead.
+  /// Throws gantry::Error naming the path and the reason on failure.
+  static std::unique_ptr<MappedFile> create(const std::string& path, size_t size, bool reuse = false);
   /// Maps an existing file read-only. Throws gantry::ObjectLostError when it is gone.
   static std::unique_ptr<MappedFile> open_read_only(const std::string& path);
 

@@ -160,7 +160,7 @@ std::unique_ptr<detail::WritableObject> CoreWorker::create_object_with_id(const 
   grpc::Status s = agent_->CreateObject(&ctx, req, &reply);
   if (!s.ok()) throw Error("cannot create an object in the node's store: " + s.error_message());
   if (reply.has_error()) throw_error(reply.error());
-  return std::make_unique<ShmWritable>(id, MappedFile::create(reply.path(), size), config_.node_id.hex());
+  return std::make_unique<ShmWritable>(id, MappedFile::create(reply.path(), size, reply.reused()), config_.node_id.hex());
 }
 
 std::unique_ptr<detail::WritableObject> CoreWorker::create_object(size_t size) {

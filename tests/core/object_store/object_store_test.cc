@@ -33,21 +33,46 @@ TEST(ObjectStore, ReservesWithinCapacityAndRejectsWhenFull) {
   EXPECT_FALSE(store.reserve(a, 1).error.empty()) << "an id is reserved once";
 }
 
-TEST(ObjectStore, RemoveFreesCapacityAndUnlinksTheFile) {
-  ObjectStore store(test_dir(), 1 << 20);
+TEST(ObjectStore, RemovedFilesAreReusedBySimilarSizesAndEvictedForRoom) {
+  ObjectStore store(test_dir(), 10000);
   ObjectId id = ObjectId::generate();
   auto r = store.reserve(id, 4096);
   ASSERT_TRUE(r.error.empty());
+  EXPECT_FALSE(r.reused);
   {
     auto file = MappedFile::create(r.path, 4096);
     std::memset(file->data(), 7, 4096);
   }
-  EXPECT_TRUE(std::filesystem::exists(r.path));
   store.remove(id);
   EXPECT_FALSE(std::filesystem::exists(r.path));
-  EXPECT_EQ(store.used(), 0u);
   EXPECT_EQ(store.num_objects(), 0u);
+  EXPECT_EQ(store.pooled(), 4096u) << "the freed file is kept, its pages still in memory";
+  EXPECT_EQ(store.used(), 4096u);
   store.remove(id);  // unknown ids are ignored
+
+  // Too small to take the pooled file (it would waste more than half): a fresh file.
+  auto tiny = store.reserve(ObjectId::generate(), 100);
+  EXPECT_FALSE(tiny.reused);
+  // A similar size takes it over, and the creator resizes it.
+  ObjectId again = ObjectId::generate();
+  auto reused = store.reserve(again, 3000);
+  ASSERT_TRUE(reused.error.empty()) << reused.error;
+  EXPECT_TRUE(reused.reused);
+  EXPECT_EQ(store.pooled(), 0u);
+  EXPECT_EQ(store.used(), 3100u);
+  {
+    auto file = MappedFile::create(reused.path, 3000, /*reuse=*/true);
+    EXPECT_EQ(file->size(), 3000u);
+  }
+  EXPECT_EQ(std::filesystem::file_size(reused.path), 3000u);
+
+  // Pooled files give way when a new object needs the room.
+  store.remove(again);
+  EXPECT_EQ(store.pooled(), 3000u);
+  auto big = store.reserve(ObjectId::generate(), 9000);
+  EXPECT_TRUE(big.error.empty()) << big.error;
+  EXPECT_EQ(store.pooled(), 0u);
+  EXPECT_EQ(store.used(), 9100u);
 }
 
 TEST(MappedFile, ReaderSeesWriterBytesAndSurvivesUnlink) {
