@@ -236,6 +236,13 @@ TEST_F(Runtime, UserExceptionsCarryTypeMessageFunctionAndNode) {
     EXPECT_NE(e.pid(), ::getpid());
     EXPECT_NE(std::string(e.what()).find("bad x = 7"), std::string::npos);
   }
+  // TaskOptions::name stands in for the function in errors and logs.
+  try {
+    gantry::task(throws_invalid_argument).options({.name = "step-3"}).remote(1).get();
+    FAIL();
+  } catch (const gantry::TaskError& e) {
+    EXPECT_EQ(e.function(), "step-3");
+  }
   // A task whose argument failed fails with the same error, without running.
   auto chained = gantry::task(fibonacci).options({.max_retries = 0}).remote(gantry::task(throws_invalid_argument).remote(1));
   EXPECT_THROW(chained.get(), gantry::TaskError);
@@ -511,9 +518,14 @@ TEST_F(Runtime, LastReferenceGoneFreesTheObjectEverywhere) {
   EXPECT_DOUBLE_EQ(c.task(&Counter::sum_held).remote().get(), double(1 << 20));
   c.task(&Counter::release).remote().get();
   EXPECT_TRUE(eventually([&] { return count_files(dir) == before; })) << "borrowed object not freed";
-  // Nested refs into a task work too.
+  // Nested refs into a task work too, even when the caller's only copies are temporaries
+  // gone before the task runs: the call pins them.
   std::vector<gantry::ObjectRef<std::vector<double>>> nested{gantry::put(ones(10)), gantry::put(ones(20))};
   EXPECT_DOUBLE_EQ(gantry::task(sum_nested).remote(nested).get(), 30.0);
+  auto later = gantry::task(sum_nested).remote(
+      std::vector<gantry::ObjectRef<std::vector<double>>>{gantry::put(ones(1 << 20)), gantry::put(ones(5))});
+  EXPECT_DOUBLE_EQ(later.get(), double((1 << 20) + 5));
+  EXPECT_TRUE(eventually([&] { return count_files(dir) == before; })) << "pinned nested refs not released";
 }
 
 TEST_F(Runtime, FullObjectStoreIsAnErrorNotACrash) {

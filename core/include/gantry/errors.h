@@ -48,7 +48,8 @@ class ActorDiedError : public Error {
   using Error::Error;
 };
 
-/// `get()` or `wait()` with a timeout found the object not ready in time.
+/// `get()` with a timeout found the object not ready in time. (`wait()` does not throw
+/// it: it returns what is ready when the timeout passes.)
 class GetTimeoutError : public Error {
  public:
   using Error::Error;

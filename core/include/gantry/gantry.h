@@ -70,6 +70,7 @@ EncodedArg encode_arg(A&& arg) {
     const P& value = arg;  // binds directly when A is already P
     size_t n = encoded_size(value);
     Runtime& rt = runtime();
+    NestedRefCollector collect(&out.nested);
     if (n >= rt.inline_threshold()) {
       auto object = rt.create_object(n);
       Writer w(object->data());

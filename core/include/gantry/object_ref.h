@@ -78,6 +78,7 @@ template <typename T>
 struct Codec<ObjectRef<T>> {
   static void encode(Writer& w, const ObjectRef<T>& ref) {
     if (!ref.valid()) throw Error("cannot send an empty gantry::ObjectRef");
+    detail::NestedRefCollector::note(ref.ref_state());
     detail::encode_ref(w, ref.id(), ref.owner());
   }
   static void decode(Reader& r, ObjectRef<T>& ref) { ref = ObjectRef<T>(detail::decode_ref(r)); }

@@ -46,12 +46,29 @@ UniqueId WorkerPool::start(const std::vector<int>& gpu_ids) {
     if (eq != nullptr) env_map[std::string(*e, static_cast<size_t>(eq - *e))] = std::string(eq + 1);
   }
   for (const auto& [k, v] : spec_.environment) env_map[k] = v;
+  // The agent's GPU i is the i-th device the agent itself may see: when the agent runs
+  // with CUDA_VISIBLE_DEVICES=2,3, its GPU 0 is physical device 2.
+  std::vector<std::string> visible;
+  if (auto it = env_map.find("CUDA_VISIBLE_DEVICES"); it != env_map.end() && !it->second.empty()) {
+    size_t start = 0;
+    while (start <= it->second.size()) {
+      size_t end = it->second.find(',', start);
+      if (end == std::string::npos) end = it->second.size();
+      visible.push_back(it->second.substr(start, end - start));
+      start = end + 1;
+    }
+  }
+  std::string devices;
+  for (size_t i = 0; i < gpu_ids.size(); ++i) {
+    size_t g = static_cast<size_t>(gpu_ids[i]);
+    devices += (i ? "," : "") + (g < visible.size() ? visible[g] : std::to_string(g));
+  }
   env_map["GANTRY_WORKER"] = "1";
   env_map["GANTRY_WORKER_ID"] = id.hex();
   env_map["GANTRY_GPU_IDS"] = join_ids(gpu_ids);
   // Set before the process starts, so CUDA in the worker only ever sees its devices;
   // a worker without GPUs sees none.
-  env_map["CUDA_VISIBLE_DEVICES"] = join_ids(gpu_ids);
+  env_map["CUDA_VISIBLE_DEVICES"] = devices;
 
   std::vector<std::string> env_strings;
   env_strings.reserve(env_map.size());

@@ -125,6 +125,7 @@ grpc::Status HeadService::CreateActor(grpc::ServerContext*, const proto::ActorSp
   actor.info.set_state(proto::ActorInfo::PENDING);
   actor.info.set_class_name(spec->class_name());
   actor.info.set_name(spec->name());
+  actor.info.set_max_task_retries(spec->max_task_retries());
   if (!spec->name().empty()) named_actors_[spec->name()] = id;
   auto start = place_actor_locked(actor);
   lock.unlock();

@@ -51,7 +51,13 @@ void ObjectStore::evict_pool_locked(uint64_t need) {
 
 ObjectStore::Reservation ObjectStore::reserve(const ObjectId& id, uint64_t size) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (sizes_.count(id) != 0) return {{}, "object " + id.hex() + " already exists in the store", false};
+  if (auto old = sizes_.find(id); old != sizes_.end()) {
+    // A retry of a task whose worker died after creating its result: the object was
+    // never published, so the new attempt replaces it.
+    used_ -= old->second;
+    sizes_.erase(old);
+    ::unlink(path_of(id).c_str());
+  }
   // Best fit among pooled files: the smallest that holds the object without wasting half.
   size_t best = pool_.size();
   for (size_t i = 0; i < pool_.size(); ++i) {

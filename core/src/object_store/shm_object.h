@@ -7,9 +7,10 @@
 
 namespace gantry::internal {
 
-/// A file in shared memory (/dev/shm) mapped into this process. Unmapped on destruction;
-/// the mapping stays valid after the file is unlinked, so a reader never sees a value
-/// vanish under it.
+/// A file in shared memory (/dev/shm) mapped into this process. Unmapped on destruction.
+/// A mapping stays valid after its file is unlinked; but a freed object's file may be
+/// reused for a new object, so a mapping must only be read while a reference to its
+/// object is held (get() and task arguments hold one).
 class MappedFile {
  public:
   /// Creates `path` (must not exist) of `size` bytes, mapped read-write. With `reuse`, the

@@ -120,9 +120,10 @@ void ActorSubmitter::on_resolved(const ActorId& id, const grpc::Status& status, 
       }
     } else {
       st.address = reply.info().address();
+      st.max_task_retries = reply.info().max_task_retries();
       uint64_t gen = ++st.generation;
       st.stream = std::make_shared<TaskStream>(
-          config_.channels->get(st.address),
+          connect_task_transport(*config_.channels, st.address, config_.force_grpc_streams),
           [this, id, gen](proto::ResultBatch& batch) { on_results(id, gen, batch); },
           [this, id, gen](const std::string& why) { on_broken(id, gen, why); });
       flush_locked(st);

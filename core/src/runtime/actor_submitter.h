@@ -26,6 +26,7 @@ struct ActorSubmitterConfig {
   ReferenceCounter* refs = nullptr;  // not owned
   CompleteCallback complete;
   size_t inline_threshold = 100 * 1024;
+  bool force_grpc_streams = false;
 };
 
 /// Sends method calls to actors: one ordered stream per (this caller, actor). Finds the

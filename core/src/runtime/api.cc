@@ -71,6 +71,7 @@ std::string level_or(const std::string& level, const std::string& fallback) {
   config.head_address = env.head_address;
   config.gpu_ids = env.gpu_ids;
   config.session_dir = env.session_dir;
+  config.force_grpc_streams = env.force_grpc_streams;
   config.output = output.get();
   try {
     g_core = std::make_unique<CoreWorker>(config);
@@ -123,6 +124,7 @@ void init(int argc, char** argv, InitOptions options) {
   config.agent_address = g_cluster->agent_address();
   config.head_address = g_cluster->head_address();
   config.session_dir = g_cluster->session_dir();
+  config.force_grpc_streams = env.force_grpc_streams;
   try {
     g_core = std::make_unique<CoreWorker>(config);
     g_core->start();
@@ -161,6 +163,20 @@ Runtime& runtime() {
 }
 
 Runtime* runtime_if_alive() { return g_runtime.load(); }
+
+namespace {
+thread_local std::vector<std::shared_ptr<RefState>>* t_nested_refs = nullptr;
+}  // namespace
+
+NestedRefCollector::NestedRefCollector(std::vector<std::shared_ptr<RefState>>* out) : previous_(t_nested_refs) {
+  t_nested_refs = out;
+}
+
+NestedRefCollector::~NestedRefCollector() { t_nested_refs = previous_; }
+
+void NestedRefCollector::note(const std::shared_ptr<RefState>& ref) {
+  if (t_nested_refs != nullptr) t_nested_refs->push_back(ref);
+}
 
 RefState::RefState(ObjectId id, std::string owner) : id_(id), owner_(std::move(owner)) {
   runtime().add_local_ref(id_, owner_);

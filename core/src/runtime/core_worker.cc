@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <thread>
 
 #include "common/logging.h"
@@ -10,6 +11,7 @@
 #include "object_store/shm_object.h"
 #include "runtime/output_forwarder.h"
 #include "runtime/task_executor.h"
+#include "runtime/task_stream.h"
 
 namespace gantry::internal {
 namespace {
@@ -90,6 +92,7 @@ CoreWorker::CoreWorker(CoreWorkerConfig config)
   sc.refs = &refs_;
   sc.complete = complete;
   sc.inline_threshold = config_.inline_threshold;
+  sc.force_grpc_streams = config_.force_grpc_streams;
   tasks_ = std::make_unique<TaskSubmitter>(sc);
   ActorSubmitterConfig ac;
   ac.self_address = config_.listen_address;
@@ -99,6 +102,7 @@ CoreWorker::CoreWorker(CoreWorkerConfig config)
   ac.refs = &refs_;
   ac.complete = complete;
   ac.inline_threshold = config_.inline_threshold;
+  ac.force_grpc_streams = config_.force_grpc_streams;
   actors_ = std::make_unique<ActorSubmitter>(ac);
   executor_ = std::make_unique<TaskExecutor>(*this);
 }
@@ -113,6 +117,16 @@ void CoreWorker::start() {
   server_ = builder.BuildAndStart();
   if (!server_) throw Error("cannot listen on " + config_.listen_address);
   if (config_.is_driver) return;
+  std::string task_path = task_socket_path(config_.listen_address);
+  if (!task_path.empty()) {
+    task_listener_ = std::make_unique<FrameListener>(task_path);
+    task_accept_thread_ = std::thread([this] {
+      while (auto socket = task_listener_->accept()) {
+        // One thread per caller's stream; it ends when the caller closes.
+        std::thread([this, s = std::move(socket)]() mutable { executor_->serve_socket(std::move(s)); }).detach();
+      }
+    });
+  }
   proto::RegisterWorkerRequest req;
   req.set_worker_id(config_.worker_id.binary());
   req.set_pid(::getpid());
@@ -129,6 +143,8 @@ void CoreWorker::stop() {
   store_.close();
   tasks_->stop();
   actors_->stop();
+  if (task_listener_) task_listener_->shutdown();
+  if (task_accept_thread_.joinable()) task_accept_thread_.join();
   if (server_) {
     server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
     server_->Wait();
@@ -160,7 +176,13 @@ std::unique_ptr<detail::WritableObject> CoreWorker::create_object_with_id(const 
   grpc::Status s = agent_->CreateObject(&ctx, req, &reply);
   if (!s.ok()) throw Error("cannot create an object in the node's store: " + s.error_message());
   if (reply.has_error()) throw_error(reply.error());
-  return std::make_unique<ShmWritable>(id, MappedFile::create(reply.path(), size, reply.reused()), config_.node_id.hex());
+  try {
+    return std::make_unique<ShmWritable>(id, MappedFile::create(reply.path(), size, reply.reused()),
+                                         config_.node_id.hex());
+  } catch (...) {
+    delete_shm(id);  // give the reserved bytes back
+    throw;
+  }
 }
 
 std::unique_ptr<detail::WritableObject> CoreWorker::create_object(size_t size) {
@@ -266,7 +288,25 @@ std::vector<bool> CoreWorker::wait(const std::vector<std::pair<ObjectId, std::st
     all_owned &= owner == config_.listen_address;
     plain.push_back(id);
   }
-  if (all_owned) return store_.wait_many(plain, num_returns, deadline);
+  if (all_owned) {
+    std::vector<bool> ready = store_.wait_many(plain, 0, deadline);
+    size_t n = std::count(ready.begin(), ready.end(), true);
+    if (n >= num_returns) return ready;
+    set_blocked(true);
+    try {
+      ready = store_.wait_many(plain, num_returns, deadline);
+    } catch (...) {
+      set_blocked(false);
+      throw;
+    }
+    set_blocked(false);
+    return ready;
+  }
+  set_blocked(true);
+  struct Unblock {
+    CoreWorker* self;
+    ~Unblock() { self->set_blocked(false); }
+  } unblock{this};
   // Mixed owners: poll, owned objects locally and borrowed ones at their owners.
   std::vector<bool> ready(ids.size(), false);
   while (true) {
@@ -293,6 +333,7 @@ std::vector<bool> CoreWorker::wait(const std::vector<std::pair<ObjectId, std::st
 
 proto::TaskArg CoreWorker::to_task_arg(detail::EncodedArg& arg, std::vector<ObjectId>* refs) {
   proto::TaskArg out;
+  for (const auto& nested : arg.nested) refs->push_back(nested->id());
   if (arg.ref) {
     out.mutable_ref()->set_id(arg.ref->id().binary());
     out.mutable_ref()->set_owner_address(arg.ref->owner());
@@ -333,6 +374,7 @@ ObjectId CoreWorker::submit_task(const std::string& function, std::vector<detail
   spec.set_task_id(id.binary());
   spec.set_return_id(id.binary());
   spec.set_function(function);
+  spec.set_name(options.name);
   spec.set_owner_address(config_.listen_address);
   spec.set_job_id(config_.job_id.binary());
   *spec.mutable_resources() = to_proto(resources);
@@ -358,12 +400,14 @@ ActorId CoreWorker::create_actor(const std::string& factory, const std::string& 
   spec.set_factory(factory);
   *spec.mutable_resources() = to_proto(resources);
   spec.set_max_restarts(options.max_restarts);
+  spec.set_max_task_retries(options.max_task_retries);
   spec.set_owner_address(config_.listen_address);
   spec.set_job_id(config_.job_id.binary());
   std::vector<ObjectId> refs;
   std::vector<std::shared_ptr<detail::RefState>> keep;
   for (auto& a : args) {
     if (a.ref) keep.push_back(a.ref);
+    keep.insert(keep.end(), a.nested.begin(), a.nested.end());
     *spec.add_args() = to_task_arg(a, &refs);
   }
   {

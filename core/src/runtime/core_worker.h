@@ -4,6 +4,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -11,6 +12,7 @@
 #include "gantry/detail/runtime.h"
 #include "gantry/head.grpc.pb.h"
 #include "gantry/worker.grpc.pb.h"
+#include "rpc/frame_socket.h"
 #include "rpc/grpc_util.h"
 #include "runtime/actor_submitter.h"
 #include "runtime/memory_store.h"
@@ -32,6 +34,7 @@ struct CoreWorkerConfig {
   std::string head_address;
   std::vector<int> gpu_ids;
   std::string session_dir;
+  bool force_grpc_streams = false;
   size_t inline_threshold = 100 * 1024;
   OutputForwarder* output = nullptr;  // workers only; not owned
 };
@@ -117,6 +120,9 @@ class CoreWorker final : public detail::Runtime, public proto::WorkerService::Se
   std::unique_ptr<ActorSubmitter> actors_;
   std::unique_ptr<TaskExecutor> executor_;
   std::unique_ptr<grpc::Server> server_;
+  // Workers also serve task streams on a framed Unix socket (see task_stream.h).
+  std::unique_ptr<FrameListener> task_listener_;
+  std::thread task_accept_thread_;
 
   std::mutex actor_args_mu_;  // guards actor_args_
   // Arguments of actors created here, kept for restarts (which re-run the factory).

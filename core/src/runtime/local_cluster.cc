@@ -72,8 +72,8 @@ std::unique_ptr<LocalCluster> LocalCluster::start(const InitOptions& options, co
   c->node_id_ = UniqueId::generate();
   c->job_id_ = UniqueId::generate();
 
-  int num_cpus = options.num_cpus >= 0 ? options.num_cpus : static_cast<int>(std::thread::hardware_concurrency());
-  if (num_cpus <= 0) num_cpus = 1;
+  int num_cpus = options.num_cpus;
+  if (num_cpus < 0) num_cpus = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   c->num_cpus_ = num_cpus;
   int num_gpus = options.num_gpus;
   if (num_gpus < 0) {

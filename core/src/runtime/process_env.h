@@ -21,6 +21,7 @@ struct ProcessEnv {
   bool log_to_driver = true;     // GANTRY_LOG_TO_DRIVER
   std::string address;           // GANTRY_ADDRESS (cluster to join)
   std::string temp_dir;          // GANTRY_TEMP_DIR
+  bool force_grpc_streams = false;  // GANTRY_TASK_TRANSPORT=grpc: task streams over gRPC even on one node
 
   static ProcessEnv read();
 };

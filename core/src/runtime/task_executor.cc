@@ -89,7 +89,8 @@ void TaskExecutor::execute(const proto::TaskSpec& spec, proto::TaskResult* resul
   result->set_task_id(spec.task_id());
   proto::ObjectValue* value = result->mutable_value();
   CurrentTaskScope scope(&spec);
-  if (OutputForwarder* out = core_.output()) out->set_label(spec.function());
+  const std::string& label = spec.name().empty() ? spec.function() : spec.name();
+  if (OutputForwarder* out = core_.output()) out->set_label(label);
   try {
     std::vector<std::shared_ptr<detail::Buffer>> keep;
     std::vector<detail::ArgView> views;
@@ -129,7 +130,7 @@ void TaskExecutor::execute(const proto::TaskSpec& spec, proto::TaskResult* resul
     if (sink->large() != nullptr) *value->mutable_shm() = sink->release_large();
   } catch (...) {
     value->Clear();
-    *value->mutable_error() = current_exception_error(spec.function());
+    *value->mutable_error() = current_exception_error(label);
   }
   result->set_exec_us(static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count()));
@@ -137,13 +138,34 @@ void TaskExecutor::execute(const proto::TaskSpec& spec, proto::TaskResult* resul
 
 grpc::Status TaskExecutor::push_tasks(grpc::ServerContext* ctx,
                                       grpc::ServerReaderWriter<proto::ResultBatch, proto::TaskBatch>* stream) {
+  serve({[&](proto::TaskBatch* b) { return stream->Read(b); },
+         [&](const proto::ResultBatch& r) { return stream->Write(r); }, [&] { ctx->TryCancel(); }});
+  return grpc::Status::OK;
+}
+
+void TaskExecutor::serve_socket(std::unique_ptr<FrameSocket> socket) {
+  std::string in, out;
+  serve({[&](proto::TaskBatch* b) {
+           if (!socket->read(&in)) return false;
+           if (b->ParseFromString(in)) return true;
+           GANTRY_LOG_WARN("dropping a task stream: malformed task batch of {} bytes", in.size());
+           return false;
+         },
+         [&](const proto::ResultBatch& r) {
+           r.SerializeToString(&out);
+           return socket->write(out);
+         },
+         [&] { socket->shutdown_both(); }});
+}
+
+void TaskExecutor::serve(const BatchIo& io) {
   std::mutex mu;
   std::condition_variable cv;
   std::deque<proto::TaskSpec> queue;
   bool reader_done = false;
   std::thread reader([&] {
     proto::TaskBatch batch;
-    while (stream->Read(&batch)) {
+    while (io.read(&batch)) {
       {
         std::lock_guard<std::mutex> lock(mu);
         for (auto& t : *batch.mutable_tasks()) queue.push_back(std::move(t));
@@ -160,7 +182,7 @@ grpc::Status TaskExecutor::push_tasks(grpc::ServerContext* ctx,
   bool broken = false;
   auto flush = [&] {
     if (pending.results_size() == 0) return;
-    if (!stream->Write(pending)) broken = true;
+    if (!io.write(pending)) broken = true;
     pending.Clear();
   };
   while (!broken) {
@@ -189,9 +211,8 @@ grpc::Status TaskExecutor::push_tasks(grpc::ServerContext* ctx,
       flush();
   }
   flush();
-  if (broken) ctx->TryCancel();
+  if (broken) io.cancel();
   reader.join();
-  return grpc::Status::OK;
 }
 
 void TaskExecutor::create_actor(const proto::CreateActorRequest& req, proto::CreateActorReply* reply) {

@@ -2,12 +2,15 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
 
 #include "gantry/ids.h"
 #include "gantry/worker.grpc.pb.h"
+#include "rpc/frame_socket.h"
 
 namespace gantry::internal {
 
@@ -27,8 +30,11 @@ class TaskExecutor {
  public:
   explicit TaskExecutor(CoreWorker& core) : core_(core) {}
 
+  /// Serves one gRPC PushTasks stream until the caller ends it.
   grpc::Status push_tasks(grpc::ServerContext* ctx,
                           grpc::ServerReaderWriter<proto::ResultBatch, proto::TaskBatch>* stream);
+  /// Serves one framed task socket until the caller ends it.
+  void serve_socket(std::unique_ptr<FrameSocket> socket);
   void create_actor(const proto::CreateActorRequest& req, proto::CreateActorReply* reply);
   /// True while a task or method runs in this process.
   bool busy() const;
@@ -37,6 +43,13 @@ class TaskExecutor {
   const proto::Resources& actor_resources() const { return actor_resources_; }
 
  private:
+  /// One task stream's reads, writes and cancellation, whatever carries it.
+  struct BatchIo {
+    std::function<bool(proto::TaskBatch*)> read;
+    std::function<bool(const proto::ResultBatch&)> write;
+    std::function<void()> cancel;
+  };
+  void serve(const BatchIo& io);
   void execute(const proto::TaskSpec& spec, proto::TaskResult* result);
   proto::ErrorInfo current_exception_error(const std::string& function) const;
 

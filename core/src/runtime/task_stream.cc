@@ -1,89 +1,154 @@
 #include "runtime/task_stream.h"
 
-namespace gantry::internal {
+#include "rpc/frame_socket.h"
+#include "rpc/grpc_util.h"
 
-TaskStream::TaskStream(const std::shared_ptr<grpc::Channel>& channel, ResultHandler on_results,
-                       BrokenHandler on_broken)
-    : stub_(proto::WorkerService::NewStub(channel)),
-      on_results_(std::move(on_results)),
-      on_broken_(std::move(on_broken)) {
-  stream_ = stub_->PushTasks(&ctx_);
-  writer_ = std::thread([this] { write_loop(); });
+namespace gantry::internal {
+namespace {
+
+class GrpcTransport final : public StreamTransport {
+ public:
+  explicit GrpcTransport(const std::shared_ptr<grpc::Channel>& channel)
+      : stub_(proto::WorkerService::NewStub(channel)), stream_(stub_->PushTasks(&ctx_)) {}
+  bool write(const proto::TaskBatch& batch) override { return stream_->Write(batch); }
+  bool read(proto::ResultBatch* batch) override { return stream_->Read(batch); }
+  void writes_done() override { stream_->WritesDone(); }
+  bool finish(std::string* error) override {
+    grpc::Status s = stream_->Finish();
+    if (!s.ok()) *error = s.error_message();
+    return s.ok();
+  }
+  void cancel() override { ctx_.TryCancel(); }
+
+ private:
+  grpc::ClientContext ctx_;
+  std::unique_ptr<proto::WorkerService::Stub> stub_;
+  std::unique_ptr<grpc::ClientReaderWriter<proto::TaskBatch, proto::ResultBatch>> stream_;
+};
+
+class SocketTransport final : public StreamTransport {
+ public:
+  explicit SocketTransport(std::unique_ptr<FrameSocket> socket) : socket_(std::move(socket)) {}
+  bool write(const proto::TaskBatch& batch) override {
+    batch.SerializeToString(&out_);
+    return socket_->write(out_);
+  }
+  bool read(proto::ResultBatch* batch) override {
+    if (!socket_->read(&in_)) {
+      ended_ = true;
+      return false;
+    }
+    if (!batch->ParseFromString(in_)) {
+      error_ = "malformed result batch from the worker";
+      return false;
+    }
+    return true;
+  }
+  void writes_done() override { socket_->shutdown_write(); }
+  bool finish(std::string* error) override {
+    // A clean end is the worker closing after our shutdown_write; anything else (a reset,
+    // a parse failure) is an error.
+    if (!error_.empty()) *error = error_;
+    else if (socket_->error() != "end of stream") *error = socket_->error();
+    return error->empty();
+  }
+  void cancel() override { socket_->shutdown_both(); }
+
+ private:
+  std::unique_ptr<FrameSocket> socket_;
+  std::string out_, in_, error_;
+  bool ended_ = false;
+};
+
+}  // namespace
+
+std::string task_socket_path(const std::string& worker_address) {
+  const std::string prefix = "unix:", suffix = ".sock";
+  if (worker_address.rfind(prefix, 0) != 0 || worker_address.size() < prefix.size() + suffix.size() ||
+      worker_address.compare(worker_address.size() - suffix.size(), suffix.size(), suffix) != 0)
+    return {};
+  return worker_address.substr(prefix.size(), worker_address.size() - prefix.size() - suffix.size()) + ".tasks";
+}
+
+std::unique_ptr<StreamTransport> connect_task_transport(ChannelCache& channels, const std::string& worker_address,
+                                                        bool force_grpc) {
+  std::string path = force_grpc ? std::string() : task_socket_path(worker_address);
+  if (!path.empty()) {
+    std::string error;
+    if (auto socket = FrameSocket::connect_unix(path, &error)) return std::make_unique<SocketTransport>(std::move(socket));
+    // Fall through: the gRPC stream reports the failure (or works) the usual way.
+  }
+  return std::make_unique<GrpcTransport>(channels.get(worker_address));
+}
+
+TaskStream::TaskStream(std::unique_ptr<StreamTransport> transport, ResultHandler on_results, BrokenHandler on_broken)
+    : transport_(std::move(transport)), on_results_(std::move(on_results)), on_broken_(std::move(on_broken)) {
   reader_ = std::thread([this] { read_loop(); });
 }
 
 TaskStream::~TaskStream() {
   close();
-  if (writer_.joinable()) writer_.join();
   if (reader_.joinable()) reader_.join();
 }
 
 void TaskStream::send(proto::TaskSpec spec) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    queue_.push_back(std::move(spec));
+  std::unique_lock<std::mutex> lock(mu_);
+  if (closing_ || broken_) return;  // the reader reports a broken stream
+  queue_.push_back(std::move(spec));
+  if (writing_) return;  // the thread writing now takes it in its next batch
+  write_queued(lock);
+}
+
+void TaskStream::write_queued(std::unique_lock<std::mutex>& lock) {
+  // The caller writes itself: no hand-off to a writer thread on the latency path. Specs
+  // queued by others meanwhile go out together in the next batch.
+  writing_ = true;
+  while (!queue_.empty() && !broken_) {
+    std::vector<proto::TaskSpec> specs;
+    specs.swap(queue_);
+    lock.unlock();
+    batch_.Clear();
+    batch_.mutable_tasks()->Reserve(static_cast<int>(specs.size()));
+    for (auto& s : specs) *batch_.add_tasks() = std::move(s);
+    bool ok = transport_->write(batch_);
+    lock.lock();
+    if (!ok) broken_ = true;
   }
-  cv_.notify_one();
+  writing_ = false;
+  if (closing_ && !done_writing_) {
+    done_writing_ = true;
+    transport_->writes_done();
+  }
 }
 
 void TaskStream::close() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    closing_ = true;
+  std::unique_lock<std::mutex> lock(mu_);
+  closing_ = true;
+  if (!writing_ && !done_writing_) {
+    done_writing_ = true;
+    transport_->writes_done();
   }
-  cv_.notify_one();
 }
 
 void TaskStream::cancel() {
   cancelled_ = true;
   close();
-  ctx_.TryCancel();
-}
-
-void TaskStream::write_loop() {
-  proto::TaskBatch batch;
-  while (true) {
-    std::vector<proto::TaskSpec> specs;
-    bool closing = false;
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [this] { return !queue_.empty() || closing_; });
-      specs.swap(queue_);
-      closing = closing_;
-    }
-    if (!specs.empty()) {
-      batch.Clear();
-      batch.mutable_tasks()->Reserve(static_cast<int>(specs.size()));
-      for (auto& s : specs) *batch.add_tasks() = std::move(s);
-      if (!stream_->Write(batch)) return;  // broken: the reader reports it
-    }
-    if (closing) {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (queue_.empty()) break;
-    }
-  }
-  stream_->WritesDone();
+  transport_->cancel();
 }
 
 void TaskStream::read_loop() {
   proto::ResultBatch batch;
-  while (stream_->Read(&batch)) on_results_(batch);
-  grpc::Status status = stream_->Finish();
+  while (transport_->read(&batch)) on_results_(batch);
+  std::string error;
+  bool clean = transport_->finish(&error);
   bool closing;
   {
     std::lock_guard<std::mutex> lock(mu_);
     closing = closing_;
+    broken_ = true;
   }
   if (cancelled_) return;
-  if (!closing || !status.ok()) {
-    // Wake the writer so it can exit, then report.
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      closing_ = true;
-    }
-    cv_.notify_one();
-    on_broken_(status.ok() ? std::string("stream ended") : status.error_message());
-  }
+  if (!closing || !clean) on_broken_(clean ? std::string("the worker closed the stream") : error);
 }
 
 }  // namespace gantry::internal

@@ -50,6 +50,7 @@ void TaskSubmitter::submit(proto::TaskSpec spec, std::vector<ObjectId> arg_refs,
     task->retry_exceptions = retry_exceptions;
     task->unresolved = static_cast<int>(pending.size()) + 1;  // +1 released below
     task->arg_refs = std::move(arg_refs);
+    spec.set_sequence(next_sequence_++);
     auto [it, inserted] = keys_.try_emplace(task->key);
     if (inserted) {
       it->second.key = task->key;
@@ -173,7 +174,7 @@ void TaskSubmitter::on_lease(const std::string& key, const grpc::Status& status,
       w->idle_since = std::chrono::steady_clock::now();
       uint64_t lease = w->lease_id;
       w->stream = std::make_shared<TaskStream>(
-          config_.channels->get(w->address),
+          connect_task_transport(*config_.channels, w->address, config_.force_grpc_streams),
           [this, key, lease](proto::ResultBatch& batch) { on_results(key, lease, batch); },
           [this, key, lease](const std::string& why) { on_broken(key, lease, why); });
       ks.workers.emplace(lease, std::move(w));
@@ -228,7 +229,11 @@ void TaskSubmitter::on_broken(const std::string& key, uint64_t lease_id, const s
     LeasedWorker& w = *wit->second;
     // Re-run in submission order ahead of newer work.
     std::vector<TaskId> lost(w.in_flight.begin(), w.in_flight.end());
-    std::sort(lost.begin(), lost.end());
+    auto sequence = [&](const TaskId& id) {
+      auto it = tasks_.find(id);
+      return it == tasks_.end() ? uint64_t{0} : it->second->spec.sequence();
+    };
+    std::sort(lost.begin(), lost.end(), [&](const TaskId& a, const TaskId& b) { return sequence(a) < sequence(b); });
     for (auto rit = lost.rbegin(); rit != lost.rend(); ++rit) {
       auto it = tasks_.find(*rit);
       if (it == tasks_.end()) continue;
@@ -243,10 +248,10 @@ void TaskSubmitter::on_broken(const std::string& key, uint64_t lease_id, const s
         fail_task_locked(*rit,
                          make_error(proto::ErrorInfo::WORKER_CRASHED,
                                     "the worker process (pid " + std::to_string(w.pid) + ") running " +
-                                        task.spec.function() + " died before finishing it (" + why + "), after " +
+                                        (task.spec.name().empty() ? task.spec.function() : task.spec.name()) + " died before finishing it (" + why + "), after " +
                                         std::to_string(task.spec.attempt() + 1) + " attempt(s); raise max_retries "
                                         "to retry more often",
-                                    task.spec.function()),
+                                    task.spec.name().empty() ? task.spec.function() : task.spec.name()),
                          after);
       }
     }

@@ -35,6 +35,7 @@ struct SubmitterConfig {
   CompleteCallback complete;
   size_t inline_threshold = 100 * 1024;
   std::chrono::milliseconds lease_linger{100};
+  bool force_grpc_streams = false;
 };
 
 /// Submits normal tasks: waits for their owned arguments, leases workers from the node
@@ -123,6 +124,7 @@ class TaskSubmitter {
   std::map<std::string, KeyState> keys_;
   std::vector<std::shared_ptr<TaskStream>> retired_streams_;  // destroyed off the lock
   std::unordered_map<LeaseCall*, std::shared_ptr<LeaseCall>> lease_calls_;
+  uint64_t next_sequence_ = 0;  // submission order, for re-running lost tasks in order
   int calls_in_flight_ = 0;  // lease requests and returns whose callbacks hold `this`
   bool stopping_ = false;
   std::thread housekeeper_;

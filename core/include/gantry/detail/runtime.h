@@ -59,6 +59,21 @@ class RefState {
 struct EncodedArg {
   std::string inline_data;
   std::shared_ptr<RefState> ref;  // set for reference arguments
+  /// References nested inside the value (a vector of ObjectRefs, say), pinned until the
+  /// call finishes so the callee can borrow them.
+  std::vector<std::shared_ptr<RefState>> nested;
+};
+
+/// While alive on a thread, collects every ObjectRef encoded on that thread.
+class NestedRefCollector {
+ public:
+  explicit NestedRefCollector(std::vector<std::shared_ptr<RefState>>* out);
+  ~NestedRefCollector();
+  /// Called by the ObjectRef codec.
+  static void note(const std::shared_ptr<RefState>& ref);
+
+ private:
+  std::vector<std::shared_ptr<RefState>>* previous_;
 };
 
 /// Where the executing side puts a function's encoded result.
