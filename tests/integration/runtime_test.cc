@@ -119,6 +119,7 @@ class Counter {
   int pid() const { return ::getpid(); }
   int add(int x) { return value_ += x; }
   int fail() { throw std::runtime_error("counter refuses"); }
+  std::string payload(int n) const { return std::string(static_cast<size_t>(n), 'x'); }
   // Borrowing: the actor keeps a reference it was given and reads it later.
   int hold(std::vector<gantry::ObjectRef<std::vector<double>>> refs) {
     held_ = std::move(refs);
@@ -157,7 +158,7 @@ int not_registered(int x) { return x; }
 
 GANTRY_REMOTE(fibonacci, zeros, ones, dot, total, sleep_ms, throws_invalid_argument, die_once, die_always);
 GANTRY_REMOTE(gpu_view, context_task, say_hello, fan_out, sum_nested, bump);
-GANTRY_REMOTE(Counter::create, &Counter::increment, &Counter::value, &Counter::pid, &Counter::add, &Counter::fail,
+GANTRY_REMOTE(Counter::create, &Counter::increment, &Counter::value, &Counter::pid, &Counter::add, &Counter::fail, &Counter::payload,
               &Counter::hold, &Counter::sum_held, &Counter::release);
 GANTRY_REMOTE(Failing::create, &Failing::ping);
 
@@ -389,6 +390,17 @@ TEST_F(Runtime, ActorsKeepStateAndCallsRunInOrder) {
     EXPECT_EQ(e.function(), "Counter::fail");
   }
   EXPECT_EQ(c.task(&Counter::value).remote().get(), 116) << "an exception does not kill the actor";
+}
+
+TEST_F(Runtime, FloodOfCallsWithLargeResultsDoesNotDeadlock) {
+  start();
+  // Enough traffic both ways to fill the socket buffers while the caller keeps sending.
+  auto c = gantry::actor(Counter::create).remote(0);
+  std::vector<gantry::ObjectRef<std::string>> refs;
+  for (int i = 0; i < 20000; ++i) refs.push_back(c.task(&Counter::payload).remote(4000));
+  size_t total_bytes = 0;
+  for (const auto& r : refs) total_bytes += r.get(60s).size();
+  EXPECT_EQ(total_bytes, size_t{20000} * 4000);
 }
 
 TEST_F(Runtime, ActorHandlesPassToTasks) {

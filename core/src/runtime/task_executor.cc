@@ -159,6 +159,9 @@ void TaskExecutor::serve_socket(std::unique_ptr<FrameSocket> socket) {
 }
 
 void TaskExecutor::serve(const BatchIo& io) {
+  // A reader thread keeps taking batches while tasks run. Callers write while holding
+  // their submitter's lock, so a worker that stopped reading while it wrote results
+  // could deadlock with a caller whose reader waits for that lock.
   std::mutex mu;
   std::condition_variable cv;
   std::deque<proto::TaskSpec> queue;
