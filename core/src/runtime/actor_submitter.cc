@@ -52,15 +52,8 @@ void ActorSubmitter::flush_locked(ActorState& st) {
     // the actor resolves in call order.
     for (auto& arg : *call.spec.mutable_args()) {
       if (!arg.has_ref() || arg.ref().owner_address() != config_.self_address) continue;
-      ValuePtr value = config_.store->get_if_ready(ObjectId::from_binary(arg.ref().id()));
-      if (!value || value->has_error()) continue;
-      if (value->has_shm()) {
-        proto::ShmLocation shm = value->shm();
-        *arg.mutable_shm() = std::move(shm);
-      } else if (value->inline_data().size() < config_.inline_threshold) {
-        std::string data = value->inline_data();
-        arg.set_inline_data(std::move(data));
-      }
+      if (ValuePtr value = config_.store->get_if_ready(ObjectId::from_binary(arg.ref().id())))
+        inline_ready_value(arg, *value, config_.inline_threshold);
     }
     uint64_t seq = call.spec.sequence();
     st.seq_of[TaskId::from_binary(call.spec.task_id())] = seq;

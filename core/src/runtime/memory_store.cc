@@ -4,6 +4,17 @@
 
 namespace gantry::internal {
 
+void inline_ready_value(proto::TaskArg& arg, const proto::ObjectValue& value, size_t inline_threshold) {
+  if (value.has_error()) return;
+  if (value.has_shm()) {
+    proto::ShmLocation shm = value.shm();
+    *arg.mutable_shm() = std::move(shm);
+  } else if (value.inline_data().size() < inline_threshold) {
+    std::string data = value.inline_data();
+    arg.set_inline_data(std::move(data));
+  }
+}
+
 void MemoryStore::add_pending(const ObjectId& id) {
   std::lock_guard<std::mutex> lock(mu_);
   entries_.try_emplace(id);

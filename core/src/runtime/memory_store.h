@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "gantry/common.pb.h"
+#include "gantry/worker.pb.h"
 #include "gantry/ids.h"
 
 namespace gantry::internal {
@@ -17,6 +18,11 @@ namespace gantry::internal {
 /// An object's value as its owner holds it: inline bytes, a shared-memory location, or
 /// an error. Immutable once stored, shared by readers without copying.
 using ValuePtr = std::shared_ptr<const proto::ObjectValue>;
+
+/// Puts a ready owned value into a call argument in place of its reference: its
+/// shared-memory location, or its bytes when under `inline_threshold`. Error values and
+/// larger inline values are left as references (the callee asks the owner).
+void inline_ready_value(proto::TaskArg& arg, const proto::ObjectValue& value, size_t inline_threshold);
 
 /// The owner's table of its objects: pending until a task result or put arrives, then
 /// ready. Thread-safe (one mutex); callbacks run without the lock held.

@@ -95,13 +95,7 @@ bool TaskSubmitter::resolve_args_locked(Task& task, AfterUnlock& after) {
       fail_task_locked(TaskId::from_binary(task.spec.task_id()), value->error(), after);
       return false;
     }
-    if (value->has_shm()) {
-      proto::ShmLocation shm = value->shm();
-      *arg.mutable_shm() = std::move(shm);
-    } else if (value->inline_data().size() < config_.inline_threshold) {
-      std::string data = value->inline_data();
-      arg.set_inline_data(std::move(data));
-    }
+    inline_ready_value(arg, *value, config_.inline_threshold);
   }
   return true;
 }
