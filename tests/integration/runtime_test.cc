@@ -541,6 +541,15 @@ TEST_F(Runtime, LastReferenceGoneFreesTheObjectEverywhere) {
       std::vector<gantry::ObjectRef<std::vector<double>>>{gantry::put(ones(1 << 20)), gantry::put(ones(5))});
   EXPECT_DOUBLE_EQ(later.get(), double((1 << 20) + 5));
   EXPECT_TRUE(eventually([&] { return count_files(dir) == before; })) << "pinned nested refs not released";
+
+  // A put value holding refs keeps them alive for as long as it lives.
+  {
+    auto outer = gantry::put(std::vector<gantry::ObjectRef<std::vector<double>>>{gantry::put(ones(1 << 20))});
+    std::this_thread::sleep_for(100ms);
+    EXPECT_EQ(count_files(dir), before + 1) << "a ref inside a put value was freed";
+    EXPECT_DOUBLE_EQ(gantry::task(sum_nested).remote(outer).get(), double(1 << 20));
+  }
+  EXPECT_TRUE(eventually([&] { return count_files(dir) == before; })) << "refs inside a freed put value kept";
 }
 
 TEST_F(Runtime, FullObjectStoreIsAnErrorNotACrash) {

@@ -193,13 +193,22 @@ ObjectRef<std::decay_t<T>> put(const T& value) {
   using V = std::decay_t<T>;
   detail::Runtime& rt = detail::runtime();
   size_t n = encoded_size<V>(value);
+  std::vector<std::shared_ptr<detail::RefState>> nested;  // refs inside live as long as it
   if (n >= rt.inline_threshold()) {
     auto object = rt.create_object(n);
-    Writer w(object->data());
-    encode<V>(w, value);
-    return detail::adopt_ref<V>(rt.seal_object(std::move(object)));
+    {
+      detail::NestedRefCollector collect(&nested);
+      Writer w(object->data());
+      encode<V>(w, value);
+    }
+    return detail::adopt_ref<V>(rt.seal_object(std::move(object), std::move(nested)));
   }
-  return detail::adopt_ref<V>(rt.put_inline(encode_to_string<V>(value)));
+  std::string bytes;
+  {
+    detail::NestedRefCollector collect(&nested);
+    bytes = encode_to_string<V>(value);
+  }
+  return detail::adopt_ref<V>(rt.put_inline(std::move(bytes), std::move(nested)));
 }
 
 /// Refs split by readiness.

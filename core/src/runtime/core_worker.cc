@@ -157,8 +157,15 @@ void CoreWorker::add_local_ref(const ObjectId& id, const std::string& owner) { r
 
 void CoreWorker::remove_local_ref(const ObjectId& id) { refs_.remove_local(id); }
 
-ObjectId CoreWorker::put_inline(std::string bytes) {
+void CoreWorker::hold_contained(const ObjectId& id, std::vector<std::shared_ptr<detail::RefState>> nested) {
+  if (nested.empty()) return;
+  std::lock_guard<std::mutex> lock(contained_mu_);
+  contained_[id] = std::move(nested);
+}
+
+ObjectId CoreWorker::put_inline(std::string bytes, std::vector<std::shared_ptr<detail::RefState>> nested) {
   ObjectId id = ObjectId::generate();
+  hold_contained(id, std::move(nested));
   auto value = std::make_shared<proto::ObjectValue>();
   value->set_inline_data(std::move(bytes));
   refs_.add_owned(id);
@@ -195,13 +202,15 @@ proto::ShmLocation CoreWorker::location_of(const detail::WritableObject& object)
   return shm->location();
 }
 
-ObjectId CoreWorker::seal_object(std::unique_ptr<detail::WritableObject> object) {
+ObjectId CoreWorker::seal_object(std::unique_ptr<detail::WritableObject> object,
+                                 std::vector<std::shared_ptr<detail::RefState>> nested) {
   auto* shm = dynamic_cast<ShmWritable*>(object.get());
   if (shm == nullptr) throw Error("seal_object: not an object made by create_object");
   ObjectId id = shm->id();
   auto value = std::make_shared<proto::ObjectValue>();
   *value->mutable_shm() = shm->location();
   object.reset();  // unmap: readers map the file themselves
+  hold_contained(id, std::move(nested));
   refs_.add_owned(id);
   store_.put_new(id, std::move(value));
   return id;
@@ -506,6 +515,15 @@ std::shared_ptr<detail::Buffer> CoreWorker::resolve_arg(const proto::TaskArg& ar
 void CoreWorker::on_free(const ObjectId& id) {
   ValuePtr value = store_.erase(id);
   if (value && value->has_shm()) delete_shm(id);
+  std::vector<std::shared_ptr<detail::RefState>> contained;
+  {
+    std::lock_guard<std::mutex> lock(contained_mu_);
+    auto it = contained_.find(id);
+    if (it == contained_.end()) return;
+    contained = std::move(it->second);
+    contained_.erase(it);
+  }
+  // Dropped here, off the lock: releasing them may free further objects (and re-enter).
 }
 
 void CoreWorker::complete(const ObjectId& id, ValuePtr value) {

@@ -56,9 +56,10 @@ class CoreWorker final : public detail::Runtime, public proto::WorkerService::Se
   // detail::Runtime
   void add_local_ref(const ObjectId& id, const std::string& owner) override;
   void remove_local_ref(const ObjectId& id) override;
-  ObjectId put_inline(std::string bytes) override;
+  ObjectId put_inline(std::string bytes, std::vector<std::shared_ptr<detail::RefState>> nested) override;
   std::unique_ptr<detail::WritableObject> create_object(size_t size) override;
-  ObjectId seal_object(std::unique_ptr<detail::WritableObject> object) override;
+  ObjectId seal_object(std::unique_ptr<detail::WritableObject> object,
+                       std::vector<std::shared_ptr<detail::RefState>> nested) override;
   std::shared_ptr<detail::Buffer> get(const ObjectId& id, const std::string& owner,
                                       std::optional<std::chrono::milliseconds> timeout) override;
   std::vector<bool> wait(const std::vector<std::pair<ObjectId, std::string>>& ids, size_t num_returns,
@@ -127,6 +128,10 @@ class CoreWorker final : public detail::Runtime, public proto::WorkerService::Se
   std::mutex actor_args_mu_;  // guards actor_args_
   // Arguments of actors created here, kept for restarts (which re-run the factory).
   std::unordered_map<ActorId, std::vector<std::shared_ptr<detail::RefState>>> actor_args_;
+  std::mutex contained_mu_;  // guards contained_
+  // ObjectRefs inside put objects, released when the object holding them is freed.
+  std::unordered_map<ObjectId, std::vector<std::shared_ptr<detail::RefState>>> contained_;
+  void hold_contained(const ObjectId& id, std::vector<std::shared_ptr<detail::RefState>> nested);
   std::atomic<bool> stopped_{false};
 };
 

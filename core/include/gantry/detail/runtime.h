@@ -99,12 +99,14 @@ class Runtime {
   virtual void remove_local_ref(const ObjectId& id) = 0;
 
   /// Stores a small encoded value owned by this process; the returned id carries one
-  /// local reference for the caller to adopt.
-  virtual ObjectId put_inline(std::string bytes) = 0;
+  /// local reference for the caller to adopt. `nested`: ObjectRefs inside the value, kept
+  /// alive for as long as the object is.
+  virtual ObjectId put_inline(std::string bytes, std::vector<std::shared_ptr<RefState>> nested = {}) = 0;
   /// Creates a shared-memory object of `size` bytes for the caller to fill, then
   /// `seal_object` publishes it and returns its id with one adopted reference.
   virtual std::unique_ptr<WritableObject> create_object(size_t size) = 0;
-  virtual ObjectId seal_object(std::unique_ptr<WritableObject> object) = 0;
+  virtual ObjectId seal_object(std::unique_ptr<WritableObject> object,
+                               std::vector<std::shared_ptr<RefState>> nested = {}) = 0;
 
   /// Blocks until the object is ready and returns its bytes; rethrows a stored error.
   virtual std::shared_ptr<Buffer> get(const ObjectId& id, const std::string& owner,
