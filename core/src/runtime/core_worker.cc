@@ -261,24 +261,12 @@ std::shared_ptr<detail::Buffer> CoreWorker::get(const ObjectId& id, const std::s
     if (!value) {
       std::optional<std::chrono::steady_clock::time_point> deadline;
       if (timeout) deadline = std::chrono::steady_clock::now() + *timeout;
-      set_blocked(true);
-      try {
-        value = store_.wait(id, deadline);
-      } catch (...) {
-        set_blocked(false);
-        throw;
-      }
-      set_blocked(false);
+      BlockedScope blocked(*this);
+      value = store_.wait(id, deadline);
     }
   } else {
-    set_blocked(true);
-    try {
-      value = fetch_from_owner(id, owner, timeout);
-    } catch (...) {
-      set_blocked(false);
-      throw;
-    }
-    set_blocked(false);
+    BlockedScope blocked(*this);
+    value = fetch_from_owner(id, owner, timeout);
   }
   if (!value)
     throw GetTimeoutError("object " + id.hex() + " was not ready within " + ms_text(*timeout) +
@@ -301,21 +289,10 @@ std::vector<bool> CoreWorker::wait(const std::vector<std::pair<ObjectId, std::st
     std::vector<bool> ready = store_.wait_many(plain, 0, deadline);
     size_t n = std::count(ready.begin(), ready.end(), true);
     if (n >= num_returns) return ready;
-    set_blocked(true);
-    try {
-      ready = store_.wait_many(plain, num_returns, deadline);
-    } catch (...) {
-      set_blocked(false);
-      throw;
-    }
-    set_blocked(false);
-    return ready;
+    BlockedScope blocked(*this);
+    return store_.wait_many(plain, num_returns, deadline);
   }
-  set_blocked(true);
-  struct Unblock {
-    CoreWorker* self;
-    ~Unblock() { self->set_blocked(false); }
-  } unblock{this};
+  BlockedScope blocked(*this);
   // Mixed owners: poll, owned objects locally and borrowed ones at their owners.
   std::vector<bool> ready(ids.size(), false);
   while (true) {

@@ -109,6 +109,17 @@ class CoreWorker final : public detail::Runtime, public proto::WorkerService::Se
   void delete_shm(const ObjectId& id);
   /// Tells the agent this worker waits in get()/wait() so its CPUs can run other tasks.
   void set_blocked(bool blocked);
+  /// Blocked for its lifetime (no-op in a driver or outside a task).
+  class BlockedScope {
+   public:
+    explicit BlockedScope(CoreWorker& core) : core_(core) { core_.set_blocked(true); }
+    ~BlockedScope() { core_.set_blocked(false); }
+    BlockedScope(const BlockedScope&) = delete;
+    BlockedScope& operator=(const BlockedScope&) = delete;
+
+   private:
+    CoreWorker& core_;
+  };
   proto::TaskArg to_task_arg(detail::EncodedArg& arg, std::vector<ObjectId>* refs);
 
   CoreWorkerConfig config_;
