@@ -40,13 +40,15 @@ namespace {
 constexpr size_t kMaxPooledFiles = 8;
 }  // namespace
 
+void ObjectStore::drop_oldest_pooled_locked() {
+  ::unlink(pool_.front().path.c_str());
+  used_ -= pool_.front().size;
+  pooled_ -= pool_.front().size;
+  pool_.erase(pool_.begin());
+}
+
 void ObjectStore::evict_pool_locked(uint64_t need) {
-  while (!pool_.empty() && need > capacity_ - used_) {
-    ::unlink(pool_.front().path.c_str());
-    used_ -= pool_.front().size;
-    pooled_ -= pool_.front().size;
-    pool_.erase(pool_.begin());
-  }
+  while (!pool_.empty() && need > capacity_ - used_) drop_oldest_pooled_locked();
 }
 
 ObjectStore::Reservation ObjectStore::reserve(const ObjectId& id, uint64_t size) {
@@ -101,12 +103,7 @@ void ObjectStore::remove(const ObjectId& id) {
     if (::rename(path.c_str(), pooled.c_str()) == 0) {
       pool_.push_back({pooled, size});
       pooled_ += size;
-      while (pool_.size() > kMaxPooledFiles) {
-        ::unlink(pool_.front().path.c_str());
-        used_ -= pool_.front().size;
-        pooled_ -= pool_.front().size;
-        pool_.erase(pool_.begin());
-      }
+      while (pool_.size() > kMaxPooledFiles) drop_oldest_pooled_locked();
       return;
     }
   }

@@ -41,8 +41,10 @@ class ObjectStore {
 
  private:
   std::string path_of(const ObjectId& id) const;
-  // Needs mu_ held. Unlinks pooled files until `need` more bytes fit, oldest first.
+  // Needs mu_ held. Unlinks pooled files, oldest first, until `need` more bytes fit.
   void evict_pool_locked(uint64_t need);
+  // Needs mu_ held and a non-empty pool. Unlinks the oldest pooled file.
+  void drop_oldest_pooled_locked();
 
   struct PooledFile {
     std::string path;

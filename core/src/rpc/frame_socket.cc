@@ -97,7 +97,8 @@ bool FrameSocket::read(std::string* out) {
         return true;
       }
       if (r < 0 && errno == EINTR) continue;
-      error_ = r == 0 ? "end of stream" : std::strerror(errno);
+      reached_end_ = r == 0;
+      error_ = reached_end_ ? "end of stream" : std::strerror(errno);
       return false;
     }
   };

@@ -34,10 +34,13 @@ class FrameSocket {
   int fd() const { return fd_; }
   /// Why the last read or write failed, for logs.
   const std::string& error() const { return error_; }
+  /// True when a read failed because the peer closed its end cleanly.
+  bool reached_end() const { return reached_end_; }
 
  private:
   int fd_;
   std::string error_;
+  bool reached_end_ = false;
   std::vector<char> buffer_;  // bytes read but not yet returned
   size_t start_ = 0, end_ = 0;
 };

@@ -34,10 +34,7 @@ class SocketTransport final : public StreamTransport {
     return socket_->write(out_);
   }
   bool read(proto::ResultBatch* batch) override {
-    if (!socket_->read(&in_)) {
-      ended_ = true;
-      return false;
-    }
+    if (!socket_->read(&in_)) return false;
     if (!batch->ParseFromString(in_)) {
       error_ = "malformed result batch from the worker";
       return false;
@@ -49,7 +46,7 @@ class SocketTransport final : public StreamTransport {
     // A clean end is the worker closing after our shutdown_write; anything else (a reset,
     // a parse failure) is an error.
     if (!error_.empty()) *error = error_;
-    else if (socket_->error() != "end of stream") *error = socket_->error();
+    else if (!socket_->reached_end()) *error = socket_->error();
     return error->empty();
   }
   void cancel() override { socket_->shutdown_both(); }
@@ -57,7 +54,6 @@ class SocketTransport final : public StreamTransport {
  private:
   std::unique_ptr<FrameSocket> socket_;
   std::string out_, in_, error_;
-  bool ended_ = false;
 };
 
 }  // namespace
