@@ -110,6 +110,19 @@ double sum_nested(std::vector<gantry::ObjectRef<std::vector<double>>> refs) {
   return s;
 }
 
+// Returned references: a task hands back refs to objects it created (it owns them).
+gantry::ObjectRef<std::vector<double>> make_inner(int n) { return gantry::put(ones(n)); }
+std::vector<gantry::ObjectRef<int64_t>> spawn_children(int n) {
+  std::vector<gantry::ObjectRef<int64_t>> refs;
+  for (int i = 0; i < n; ++i) refs.push_back(gantry::task(fibonacci).remote(i));
+  return refs;
+}
+std::vector<gantry::ObjectRef<std::vector<double>>> make_inner_list(int n, int count) {
+  std::vector<gantry::ObjectRef<std::vector<double>>> refs;
+  for (int i = 0; i < count; ++i) refs.push_back(gantry::put(ones(n)));
+  return refs;
+}
+
 class Counter {
  public:
   static Counter* create(int start) { return new Counter(start); }
@@ -158,6 +171,7 @@ int not_registered(int x) { return x; }
 
 GANTRY_REMOTE(fibonacci, zeros, ones, dot, total, sleep_ms, throws_invalid_argument, die_once, die_always);
 GANTRY_REMOTE(gpu_view, context_task, say_hello, fan_out, sum_nested, bump);
+GANTRY_REMOTE(make_inner, spawn_children, make_inner_list);
 GANTRY_REMOTE(Counter::create, &Counter::increment, &Counter::value, &Counter::pid, &Counter::add, &Counter::fail, &Counter::payload,
               &Counter::hold, &Counter::sum_held, &Counter::release);
 GANTRY_REMOTE(Failing::create, &Failing::ping);
@@ -550,6 +564,39 @@ TEST_F(Runtime, LastReferenceGoneFreesTheObjectEverywhere) {
     EXPECT_DOUBLE_EQ(gantry::task(sum_nested).remote(outer).get(), double(1 << 20));
   }
   EXPECT_TRUE(eventually([&] { return count_files(dir) == before; })) << "refs inside a freed put value kept";
+}
+
+TEST_F(Runtime, RefsReturnedByTasksLiveAsLongAsTheResultHoldingThem) {
+  start();
+  std::string dir = store_dir();
+  ASSERT_FALSE(dir.empty());
+  size_t before = count_files(dir);
+  {
+    // The worker's own reference is gone once it returns; the result keeps the object.
+    auto outer = gantry::task(make_inner).remote(1 << 20);
+    gantry::ObjectRef<std::vector<double>> inner = outer.get();
+    EXPECT_EQ(count_files(dir), before + 1);
+    // Dropping the result while holding the decoded ref keeps the object too.
+    { auto drop = std::move(outer); }
+    std::this_thread::sleep_for(200ms);
+    EXPECT_DOUBLE_EQ(total(inner.get()), double(1 << 20));
+  }
+  EXPECT_TRUE(eventually([&] { return count_files(dir) == before; })) << "returned object not freed";
+
+  // A result never decoded by the driver, passed on to another task that reads the refs.
+  {
+    auto list = gantry::task(make_inner_list).remote(1 << 20, 2);
+    ASSERT_EQ(gantry::wait(std::vector{list}, 1, 10s).ready.size(), 1u);
+    std::this_thread::sleep_for(200ms);
+    EXPECT_EQ(count_files(dir), before + 2) << "refs inside an unread result were freed";
+    EXPECT_DOUBLE_EQ(gantry::task(sum_nested).remote(list).get(), double(2 << 20));
+  }
+  EXPECT_TRUE(eventually([&] { return count_files(dir) == before; })) << "refs inside a freed result kept";
+
+  // Refs to the results of tasks a task submitted (owned by that worker, small, inline).
+  auto children = gantry::task(spawn_children).remote(10).get();
+  ASSERT_EQ(children.size(), 10u);
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(children[static_cast<size_t>(i)].get(), fibonacci(i)) << i;
 }
 
 TEST_F(Runtime, FullObjectStoreIsAnErrorNotACrash) {

@@ -2,6 +2,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <chrono>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -41,5 +42,23 @@ proto::ErrorInfo make_error(proto::ErrorInfo::Kind kind, const std::string& mess
 
 /// "unix:" + path.
 std::string unix_address(const std::string& path);
+
+/// Starts a unary call and does not wait for, or look at, its reply. `start` is called with
+/// (context, request, reply, callback) and passes them to a stub's `async()` method; the
+/// call's state lives until gRPC runs the callback.
+///
+///     send_and_forget<proto::Empty>(request, 5s, [&](auto... a) { stub->async()->Delete(a...); });
+template <typename Reply, typename Request, typename Start>
+void send_and_forget(Request request, std::chrono::milliseconds deadline, Start&& start) {
+  struct Call {
+    grpc::ClientContext ctx;
+    Request request;
+    Reply reply;
+  };
+  auto call = std::make_shared<Call>();
+  call->request = std::move(request);
+  call->ctx.set_deadline(std::chrono::system_clock::now() + deadline);
+  start(&call->ctx, &call->request, &call->reply, [call](grpc::Status) {});
+}
 
 }  // namespace gantry::internal

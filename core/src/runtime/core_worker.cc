@@ -3,6 +3,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <map>
+#include <set>
 #include <thread>
 
 #include "common/logging.h"
@@ -73,6 +75,11 @@ class ShmWritable final : public detail::WritableObject {
 template <typename Duration>
 std::string ms_text(Duration d) {
   return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()) + " ms";
+}
+
+/// The borrower name under which a task's result pins the refs inside it.
+std::string result_pin_key(const std::string& result_owner, const ObjectId& result) {
+  return result_owner + "#" + result.hex();
 }
 
 }  // namespace
@@ -493,47 +500,96 @@ void CoreWorker::on_free(const ObjectId& id) {
   ValuePtr value = store_.erase(id);
   if (value && value->has_shm()) delete_shm(id);
   std::vector<std::shared_ptr<detail::RefState>> contained;
+  std::vector<proto::ObjectRefMsg> pins;
   {
     std::lock_guard<std::mutex> lock(contained_mu_);
-    auto it = contained_.find(id);
-    if (it == contained_.end()) return;
-    contained = std::move(it->second);
-    contained_.erase(it);
+    if (auto it = contained_.find(id); it != contained_.end()) {
+      contained = std::move(it->second);
+      contained_.erase(it);
+    }
+    if (auto it = result_pins_.find(id); it != result_pins_.end()) {
+      pins = std::move(it->second);
+      result_pins_.erase(it);
+    }
   }
-  // Dropped here, off the lock: releasing them may free further objects (and re-enter).
+  // Released here, off the lock: releasing may free further objects (and re-enter).
+  release_result_pins(id, pins);
 }
 
 void CoreWorker::complete(const ObjectId& id, ValuePtr value) {
   bool has_shm = value->has_shm();
-  if (!store_.put(id, std::move(value)) && has_shm) delete_shm(id);
+  bool has_pins = value->contained_size() > 0;
+  // Recorded before the value is published, so an on_free racing with us finds them.
+  if (has_pins) {
+    std::lock_guard<std::mutex> lock(contained_mu_);
+    result_pins_[id].assign(value->contained().begin(), value->contained().end());
+  }
+  if (store_.put(id, std::move(value))) return;
+  // Nobody wants the result any more: give back what it held.
+  if (has_shm) delete_shm(id);
+  if (has_pins) on_free(id);
+}
+
+void CoreWorker::pin_for_result(const std::vector<std::shared_ptr<detail::RefState>>& nested,
+                                const proto::TaskSpec& spec, proto::ObjectValue* value) {
+  if (nested.empty()) return;
+  ObjectId result = ObjectId::from_binary(spec.return_id());
+  std::string key = result_pin_key(spec.owner_address(), result);
+  std::map<std::string, std::vector<ObjectId>> by_owner;
+  std::set<ObjectId> seen;
+  for (const auto& ref : nested) {
+    if (!seen.insert(ref->id()).second) continue;
+    by_owner[ref->owner()].push_back(ref->id());
+    proto::ObjectRefMsg* msg = value->add_contained();
+    msg->set_id(ref->id().binary());
+    msg->set_owner_address(ref->owner());
+  }
+  for (const auto& [owner, ids] : by_owner) update_borrowers(owner, ids, key, /*add=*/true, /*wait=*/true);
+}
+
+void CoreWorker::release_result_pins(const ObjectId& result, const std::vector<proto::ObjectRefMsg>& pins) {
+  if (pins.empty()) return;
+  std::map<std::string, std::vector<ObjectId>> by_owner;
+  for (const auto& pin : pins) by_owner[pin.owner_address()].push_back(ObjectId::from_binary(pin.id()));
+  std::string key = result_pin_key(config_.listen_address, result);
+  // A pin key is never added again, so its removal need not wait.
+  for (const auto& [owner, ids] : by_owner) update_borrowers(owner, ids, key, /*add=*/false, /*wait=*/false);
+}
+
+void CoreWorker::update_borrowers(const std::string& owner, const std::vector<ObjectId>& ids,
+                                  const std::string& borrower, bool add, bool wait) {
+  if (owner == config_.listen_address) {
+    for (const auto& id : ids) add ? refs_.add_borrower(id, borrower) : refs_.remove_borrower(id, borrower);
+    return;
+  }
+  if (stopped_) return;
+  proto::BorrowUpdate request;
+  for (const auto& id : ids) (add ? request.add_add() : request.add_remove())->assign(id.binary());
+  request.set_borrower_address(borrower);
+  auto stub = proto::WorkerService::NewStub(channels_.get(owner));
+  if (!wait) {
+    send_and_forget<proto::Empty>(std::move(request), std::chrono::seconds(5),
+                                  [&](auto... call) { stub->async()->UpdateBorrowers(call...); });
+    return;
+  }
+  proto::Empty reply;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  grpc::Status s = stub->UpdateBorrowers(&ctx, request, &reply);
+  if (!s.ok()) GANTRY_LOG_DEBUG("borrow update for {} objects at {} failed: {}", ids.size(), owner, s.error_message());
 }
 
 void CoreWorker::delete_shm(const ObjectId& id) {
   if (stopped_) return;
-  struct DeleteCall {
-    grpc::ClientContext ctx;
-    proto::ObjectIds request;
-    proto::Empty reply;
-  };
-  auto call = std::make_shared<DeleteCall>();
-  call->request.add_ids(id.binary());
-  call->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  agent_->async()->DeleteObjects(&call->ctx, &call->request, &call->reply, [call](grpc::Status) {});
+  proto::ObjectIds request;
+  request.add_ids(id.binary());
+  send_and_forget<proto::Empty>(std::move(request), std::chrono::seconds(5),
+                                [&](auto... call) { agent_->async()->DeleteObjects(call...); });
 }
 
 void CoreWorker::on_borrow(const ObjectId& id, const std::string& owner, bool add) {
-  if (stopped_) return;
-  auto stub = proto::WorkerService::NewStub(channels_.get(owner));
-  proto::BorrowUpdate req;
-  (add ? req.add_add() : req.add_remove())->assign(id.binary());
-  req.set_borrower_address(config_.listen_address);
-  proto::Empty reply;
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  // Synchronous for adds: the owner must know of the borrow before the task that passed
-  // the reference finishes and unpins it.
-  grpc::Status s = stub->UpdateBorrowers(&ctx, req, &reply);
-  if (!s.ok()) GANTRY_LOG_DEBUG("borrow update for {} to {} failed: {}", id.short_hex(), owner, s.error_message());
+  // Waits for removes too: a later add of the same borrow must not overtake this one.
+  update_borrowers(owner, {id}, config_.listen_address, add, /*wait=*/true);
 }
 
 grpc::Status CoreWorker::PushTasks(grpc::ServerContext* ctx,

@@ -95,6 +95,11 @@ class CoreWorker final : public detail::Runtime, public proto::WorkerService::Se
   proto::ShmLocation location_of(const detail::WritableObject& object) const;
   const CoreWorkerConfig& config() const { return config_; }
   OutputForwarder* output() const { return config_.output; }
+  /// Executor side of returning ObjectRefs: pins each ref in `nested` at its owner for the
+  /// result's owner (so it outlives this worker's own references) and lists them in
+  /// `value->contained`. Blocks until every owner has the pin.
+  void pin_for_result(const std::vector<std::shared_ptr<detail::RefState>>& nested, const proto::TaskSpec& spec,
+                      proto::ObjectValue* value);
 
   size_t num_owned_objects() const { return store_.size(); }
   size_t num_pending_tasks() const;
@@ -143,6 +148,14 @@ class CoreWorker final : public detail::Runtime, public proto::WorkerService::Se
   // ObjectRefs inside put objects, released when the object holding them is freed.
   std::unordered_map<ObjectId, std::vector<std::shared_ptr<detail::RefState>>> contained_;
   void hold_contained(const ObjectId& id, std::vector<std::shared_ptr<detail::RefState>> nested);
+  // ObjectRefs inside task results owned here, pinned at their owners until the result is
+  // freed (see pin_for_result).
+  std::unordered_map<ObjectId, std::vector<proto::ObjectRefMsg>> result_pins_;  // guarded by contained_mu_
+  void release_result_pins(const ObjectId& result, const std::vector<proto::ObjectRefMsg>& pins);
+  /// Adds or removes `borrower` for `ids`, all owned by `owner`, at that owner (this process
+  /// included); `wait`: until the owner has applied it.
+  void update_borrowers(const std::string& owner, const std::vector<ObjectId>& ids, const std::string& borrower,
+                        bool add, bool wait);
   std::atomic<bool> stopped_{false};
 };
 

@@ -106,6 +106,9 @@ void TaskExecutor::execute(const proto::TaskSpec& spec, proto::TaskResult* resul
     }
     ObjectId return_id = ObjectId::from_binary(spec.return_id());
     auto sink = std::make_unique<ResultWriter>(core_, return_id, value);
+    // ObjectRefs inside the result, kept alive until their owners hold them for the caller.
+    std::vector<std::shared_ptr<detail::RefState>> returned_refs;
+    detail::NestedRefCollector collect(&returned_refs);
     if (spec.actor_id().empty()) {
       const detail::FunctionEntry* fn = detail::Registry::instance().find_function(spec.function());
       if (fn == nullptr)
@@ -128,6 +131,7 @@ void TaskExecutor::execute(const proto::TaskSpec& spec, proto::TaskResult* resul
       m->invoke(actor_.get(), views, *sink);
     }
     if (sink->large() != nullptr) *value->mutable_shm() = sink->release_large();
+    core_.pin_for_result(returned_refs, spec, value);
   } catch (...) {
     value->Clear();
     *value->mutable_error() = current_exception_error(label);
