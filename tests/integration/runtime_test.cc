@@ -631,7 +631,14 @@ TEST_F(Runtime, HundredThousandTasksDoNotGrowTheDriver) {
   size_t base = resident_kb();
   for (int i = 0; i < 10; ++i) EXPECT_EQ(run_batch(), 10000);
   size_t after = resident_kb();
-  EXPECT_LT(after, base + 16 * 1024) << "driver grew from " << base << " kB to " << after << " kB over 100,000 tasks";
+#ifdef GANTRY_TEST_UNDER_TSAN
+  // The resident size includes ThreadSanitizer's own shadow and history memory, which
+  // grows with the traffic it watches.
+  constexpr size_t kAllowedKb = 48 * 1024;
+#else
+  constexpr size_t kAllowedKb = 16 * 1024;
+#endif
+  EXPECT_LT(after, base + kAllowedKb) << "driver grew from " << base << " kB to " << after << " kB over 100,000 tasks";
 }
 
 TEST_F(Runtime, InitTwiceIsAnErrorAndShutdownIsIdempotent) {
