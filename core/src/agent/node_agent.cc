@@ -1,12 +1,15 @@
 #include "agent/node_agent.h"
 
 #include <signal.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <thread>
 
 #include "common/logging.h"
 #include "gantry/errors.h"
+#include "rpc/auth.h"
+#include "rpc/frame_socket.h"
 #include "rpc/grpc_util.h"
 #include "runtime/process_env.h"
 
@@ -143,6 +146,7 @@ void NodeAgent::try_grant_locked() {
 
 grpc::Status NodeAgent::RequestLease(grpc::ServerContext* ctx, const proto::LeaseRequest* req,
                                      proto::LeaseReply* reply) {
+  GANTRY_REQUIRE_TOKEN(ctx);
   ResourceSet request;
   try {
     request = from_proto(req->resources());
@@ -200,7 +204,8 @@ void NodeAgent::release_lease_locked(uint64_t lease_id) {
   leases_.erase(it);
 }
 
-grpc::Status NodeAgent::ReturnLease(grpc::ServerContext*, const proto::ReturnLeaseRequest* req, proto::Empty*) {
+grpc::Status NodeAgent::ReturnLease(grpc::ServerContext* ctx, const proto::ReturnLeaseRequest* req, proto::Empty*) {
+  GANTRY_REQUIRE_TOKEN(ctx);
   std::lock_guard<std::mutex> lock(mu_);
   auto it = leases_.find(req->lease_id());
   if (it == leases_.end()) return grpc::Status::OK;  // the worker died and the lease went with it
@@ -220,8 +225,9 @@ grpc::Status NodeAgent::ReturnLease(grpc::ServerContext*, const proto::ReturnLea
   return grpc::Status::OK;
 }
 
-grpc::Status NodeAgent::RegisterWorker(grpc::ServerContext*, const proto::RegisterWorkerRequest* req,
+grpc::Status NodeAgent::RegisterWorker(grpc::ServerContext* ctx, const proto::RegisterWorkerRequest* req,
                                        proto::RegisterWorkerReply* reply) {
+  GANTRY_REQUIRE_TOKEN(ctx);
   std::lock_guard<std::mutex> lock(mu_);
   auto it = workers_.find(UniqueId::from_binary(req->worker_id()));
   if (it == workers_.end() || it->second.state != WorkerState::kStarting)
@@ -236,7 +242,8 @@ grpc::Status NodeAgent::RegisterWorker(grpc::ServerContext*, const proto::Regist
   return grpc::Status::OK;
 }
 
-grpc::Status NodeAgent::NotifyWorkerBlocked(grpc::ServerContext*, const proto::WorkerBlocked* req, proto::Empty*) {
+grpc::Status NodeAgent::NotifyWorkerBlocked(grpc::ServerContext* ctx, const proto::WorkerBlocked* req, proto::Empty*) {
+  GANTRY_REQUIRE_TOKEN(ctx);
   std::lock_guard<std::mutex> lock(mu_);
   auto w = workers_.find(UniqueId::from_binary(req->worker_id()));
   if (w == workers_.end() || w->second.lease_id == 0) return grpc::Status::OK;
@@ -271,6 +278,11 @@ void NodeAgent::on_worker_exit(const UniqueId& worker_id, pid_t pid, const std::
         GANTRY_LOG_ERROR("{}", last_start_failure_);
       }
     }
+    // Its sockets outlive it when it was killed; nobody must find them later.
+    if (w.address.rfind("unix:", 0) == 0) {
+      ::unlink(w.address.c_str() + 5);
+      ::unlink(task_socket_path(w.address).c_str());
+    }
     was_actor = w.lease_id != 0 && leases_.count(w.lease_id) && leases_[w.lease_id].for_actor;
     if (w.lease_id != 0) release_lease_locked(w.lease_id);
     workers_.erase(it);
@@ -290,8 +302,9 @@ void NodeAgent::on_worker_exit(const UniqueId& worker_id, pid_t pid, const std::
   }
 }
 
-grpc::Status NodeAgent::CreateObject(grpc::ServerContext*, const proto::CreateObjectRequest* req,
+grpc::Status NodeAgent::CreateObject(grpc::ServerContext* ctx, const proto::CreateObjectRequest* req,
                                      proto::CreateObjectReply* reply) {
+  GANTRY_REQUIRE_TOKEN(ctx);
   UniqueId id = UniqueId::from_binary(req->id());
   if (id.is_nil()) return {grpc::StatusCode::INVALID_ARGUMENT, "object id must be 16 bytes"};
   ObjectStore::Reservation r = store_->reserve(id, req->size());
@@ -301,7 +314,8 @@ grpc::Status NodeAgent::CreateObject(grpc::ServerContext*, const proto::CreateOb
   return grpc::Status::OK;
 }
 
-grpc::Status NodeAgent::DeleteObjects(grpc::ServerContext*, const proto::ObjectIds* req, proto::Empty*) {
+grpc::Status NodeAgent::DeleteObjects(grpc::ServerContext* ctx, const proto::ObjectIds* req, proto::Empty*) {
+  GANTRY_REQUIRE_TOKEN(ctx);
   for (const auto& raw : req->ids()) {
     UniqueId id = UniqueId::from_binary(raw);
     if (!id.is_nil()) store_->remove(id);
@@ -309,12 +323,14 @@ grpc::Status NodeAgent::DeleteObjects(grpc::ServerContext*, const proto::ObjectI
   return grpc::Status::OK;
 }
 
-grpc::Status NodeAgent::KillWorker(grpc::ServerContext*, const proto::KillWorkerRequest* req, proto::Empty*) {
+grpc::Status NodeAgent::KillWorker(grpc::ServerContext* ctx, const proto::KillWorkerRequest* req, proto::Empty*) {
+  GANTRY_REQUIRE_TOKEN(ctx);
   pool_->signal(UniqueId::from_binary(req->worker_id()), SIGKILL);
   return grpc::Status::OK;
 }
 
-grpc::Status NodeAgent::GetNodeStats(grpc::ServerContext*, const proto::Empty*, proto::NodeStats* reply) {
+grpc::Status NodeAgent::GetNodeStats(grpc::ServerContext* ctx, const proto::Empty*, proto::NodeStats* reply) {
+  GANTRY_REQUIRE_TOKEN(ctx);
   std::lock_guard<std::mutex> lock(mu_);
   *reply->mutable_total() = to_proto(resources_.total());
   *reply->mutable_available() = to_proto(resources_.available());

@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "common/logging.h"
+#include "rpc/auth.h"
 #include "gantry/errors.h"
 
 namespace gantry::internal {
@@ -58,7 +59,8 @@ void HeadService::stop() {
   }
 }
 
-grpc::Status HeadService::RegisterNode(grpc::ServerContext*, const proto::RegisterNodeRequest* req, proto::Empty*) {
+grpc::Status HeadService::RegisterNode(grpc::ServerContext* ctx, const proto::RegisterNodeRequest* req, proto::Empty*) {
+  GANTRY_REQUIRE_TOKEN(ctx);
   UniqueId id = UniqueId::from_binary(req->node_id());
   if (id.is_nil()) return {grpc::StatusCode::INVALID_ARGUMENT, "node id must be 16 bytes"};
   Node node;
@@ -90,8 +92,9 @@ const HeadService::Node* HeadService::pick_node_locked(const ResourceSet& resour
   return nullptr;
 }
 
-grpc::Status HeadService::CreateActor(grpc::ServerContext*, const proto::ActorSpec* spec,
+grpc::Status HeadService::CreateActor(grpc::ServerContext* ctx, const proto::ActorSpec* spec,
                                       proto::CreateActorRegistration* reply) {
+  GANTRY_REQUIRE_TOKEN(ctx);
   ActorId id = ActorId::from_binary(spec->actor_id());
   if (id.is_nil()) return {grpc::StatusCode::INVALID_ARGUMENT, "actor id must be 16 bytes"};
   ResourceSet resources;
@@ -273,6 +276,7 @@ void HeadService::kill_worker(const std::string& agent_address, const UniqueId& 
 
 grpc::Status HeadService::GetActor(grpc::ServerContext* ctx, const proto::GetActorRequest* req,
                                    proto::GetActorReply* reply) {
+  GANTRY_REQUIRE_TOKEN(ctx);
   std::unique_lock<std::mutex> lock(mu_);
   ActorId id = ActorId::from_binary(req->actor_id());
   if (id.is_nil() && !req->name().empty()) {
@@ -298,7 +302,8 @@ grpc::Status HeadService::GetActor(grpc::ServerContext* ctx, const proto::GetAct
   }
 }
 
-grpc::Status HeadService::KillActor(grpc::ServerContext*, const proto::KillActorRequest* req, proto::Empty*) {
+grpc::Status HeadService::KillActor(grpc::ServerContext* ctx, const proto::KillActorRequest* req, proto::Empty*) {
+  GANTRY_REQUIRE_TOKEN(ctx);
   std::unique_lock<std::mutex> lock(mu_);
   auto it = actors_.find(ActorId::from_binary(req->actor_id()));
   if (it == actors_.end()) return {grpc::StatusCode::NOT_FOUND, "no such actor"};
@@ -316,7 +321,8 @@ grpc::Status HeadService::KillActor(grpc::ServerContext*, const proto::KillActor
   return grpc::Status::OK;
 }
 
-grpc::Status HeadService::ReportWorkerFailure(grpc::ServerContext*, const proto::WorkerFailure* req, proto::Empty*) {
+grpc::Status HeadService::ReportWorkerFailure(grpc::ServerContext* ctx, const proto::WorkerFailure* req, proto::Empty*) {
+  GANTRY_REQUIRE_TOKEN(ctx);
   UniqueId worker = UniqueId::from_binary(req->worker_id());
   std::vector<std::function<void()>> starts;
   std::unique_lock<std::mutex> lock(mu_);
@@ -344,19 +350,22 @@ grpc::Status HeadService::ReportWorkerFailure(grpc::ServerContext*, const proto:
   return grpc::Status::OK;
 }
 
-grpc::Status HeadService::ListActors(grpc::ServerContext*, const proto::Empty*, proto::ListActorsReply* reply) {
+grpc::Status HeadService::ListActors(grpc::ServerContext* ctx, const proto::Empty*, proto::ListActorsReply* reply) {
+  GANTRY_REQUIRE_TOKEN(ctx);
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto& [id, actor] : actors_) *reply->add_actors() = actor.info;
   return grpc::Status::OK;
 }
 
-grpc::Status HeadService::KvPut(grpc::ServerContext*, const proto::KvRequest* req, proto::Empty*) {
+grpc::Status HeadService::KvPut(grpc::ServerContext* ctx, const proto::KvRequest* req, proto::Empty*) {
+  GANTRY_REQUIRE_TOKEN(ctx);
   std::lock_guard<std::mutex> lock(mu_);
   kv_[req->key()] = req->value();
   return grpc::Status::OK;
 }
 
-grpc::Status HeadService::KvGet(grpc::ServerContext*, const proto::KvRequest* req, proto::KvReply* reply) {
+grpc::Status HeadService::KvGet(grpc::ServerContext* ctx, const proto::KvRequest* req, proto::KvReply* reply) {
+  GANTRY_REQUIRE_TOKEN(ctx);
   std::lock_guard<std::mutex> lock(mu_);
   auto it = kv_.find(req->key());
   if (it != kv_.end()) {

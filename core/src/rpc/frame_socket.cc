@@ -155,4 +155,13 @@ void FrameListener::shutdown() {
   if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
 }
 
+std::string task_socket_path(const std::string& worker_address) {
+  const std::string prefix = "unix:", suffix = ".sock";
+  if (worker_address.rfind(prefix, 0) != 0 || worker_address.size() < prefix.size() + suffix.size() ||
+      worker_address.compare(worker_address.size() - suffix.size(), suffix.size(), suffix) != 0)
+    return {};
+  return worker_address.substr(prefix.size(), worker_address.size() - prefix.size() - suffix.size()) + ".tasks";
+}
+
+
 }  // namespace gantry::internal

@@ -61,4 +61,8 @@ class FrameListener {
   int fd_ = -1;
 };
 
+/// The framed task socket a worker serves beside its gRPC address ("unix:/d/w-X.sock"
+/// serves "/d/w-X.tasks"), or empty when the address is not a Unix socket.
+std::string task_socket_path(const std::string& worker_address);
+
 }  // namespace gantry::internal

@@ -1,6 +1,7 @@
 #include "rpc/grpc_util.h"
 
 #include "gantry/errors.h"
+#include "rpc/auth.h"
 
 namespace gantry::internal {
 
@@ -11,7 +12,7 @@ std::shared_ptr<grpc::Channel> make_channel(const std::string& address) {
   // Each channel gets its own connection; sharing a global subchannel pool would make
   // unrelated callers of one worker contend on one HTTP/2 connection.
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  return make_authenticated_channel(address, args);
 }
 
 std::shared_ptr<grpc::Channel> ChannelCache::get(const std::string& address) {

@@ -11,6 +11,7 @@
 
 #include "common/logging.h"
 #include "gantry/gantry.h"
+#include "rpc/auth.h"
 #include "runtime/core_worker.h"
 #include "runtime/local_cluster.h"
 #include "runtime/output_forwarder.h"
@@ -61,6 +62,7 @@ std::string level_or(const std::string& level, const std::string& fallback) {
   internal::setup_logging(level_or(env.log_level, "warn"), logs + "/" + tag + ".log", tag);
   auto output = std::make_unique<internal::OutputForwarder>(logs + "/" + tag + ".out", env.log_to_driver);
 
+  internal::set_cluster_token(env.token);
   internal::CoreWorkerConfig config;
   config.is_driver = false;
   config.worker_id = UniqueId::from_hex(env.worker_id);
@@ -113,6 +115,8 @@ void init(int argc, char** argv, InitOptions options) {
   if (spdlog::level::from_str(options.log_level) == spdlog::level::off && options.log_level != "off")
     throw Error("unknown log_level '" + options.log_level + "'; use trace, debug, info, warn, error or off");
 
+  // The embedded cluster's token: GANTRY_TOKEN when set, else a fresh one per session.
+  internal::set_cluster_token(!env.token.empty() ? env.token : internal::generate_token());
   g_cluster = LocalCluster::start(options, args);
   internal::setup_logging(options.log_level, g_cluster->session_dir() + "/logs/driver.log", "driver");
   internal::CoreWorkerConfig config;

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "common/logging.h"
+#include "rpc/auth.h"
 #include "gantry/detail/registry.h"
 #include "gantry/errors.h"
 #include "object_store/shm_object.h"
@@ -594,17 +595,20 @@ void CoreWorker::on_borrow(const ObjectId& id, const std::string& owner, bool ad
 
 grpc::Status CoreWorker::PushTasks(grpc::ServerContext* ctx,
                                    grpc::ServerReaderWriter<proto::ResultBatch, proto::TaskBatch>* stream) {
+  GANTRY_REQUIRE_TOKEN(ctx);
   return executor_->push_tasks(ctx, stream);
 }
 
-grpc::Status CoreWorker::CreateActor(grpc::ServerContext*, const proto::CreateActorRequest* req,
+grpc::Status CoreWorker::CreateActor(grpc::ServerContext* ctx, const proto::CreateActorRequest* req,
                                      proto::CreateActorReply* reply) {
+  GANTRY_REQUIRE_TOKEN(ctx);
   executor_->create_actor(*req, reply);
   return grpc::Status::OK;
 }
 
-grpc::Status CoreWorker::GetObject(grpc::ServerContext*, const proto::GetObjectRequest* req,
+grpc::Status CoreWorker::GetObject(grpc::ServerContext* ctx, const proto::GetObjectRequest* req,
                                    proto::GetObjectReply* reply) {
+  GANTRY_REQUIRE_TOKEN(ctx);
   ObjectId id = ObjectId::from_binary(req->id());
   if (id.is_nil()) return {grpc::StatusCode::INVALID_ARGUMENT, "object id must be 16 bytes"};
   if (!store_.contains(id)) return grpc::Status::OK;  // known = false
@@ -625,7 +629,8 @@ grpc::Status CoreWorker::GetObject(grpc::ServerContext*, const proto::GetObjectR
   return grpc::Status::OK;
 }
 
-grpc::Status CoreWorker::UpdateBorrowers(grpc::ServerContext*, const proto::BorrowUpdate* req, proto::Empty*) {
+grpc::Status CoreWorker::UpdateBorrowers(grpc::ServerContext* ctx, const proto::BorrowUpdate* req, proto::Empty*) {
+  GANTRY_REQUIRE_TOKEN(ctx);
   for (const auto& raw : req->add()) refs_.add_borrower(ObjectId::from_binary(raw), req->borrower_address());
   for (const auto& raw : req->remove()) refs_.remove_borrower(ObjectId::from_binary(raw), req->borrower_address());
   return grpc::Status::OK;

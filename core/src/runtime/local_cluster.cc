@@ -1,9 +1,13 @@
 #include "runtime/local_cluster.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <thread>
@@ -14,6 +18,7 @@
 #include "gantry/gpu/devices.h"
 #include "head/head_service.h"
 #include "object_store/object_store.h"
+#include "rpc/auth.h"
 #include "rpc/grpc_util.h"
 
 namespace gantry::internal {
@@ -40,6 +45,15 @@ uint64_t default_store_capacity(const std::string& dir) {
 
 }  // namespace
 
+void write_token_file(const std::string& path, const std::string& token) {
+  // Created with mode 0600 from the start, so the token is never readable by others.
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  bool ok = fd >= 0 && ::fchmod(fd, 0600) == 0 &&
+            ::write(fd, token.data(), token.size()) == static_cast<ssize_t>(token.size());
+  if (fd >= 0) ::close(fd);
+  if (!ok) throw Error("cannot write the cluster token to " + path + ": " + std::strerror(errno));
+}
+
 std::string create_session_dir(const std::string& root_in) {
   std::string root = root_in;
   if (root.empty()) {
@@ -51,15 +65,22 @@ std::string create_session_dir(const std::string& root_in) {
   ::localtime_r(&now, &tm);
   char stamp[64];
   std::strftime(stamp, sizeof stamp, "%Y-%m-%d_%H-%M-%S", &tm);
-  std::string dir = root + "/session_" + stamp + "_" + std::to_string(::getpid());
+  std::string base = root + "/session_" + stamp + "_" + std::to_string(::getpid());
   std::error_code ec;
-  std::filesystem::create_directories(dir + "/logs", ec);
+  std::filesystem::create_directories(root, ec);
+  // A process that starts several sessions within a second gets "_2", "_3"...: a session
+  // never inherits another's sockets or logs.
+  std::string dir = base;
+  for (int n = 2; !ec && !std::filesystem::create_directory(dir, ec); ++n) dir = base + "_" + std::to_string(n);
+  if (!ec) std::filesystem::create_directories(dir + "/logs", ec);
   if (!ec) std::filesystem::create_directories(dir + "/sockets", ec);
   if (ec) throw Error("cannot create the session directory " + dir + ": " + ec.message() +
                       "; set InitOptions::temp_dir or GANTRY_TEMP_DIR to a writable place");
   if ((dir + "/sockets/").size() + 40 > kMaxUnixPath)
     throw Error("the session directory path " + dir + " is too long for Unix socket names; set "
                 "InitOptions::temp_dir or GANTRY_TEMP_DIR to a shorter directory");
+  // Only this user may reach the session's sockets.
+  std::filesystem::permissions(dir + "/sockets", std::filesystem::perms::owner_all, ec);
   std::filesystem::path latest = std::filesystem::path(root) / "session_latest";
   std::filesystem::remove(latest, ec);
   std::filesystem::create_directory_symlink(dir, latest, ec);  // best effort, for humans
@@ -96,6 +117,7 @@ std::unique_ptr<LocalCluster> LocalCluster::start(const InitOptions& options, co
     throw Error(std::string("invalid InitOptions: ") + e.what());
   }
 
+  write_token_file(c->session_dir_ + "/token", cluster_token());
   std::string sockets = c->session_dir_ + "/sockets";
   c->head_ = std::make_unique<HeadService>(unix_address(sockets + "/head.sock"));
   c->head_->start();
@@ -121,6 +143,7 @@ std::unique_ptr<LocalCluster> LocalCluster::start(const InitOptions& options, co
       {"GANTRY_JOB_ID", c->job_id_.hex()},
       {"GANTRY_LOG_LEVEL", options.log_level},
       {"GANTRY_LOG_TO_DRIVER", options.log_to_driver ? "1" : "0"},
+      {"GANTRY_TOKEN", cluster_token()},
   };
   c->agent_ = std::make_unique<NodeAgent>(ac);
   c->agent_->start();

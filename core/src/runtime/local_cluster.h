@@ -45,4 +45,7 @@ class LocalCluster {
 /// `<root>/session_latest` at it. `root` empty uses $TMPDIR/gantry or /tmp/gantry.
 std::string create_session_dir(const std::string& root);
 
+/// Writes the cluster token to `path`, readable by this user only (mode 0600).
+void write_token_file(const std::string& path, const std::string& token);
+
 }  // namespace gantry::internal

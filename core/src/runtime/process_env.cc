@@ -58,6 +58,7 @@ ProcessEnv ProcessEnv::read() {
   e.log_to_driver = env_or_empty("GANTRY_LOG_TO_DRIVER") != "0";
   e.address = env_or_empty("GANTRY_ADDRESS");
   e.temp_dir = env_or_empty("GANTRY_TEMP_DIR");
+  e.token = env_or_empty("GANTRY_TOKEN");
   e.force_grpc_streams = env_or_empty("GANTRY_TASK_TRANSPORT") == "grpc";
   return e;
 }

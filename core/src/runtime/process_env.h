@@ -7,7 +7,7 @@ namespace gantry::internal {
 
 /// Every GANTRY_* environment variable this process reads, read once at start-up.
 /// The node agent sets them when it starts a worker; a user may set GANTRY_ADDRESS,
-/// GANTRY_LOG_LEVEL and GANTRY_TEMP_DIR for a driver.
+/// GANTRY_LOG_LEVEL, GANTRY_TEMP_DIR and GANTRY_TOKEN for a driver.
 struct ProcessEnv {
   bool worker_mode = false;      // GANTRY_WORKER=1
   std::string agent_address;     // GANTRY_AGENT_ADDRESS
@@ -22,6 +22,7 @@ struct ProcessEnv {
   std::string address;           // GANTRY_ADDRESS (cluster to join)
   std::string temp_dir;          // GANTRY_TEMP_DIR
   bool force_grpc_streams = false;  // GANTRY_TASK_TRANSPORT=grpc: task streams over gRPC even on one node
+  std::string token;             // GANTRY_TOKEN (the cluster token)
 
   static ProcessEnv read();
 };

@@ -11,6 +11,7 @@
 #include "common/logging.h"
 #include "gantry/detail/registry.h"
 #include "gantry/errors.h"
+#include "rpc/auth.h"
 #include "rpc/grpc_util.h"
 #include "runtime/core_worker.h"
 #include "runtime/output_forwarder.h"
@@ -149,6 +150,11 @@ grpc::Status TaskExecutor::push_tasks(grpc::ServerContext* ctx,
 
 void TaskExecutor::serve_socket(std::unique_ptr<FrameSocket> socket) {
   std::string in, out;
+  if (!socket->read(&in) || !token_matches(in)) {
+    GANTRY_LOG_WARN("refused a task stream on the worker's socket: {}",
+                    in.empty() ? "no cluster token" : "wrong cluster token");
+    return;
+  }
   serve({[&](proto::TaskBatch* b) {
            if (!socket->read(&in)) return false;
            if (b->ParseFromString(in)) return true;
@@ -163,25 +169,40 @@ void TaskExecutor::serve_socket(std::unique_ptr<FrameSocket> socket) {
 }
 
 void TaskExecutor::serve(const BatchIo& io) {
-  // A reader thread keeps taking batches while tasks run. Callers write while holding
-  // their submitter's lock, so a worker that stopped reading while it wrote results
-  // could deadlock with a caller whose reader waits for that lock.
-  std::mutex mu;
+  // Two threads share the reading. When the executor has nothing to do it reads the next
+  // batch itself, so a lone call goes socket -> user code without a thread hand-off. While
+  // it runs tasks or writes results, a helper thread reads instead: the stream must never
+  // stop being read, or a caller blocked writing to us (while holding its submitter's
+  // lock) could stop reading our results, and both would wait forever.
+  std::mutex mu;  // guards the queue and the flags below
   std::condition_variable cv;
   std::deque<proto::TaskSpec> queue;
-  bool reader_done = false;
-  std::thread reader([&] {
+  bool reading = false;         // one thread is inside io.read
+  bool executor_busy = false;   // the executor runs tasks or writes results
+  bool reader_done = false;     // the stream ended
+  bool stopping = false;        // the executor left
+  // Needs `lock` held on entry; reads one batch with it released.
+  auto read_batch = [&](std::unique_lock<std::mutex>& lock) {
+    reading = true;
+    lock.unlock();
     proto::TaskBatch batch;
-    while (io.read(&batch)) {
-      {
-        std::lock_guard<std::mutex> lock(mu);
-        for (auto& t : *batch.mutable_tasks()) queue.push_back(std::move(t));
-      }
-      cv.notify_one();
+    bool ok = io.read(&batch);
+    lock.lock();
+    reading = false;
+    if (ok) {
+      for (auto& t : *batch.mutable_tasks()) queue.push_back(std::move(t));
+    } else {
+      reader_done = true;
     }
-    std::lock_guard<std::mutex> lock(mu);
-    reader_done = true;
-    cv.notify_one();
+    cv.notify_all();
+  };
+  std::thread helper([&] {
+    std::unique_lock<std::mutex> lock(mu);
+    while (true) {
+      cv.wait(lock, [&] { return reader_done || stopping || (executor_busy && !reading); });
+      if (reader_done || stopping) return;
+      read_batch(lock);
+    }
   });
 
   proto::ResultBatch pending;
@@ -192,20 +213,33 @@ void TaskExecutor::serve(const BatchIo& io) {
     if (!io.write(pending)) broken = true;
     pending.Clear();
   };
+  std::unique_lock<std::mutex> lock(mu);
   while (!broken) {
-    proto::TaskSpec spec;
-    {
-      std::unique_lock<std::mutex> lock(mu);
-      if (queue.empty() && pending.results_size() > 0) {
+    if (queue.empty()) {
+      if (pending.results_size() > 0) {
+        executor_busy = true;
+        cv.notify_all();
         lock.unlock();
         flush();
+        lock.lock();
         continue;
       }
-      cv.wait(lock, [&] { return !queue.empty() || reader_done; });
-      if (queue.empty()) break;
-      spec = std::move(queue.front());
-      queue.pop_front();
+      executor_busy = false;
+      if (reader_done) break;
+      if (!reading) {
+        read_batch(lock);
+      } else {
+        cv.wait(lock, [&] { return !queue.empty() || reader_done || !reading; });
+      }
+      continue;
     }
+    proto::TaskSpec spec = std::move(queue.front());
+    queue.pop_front();
+    if (!executor_busy) {
+      executor_busy = true;
+      cv.notify_all();  // the helper takes over reading
+    }
+    lock.unlock();
     {
       std::lock_guard<std::mutex> exec(exec_mu_);
       ++running_;
@@ -216,10 +250,15 @@ void TaskExecutor::serve(const BatchIo& io) {
     if (pending.results_size() >= kMaxResultsPerBatch ||
         std::chrono::steady_clock::now() - first_pending >= kMaxResultDelay)
       flush();
+    lock.lock();
   }
+  stopping = true;
+  cv.notify_all();
+  lock.unlock();
   flush();
+  // A helper blocked in read returns when the caller ends the stream, or when cancel does.
   if (broken) io.cancel();
-  reader.join();
+  helper.join();
 }
 
 void TaskExecutor::create_actor(const proto::CreateActorRequest& req, proto::CreateActorReply* reply) {

@@ -1,6 +1,7 @@
 #include "runtime/task_stream.h"
 
 #include "rpc/frame_socket.h"
+#include "rpc/auth.h"
 #include "rpc/grpc_util.h"
 
 namespace gantry::internal {
@@ -58,20 +59,14 @@ class SocketTransport final : public StreamTransport {
 
 }  // namespace
 
-std::string task_socket_path(const std::string& worker_address) {
-  const std::string prefix = "unix:", suffix = ".sock";
-  if (worker_address.rfind(prefix, 0) != 0 || worker_address.size() < prefix.size() + suffix.size() ||
-      worker_address.compare(worker_address.size() - suffix.size(), suffix.size(), suffix) != 0)
-    return {};
-  return worker_address.substr(prefix.size(), worker_address.size() - prefix.size() - suffix.size()) + ".tasks";
-}
-
 std::unique_ptr<StreamTransport> connect_task_transport(ChannelCache& channels, const std::string& worker_address,
                                                         bool force_grpc) {
   std::string path = force_grpc ? std::string() : task_socket_path(worker_address);
   if (!path.empty()) {
     std::string error;
-    if (auto socket = FrameSocket::connect_unix(path, &error)) return std::make_unique<SocketTransport>(std::move(socket));
+    // The first frame is the cluster token (the worker hangs up on anything else).
+    if (auto socket = FrameSocket::connect_unix(path, &error); socket && socket->write(cluster_token()))
+      return std::make_unique<SocketTransport>(std::move(socket));
     // Fall through: the gRPC stream reports the failure (or works) the usual way.
   }
   return std::make_unique<GrpcTransport>(channels.get(worker_address));

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "gantry/worker.grpc.pb.h"
+#include "rpc/frame_socket.h"
 
 namespace gantry::internal {
 
@@ -36,9 +37,6 @@ class StreamTransport {
 std::unique_ptr<StreamTransport> connect_task_transport(ChannelCache& channels, const std::string& worker_address,
                                                         bool force_grpc);
 
-/// The framed task socket a worker serves beside its gRPC address ("unix:/d/w-X.sock"
-/// serves "/d/w-X.tasks"), or empty when the address is not a Unix socket.
-std::string task_socket_path(const std::string& worker_address);
 
 /// One long-lived task stream from a caller to a worker. `send` writes on the calling
 /// thread when no write is in progress; specs sent while one is go out together in the
