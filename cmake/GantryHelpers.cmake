@@ -10,8 +10,16 @@ elseif(GANTRY_SANITIZE STREQUAL "thread")
   # code paths on __SANITIZE_THREAD__, which must match the libraries, so hide it from them.
   target_compile_options(gantry_build_flags INTERFACE -fsanitize=thread -fno-omit-frame-pointer -U__SANITIZE_THREAD__)
   target_link_options(gantry_build_flags INTERFACE -fsanitize=thread)
+elseif(GANTRY_SANITIZE STREQUAL "fuzzer")
+  # libFuzzer coverage plus ASan/UBSan everywhere; only the fuzz targets link the fuzzer's
+  # main (tests/CMakeLists.txt). Needs clang.
+  if(NOT CMAKE_CXX_COMPILER_ID STREQUAL "Clang")
+    message(FATAL_ERROR "GANTRY_SANITIZE=fuzzer needs clang: configure a fresh build directory with CXX=clang++")
+  endif()
+  target_compile_options(gantry_build_flags INTERFACE -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer)
+  target_link_options(gantry_build_flags INTERFACE -fsanitize=address,undefined)
 elseif(NOT GANTRY_SANITIZE STREQUAL "")
-  message(FATAL_ERROR "GANTRY_SANITIZE must be empty, 'address' or 'thread', not '${GANTRY_SANITIZE}'")
+  message(FATAL_ERROR "GANTRY_SANITIZE must be empty, 'address', 'thread' or 'fuzzer', not '${GANTRY_SANITIZE}'")
 endif()
 
 # Environment for every test (and the workers it starts, which inherit it). Under

@@ -3,6 +3,7 @@
 #include <grpcpp/support/client_interceptor.h>
 
 #include <fstream>
+#include <mutex>
 
 #include "common/logging.h"
 #include "gantry/errors.h"
@@ -12,10 +13,8 @@ namespace {
 
 constexpr char kTokenKey[] = "gantry-token";
 
-std::string& token_storage() {
-  static std::string token;
-  return token;
-}
+std::mutex g_token_mu;
+std::string g_token;  // guarded by g_token_mu
 
 class AddTokenInterceptor final : public grpc::experimental::Interceptor {
  public:
@@ -35,9 +34,15 @@ class AddTokenFactory final : public grpc::experimental::ClientInterceptorFactor
 
 }  // namespace
 
-void set_cluster_token(std::string token) { token_storage() = std::move(token); }
+void set_cluster_token(std::string token) {
+  std::lock_guard<std::mutex> lock(g_token_mu);
+  g_token = std::move(token);
+}
 
-const std::string& cluster_token() { return token_storage(); }
+std::string cluster_token() {
+  std::lock_guard<std::mutex> lock(g_token_mu);
+  return g_token;
+}
 
 std::string generate_token() {
   unsigned char bytes[32];
@@ -55,7 +60,7 @@ std::string generate_token() {
 }
 
 bool token_matches(const std::string& presented) {
-  const std::string& expected = cluster_token();
+  const std::string expected = cluster_token();
   // Constant time in the token's content: no early exit on the first differing byte.
   unsigned char diff = presented.size() == expected.size() ? 0 : 1;
   for (size_t i = 0; i < expected.size(); ++i)

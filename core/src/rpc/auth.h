@@ -8,9 +8,10 @@ namespace gantry::internal {
 
 /// The cluster token: a secret every gantry call carries (gRPC metadata `gantry-token`,
 /// or the first frame of a framed task socket) and every gantry endpoint requires.
-/// Set once at start-up, before any channel or server is made; thread-safe to read after.
+/// Set at start-up, before any channel or server is made. Thread-safe: a process that
+/// starts a new session may still have calls of the old one finishing.
 void set_cluster_token(std::string token);
-const std::string& cluster_token();
+std::string cluster_token();
 
 /// A fresh token: 32 random bytes from the kernel, as 64 hex digits.
 std::string generate_token();
