@@ -9,7 +9,6 @@
 //   BUILD_DIR=build-fuzz GANTRY_SANITIZE=fuzzer scripts/dev build
 //   build-fuzz/tests/gantry_fuzz -max_total_time=60 tests/fuzz/corpus
 #include <google/protobuf/descriptor.h>
-#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <unistd.h>
 
@@ -29,6 +28,7 @@
 #include "head/head_service.h"
 #include "rpc/auth.h"
 #include "rpc/grpc_util.h"
+#include "support/generic_call.h"
 
 namespace {
 
@@ -83,32 +83,13 @@ class Services {
     }
   }
 
-  /// Sends `payload` as the one request message of method `index`; any status is fine.
+  /// Sends `payload` as the one request message of method `index` (the channel adds the
+  /// token); any status is fine.
   void call(size_t index, const uint8_t* data, size_t size) {
     const auto& [method, channel] = methods_[index % methods_.size()];
-    grpc::GenericStub stub(channel);
-    grpc::ClientContext ctx;
     // Handlers that wait (GetActor, RequestLease) must give up when the caller does.
-    ctx.set_deadline(std::chrono::system_clock::now() + 300ms);
-    grpc::CompletionQueue cq;
-    void* tag = nullptr;
-    bool ok = false;
-    auto rpc = stub.PrepareCall(&ctx, method, &cq);
-    rpc->StartCall(reinterpret_cast<void*>(1));
-    cq.Next(&tag, &ok);
-    grpc::Slice slice(data, size);
-    grpc::ByteBuffer request(&slice, 1);
-    rpc->WriteLast(request, grpc::WriteOptions(), reinterpret_cast<void*>(2));
-    cq.Next(&tag, &ok);
-    grpc::ByteBuffer response;
-    rpc->Read(&response, reinterpret_cast<void*>(3));
-    cq.Next(&tag, &ok);
-    grpc::Status status;
-    rpc->Finish(&status, reinterpret_cast<void*>(4));
-    cq.Next(&tag, &ok);
-    cq.Shutdown();
-    while (cq.Next(&tag, &ok)) {
-    }
+    (void)gantry::test_support::call_generic(channel, method, /*token=*/"", std::string(reinterpret_cast<const char*>(data), size),
+                                        300ms);
   }
 
  private:

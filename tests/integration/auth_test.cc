@@ -5,7 +5,6 @@
 // new handler that forgets the check fails here.
 #include <gantry/gantry.h>
 #include <google/protobuf/descriptor.h>
-#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
@@ -18,8 +17,11 @@
 
 #include "gantry/head.pb.h"
 #include "rpc/frame_socket.h"
+#include "support/generic_call.h"
 
 using namespace std::chrono_literals;
+
+using gantry::test_support::call_generic;
 
 namespace {
 
@@ -44,39 +46,6 @@ std::vector<std::string> all_methods() {
     for (int i = 0; i < s->method_count(); ++i) out.push_back("/" + std::string(service) + "/" + s->method(i)->name());
   }
   return out;
-}
-
-/// Calls `method` with one message of `payload` bytes and the given token metadata (none
-/// when empty); returns the call's status.
-grpc::Status call(const std::shared_ptr<grpc::Channel>& channel, const std::string& method, const std::string& token,
-                  const std::string& payload, grpc::ByteBuffer* reply = nullptr) {
-  grpc::GenericStub stub(channel);
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + 5s);
-  if (!token.empty()) ctx.AddMetadata("gantry-token", token);
-  grpc::CompletionQueue cq;
-  auto rpc = stub.PrepareCall(&ctx, method, &cq);
-  void* tag = nullptr;
-  bool ok = false;
-  rpc->StartCall(reinterpret_cast<void*>(1));
-  cq.Next(&tag, &ok);
-  grpc::Slice slice(payload);
-  grpc::ByteBuffer request(&slice, 1);
-  rpc->Write(request, reinterpret_cast<void*>(2));
-  cq.Next(&tag, &ok);
-  rpc->WritesDone(reinterpret_cast<void*>(3));
-  cq.Next(&tag, &ok);
-  grpc::ByteBuffer response;
-  rpc->Read(&response, reinterpret_cast<void*>(4));
-  cq.Next(&tag, &ok);
-  if (ok && reply != nullptr) *reply = response;
-  grpc::Status status;
-  rpc->Finish(&status, reinterpret_cast<void*>(5));
-  cq.Next(&tag, &ok);
-  cq.Shutdown();
-  while (cq.Next(&tag, &ok)) {
-  }
-  return status;
 }
 
 std::string read_file(const std::string& path) {
@@ -129,7 +98,7 @@ TEST_F(Auth, EveryMethodOnEveryEndpointRefusesCallsWithoutTheToken) {
     auto channel = grpc::CreateChannel("unix:" + path, grpc::InsecureChannelCredentials());
     for (const auto& method : methods) {
       for (const std::string& token : {std::string(), std::string(64, '0'), token_ + "x", token_.substr(1)}) {
-        grpc::Status s = call(channel, method, token, "");
+        grpc::Status s = call_generic(channel, method, token, "", 5s);
         // A service that does not live on this endpoint answers UNIMPLEMENTED; one that
         // does must refuse.
         if (s.error_code() == grpc::StatusCode::UNIMPLEMENTED) continue;
@@ -141,7 +110,7 @@ TEST_F(Auth, EveryMethodOnEveryEndpointRefusesCallsWithoutTheToken) {
   // The right token gets through (a harmless call), so the refusals above were not an
   // accident of how the test calls.
   auto head = grpc::CreateChannel("unix:" + session_ + "/sockets/head.sock", grpc::InsecureChannelCredentials());
-  EXPECT_TRUE(call(head, "/gantry.proto.Head/ListActors", token_, "").ok());
+  EXPECT_TRUE(call_generic(head, "/gantry.proto.Head/ListActors", token_, "", 5s).ok());
   // The cluster still works.
   EXPECT_EQ(gantry::task(add_one).remote(41).get(), 42);
 }
@@ -152,7 +121,7 @@ TEST_F(Auth, RefusedCallsChangeNothingAndAreLogged) {
   put.set_key("planted");
   put.set_value("by an intruder");
   ::testing::internal::CaptureStderr();
-  grpc::Status refused = call(head, "/gantry.proto.Head/KvPut", "not-the-token", serialize(put));
+  grpc::Status refused = call_generic(head, "/gantry.proto.Head/KvPut", "not-the-token", serialize(put), 5s);
   std::string log = ::testing::internal::GetCapturedStderr();
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_NE(refused.error_message().find("GANTRY_TOKEN"), std::string::npos) << "the error says what to do";
@@ -162,7 +131,7 @@ TEST_F(Auth, RefusedCallsChangeNothingAndAreLogged) {
   gantry::proto::KvRequest get;
   get.set_key("planted");
   grpc::ByteBuffer reply;
-  ASSERT_TRUE(call(head, "/gantry.proto.Head/KvGet", token_, serialize(get), &reply).ok());
+  ASSERT_TRUE(call_generic(head, "/gantry.proto.Head/KvGet", token_, serialize(get), 5s, &reply).ok());
   std::vector<grpc::Slice> slices;
   ASSERT_TRUE(reply.Dump(&slices).ok());
   std::string bytes;

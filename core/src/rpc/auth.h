@@ -23,8 +23,7 @@ bool token_matches(const std::string& presented);
 /// peer) and returns UNAUTHENTICATED; the handler must then return it without acting.
 grpc::Status check_token(const grpc::ServerContext& ctx, const char* method);
 
-/// Channel arguments and interceptors that add the cluster token to every call; used by
-/// make_channel.
+/// An insecure channel whose every call carries the cluster token; used by make_channel.
 std::shared_ptr<grpc::Channel> make_authenticated_channel(const std::string& address,
                                                           const grpc::ChannelArguments& args);
 

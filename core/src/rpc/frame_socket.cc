@@ -163,5 +163,4 @@ std::string task_socket_path(const std::string& worker_address) {
   return worker_address.substr(prefix.size(), worker_address.size() - prefix.size() - suffix.size()) + ".tasks";
 }
 
-
 }  // namespace gantry::internal
