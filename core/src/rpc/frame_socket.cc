@@ -1,9 +1,11 @@
 #include "rpc/frame_socket.h"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <memory>
@@ -46,7 +48,13 @@ std::unique_ptr<FrameSocket> FrameSocket::connect_unix(const std::string& path, 
   return std::make_unique<FrameSocket>(fd);
 }
 
-bool FrameSocket::write(const std::string& payload) {
+bool FrameSocket::write(const std::string& payload) { return send_frame(payload, nullptr); }
+
+bool FrameSocket::write_reading(const std::string& payload, const FrameHandler& on_frame) {
+  return send_frame(payload, &on_frame);
+}
+
+bool FrameSocket::send_frame(const std::string& payload, const FrameHandler* on_frame) {
   if (payload.size() > kMaxFrame) {
     error_ = "frame of " + std::to_string(payload.size()) + " bytes is too large";
     return false;
@@ -56,13 +64,34 @@ bool FrameSocket::write(const std::string& payload) {
   size_t total = sizeof n + payload.size();
   size_t done = 0;
   int idx = 0;
+  bool peer_writing = on_frame != nullptr && !reached_end_;
   while (done < total) {
     msghdr msg{};
     msg.msg_iov = iov + idx;
     msg.msg_iovlen = 2 - idx;
-    ssize_t w = ::sendmsg(fd_, &msg, MSG_NOSIGNAL);
+    ssize_t w = ::sendmsg(fd_, &msg, MSG_NOSIGNAL | (peer_writing ? MSG_DONTWAIT : 0));
     if (w < 0) {
       if (errno == EINTR) continue;
+      if ((errno == EAGAIN || errno == EWOULDBLOCK) && peer_writing) {
+        // Full: wait until we can write more or the peer has sent something to take.
+        pollfd p{fd_, POLLIN | POLLOUT, 0};
+        if (::poll(&p, 1, -1) < 0 && errno != EINTR) {
+          error_ = std::strerror(errno);
+          return false;
+        }
+        if ((p.revents & POLLIN) == 0) continue;
+        Received got = receive(false);
+        if (got == Received::kNothing) continue;
+        if (got == Received::kEnd) {
+          peer_writing = false;  // the peer finished sending (or failed): plain writes now
+          continue;
+        }
+        std::string frame;
+        for (Take t = take_buffered(&frame); t != Take::kNone; t = take_buffered(&frame)) {
+          if (t == Take::kBad || !(*on_frame)(frame)) return false;
+        }
+        continue;
+      }
       error_ = std::strerror(errno);
       return false;
     }
@@ -80,42 +109,63 @@ bool FrameSocket::write(const std::string& payload) {
   return true;
 }
 
-bool FrameSocket::read(std::string* out) {
-  auto available = [&] { return end_ - start_; };
-  // Reads more bytes; false at end of stream or on error.
-  auto fill = [&](size_t need) {
-    if (start_ > 0 && buffer_.size() - end_ < need) {
-      std::memmove(buffer_.data(), buffer_.data() + start_, available());
-      end_ -= start_;
-      start_ = 0;
-    }
-    if (buffer_.size() - end_ < need) buffer_.resize(std::max(buffer_.size() * 2, end_ + std::max<size_t>(need, 65536)));
-    while (true) {
-      ssize_t r = ::read(fd_, buffer_.data() + end_, buffer_.size() - end_);
-      if (r > 0) {
-        end_ += static_cast<size_t>(r);
-        return true;
-      }
-      if (r < 0 && errno == EINTR) continue;
-      reached_end_ = r == 0;
-      error_ = reached_end_ ? "end of stream" : std::strerror(errno);
-      return false;
-    }
-  };
-  while (available() < 4)
-    if (!fill(4 - available())) return false;
+FrameSocket::Take FrameSocket::take_buffered(std::string* out) {
+  size_t available = end_ - start_;
+  if (available < 4) return Take::kNone;
   uint32_t n;
   std::memcpy(&n, buffer_.data() + start_, 4);
   if (n > kMaxFrame) {
     error_ = "frame length " + std::to_string(n) + " is over the limit";
-    return false;
+    return Take::kBad;
   }
-  while (available() < 4 + static_cast<size_t>(n))
-    if (!fill(4 + n - available())) return false;
+  if (available < 4 + static_cast<size_t>(n)) return Take::kNone;
   out->assign(buffer_.data() + start_ + 4, n);
   start_ += 4 + n;
   if (start_ == end_) start_ = end_ = 0;
-  return true;
+  return Take::kFrame;
+}
+
+FrameSocket::Received FrameSocket::receive(bool wait) {
+  if (reached_end_) return Received::kEnd;
+  // Room for at least the rest of the frame being read, or 64 KiB. (Whole frames may
+  // already be buffered: `write_reading` receives while earlier ones wait to be taken.)
+  size_t available = end_ - start_;
+  size_t need = 65536;
+  if (available >= 4) {
+    uint32_t n;
+    std::memcpy(&n, buffer_.data() + start_, 4);
+    size_t frame = 4 + static_cast<size_t>(std::min(n, kMaxFrame));
+    if (frame > available) need = std::max(need, frame - available);
+  }
+  if (start_ > 0 && buffer_.size() - end_ < need) {
+    std::memmove(buffer_.data(), buffer_.data() + start_, available);
+    end_ -= start_;
+    start_ = 0;
+  }
+  if (buffer_.size() - end_ < need) buffer_.resize(std::max(buffer_.size() * 2, end_ + need));
+  while (true) {
+    ssize_t r = ::recv(fd_, buffer_.data() + end_, buffer_.size() - end_, wait ? 0 : MSG_DONTWAIT);
+    if (r > 0) {
+      end_ += static_cast<size_t>(r);
+      return Received::kBytes;
+    }
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && !wait && (errno == EAGAIN || errno == EWOULDBLOCK)) return Received::kNothing;
+    reached_end_ = r == 0;
+    error_ = reached_end_ ? "end of stream" : std::strerror(errno);
+    return Received::kEnd;
+  }
+}
+
+bool FrameSocket::read(std::string* out) {
+  while (true) {
+    switch (take_buffered(out)) {
+      case Take::kFrame: return true;
+      case Take::kBad: return false;
+      case Take::kNone: break;
+    }
+    if (receive(true) != Received::kBytes) return false;
+  }
 }
 
 void FrameSocket::shutdown_write() { ::shutdown(fd_, SHUT_WR); }

@@ -2,6 +2,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -23,8 +24,16 @@ class FrameSocket {
   /// Connects to a Unix socket; returns null and sets `error` on failure.
   static std::unique_ptr<FrameSocket> connect_unix(const std::string& path, std::string* error);
 
+  /// Called with each frame that arrives while `write_reading` waits; false stops the
+  /// write (it then fails).
+  using FrameHandler = std::function<bool(std::string& frame)>;
+
   /// Writes one frame. Thread-safe against a concurrent `read`, not another `write`.
   bool write(const std::string& payload);
+  /// Writes one frame and, while the peer's buffer is full, reads the frames it sends
+  /// meanwhile and hands them to `on_frame`. One thread can then both send and receive
+  /// without the two sides each waiting for the other to read. Not with a concurrent `read`.
+  bool write_reading(const std::string& payload, const FrameHandler& on_frame);
   /// Reads one frame into `out`; false on end of stream, error or a frame over kMaxFrame.
   bool read(std::string* out);
   /// No more writes: the peer reads end of stream after what was sent.
@@ -38,6 +47,15 @@ class FrameSocket {
   bool reached_end() const { return reached_end_; }
 
  private:
+  enum class Take { kNone, kFrame, kBad };
+  // Moves one whole buffered frame to `out`, if there is one.
+  Take take_buffered(std::string* out);
+  enum class Received { kBytes, kNothing, kEnd };
+  // Appends what the socket has to the buffer, waiting for bytes when `wait` (else
+  // kNothing when there were none). kEnd: end of stream or an error (see error()).
+  Received receive(bool wait);
+  bool send_frame(const std::string& payload, const FrameHandler* on_frame);
+
   int fd_;
   std::string error_;
   bool reached_end_ = false;

@@ -37,14 +37,14 @@ void ActorSubmitter::submit(const ActorId& actor, proto::TaskSpec spec, std::vec
       fail_call(call, st.death, after);
     } else {
       st.queue.push_back(std::move(call));
-      if (st.stream) flush_locked(st);
+      if (st.stream) flush_locked(st, after);
       else if (!st.resolving) resolve_locked(st, after);
     }
   }
   finish(after);
 }
 
-void ActorSubmitter::flush_locked(ActorState& st) {
+void ActorSubmitter::flush_locked(ActorState& st, AfterUnlock& after) {
   while (!st.queue.empty()) {
     Call call = std::move(st.queue.front());
     st.queue.pop_front();
@@ -57,9 +57,10 @@ void ActorSubmitter::flush_locked(ActorState& st) {
     }
     uint64_t seq = call.spec.sequence();
     st.seq_of[TaskId::from_binary(call.spec.task_id())] = seq;
-    st.stream->send(call.spec);
+    st.stream->enqueue(call.spec);
     st.in_flight.emplace(seq, std::move(call));
   }
+  if (after.flush.empty() || after.flush.back() != st.stream) after.flush.push_back(st.stream);
 }
 
 void ActorSubmitter::resolve_locked(ActorState& st, AfterUnlock& after) {
@@ -119,7 +120,7 @@ void ActorSubmitter::on_resolved(const ActorId& id, const grpc::Status& status, 
           connect_task_transport(*config_.channels, st.address, config_.force_grpc_streams),
           [this, id, gen](proto::ResultBatch& batch) { on_results(id, gen, batch); },
           [this, id, gen](const std::string& why) { on_broken(id, gen, why); });
-      flush_locked(st);
+      flush_locked(st, after);
     }
   }
   finish(after);
@@ -181,6 +182,8 @@ void ActorSubmitter::on_broken(const ActorId& id, uint64_t generation, const std
 }
 
 void ActorSubmitter::finish(AfterUnlock& after) {
+  for (auto& stream : after.flush) stream->flush();
+  after.flush.clear();
   for (auto& call : after.calls) call();
   for (auto& c : after.done) {
     config_.complete(c.id, std::move(c.value));

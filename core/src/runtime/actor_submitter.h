@@ -67,10 +67,11 @@ class ActorSubmitter {
   struct AfterUnlock {
     std::vector<TaskSubmitter::Completion> done;
     std::vector<std::function<void()>> calls;
+    std::vector<std::shared_ptr<TaskStream>> flush;  // streams given specs, written after unlock
   };
   struct ResolveCall;
 
-  void flush_locked(ActorState& st);
+  void flush_locked(ActorState& st, AfterUnlock& after);
   void resolve_locked(ActorState& st, AfterUnlock& after);
   void fail_call(Call& call, const proto::ErrorInfo& error, AfterUnlock& after);
   void on_resolved(const ActorId& id, const grpc::Status& status, const proto::GetActorReply& reply);

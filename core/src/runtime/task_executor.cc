@@ -148,6 +148,19 @@ grpc::Status TaskExecutor::push_tasks(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
+bool TaskExecutor::run_into(const proto::TaskSpec& spec, proto::ResultBatch* pending,
+                            std::chrono::steady_clock::time_point* first_pending) {
+  {
+    std::lock_guard<std::mutex> exec(exec_mu_);
+    ++running_;
+    execute(spec, pending->add_results());
+    --running_;
+  }
+  if (pending->results_size() == 1) *first_pending = std::chrono::steady_clock::now();
+  return pending->results_size() >= kMaxResultsPerBatch ||
+         std::chrono::steady_clock::now() - *first_pending >= kMaxResultDelay;
+}
+
 void TaskExecutor::serve_socket(std::unique_ptr<FrameSocket> socket) {
   std::string in, out;
   if (!socket->read(&in) || !token_matches(in)) {
@@ -155,21 +168,51 @@ void TaskExecutor::serve_socket(std::unique_ptr<FrameSocket> socket) {
                     in.empty() ? "no cluster token" : "wrong cluster token");
     return;
   }
-  serve({[&](proto::TaskBatch* b) {
-           if (!socket->read(&in)) return false;
-           if (b->ParseFromString(in)) return true;
-           GANTRY_LOG_WARN("dropping a task stream: malformed task batch of {} bytes", in.size());
-           return false;
-         },
-         [&](const proto::ResultBatch& r) {
-           r.SerializeToString(&out);
-           return socket->write(out);
-         },
-         [&] { socket->shutdown_both(); }});
+  // One thread does everything: it reads a batch when it has nothing to run, and while
+  // it writes results into a full socket it takes the batches the caller sends meanwhile
+  // (write_reading), so neither side waits on the other. A call costs no thread hand-off.
+  std::deque<proto::TaskSpec> queue;
+  proto::TaskBatch batch;
+  auto take = [&](std::string& frame) {
+    if (!batch.ParseFromString(frame)) {
+      GANTRY_LOG_WARN("dropping a task stream: malformed task batch of {} bytes", frame.size());
+      return false;
+    }
+    for (auto& t : *batch.mutable_tasks()) queue.push_back(std::move(t));
+    return true;
+  };
+  proto::ResultBatch pending;
+  std::chrono::steady_clock::time_point first_pending;
+  bool broken = false, ended = false;
+  auto flush = [&] {
+    if (pending.results_size() == 0) return;
+    pending.SerializeToString(&out);
+    pending.Clear();
+    if (!socket->write_reading(out, take)) broken = true;
+  };
+  while (!broken) {
+    if (queue.empty()) {
+      if (pending.results_size() > 0) {
+        flush();
+      } else if (ended || !socket->read(&in)) {
+        ended = true;
+        break;
+      } else if (!take(in)) {
+        broken = true;
+      }
+      continue;
+    }
+    proto::TaskSpec spec = std::move(queue.front());
+    queue.pop_front();
+    if (run_into(spec, &pending, &first_pending)) flush();
+  }
+  flush();
+  if (broken) socket->shutdown_both();
 }
 
 void TaskExecutor::serve(const BatchIo& io) {
-  // Two threads share the reading. When the executor has nothing to do it reads the next
+  // The gRPC stream cannot wait for "readable or writable" at once, so two threads share
+  // the reading. When the executor has nothing to do it reads the next
   // batch itself, so a lone call goes socket -> user code without a thread hand-off. While
   // it runs tasks or writes results, a helper thread reads instead: the stream must never
   // stop being read, or a caller blocked writing to us (while holding its submitter's
@@ -240,16 +283,7 @@ void TaskExecutor::serve(const BatchIo& io) {
       cv.notify_all();  // the helper takes over reading
     }
     lock.unlock();
-    {
-      std::lock_guard<std::mutex> exec(exec_mu_);
-      ++running_;
-      execute(spec, pending.add_results());
-      --running_;
-    }
-    if (pending.results_size() == 1) first_pending = std::chrono::steady_clock::now();
-    if (pending.results_size() >= kMaxResultsPerBatch ||
-        std::chrono::steady_clock::now() - first_pending >= kMaxResultDelay)
-      flush();
+    if (run_into(spec, &pending, &first_pending)) flush();
     lock.lock();
   }
   stopping = true;

@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -50,6 +51,10 @@ class TaskExecutor {
     std::function<void()> cancel;
   };
   void serve(const BatchIo& io);
+  // Runs `spec` and appends its result to `pending`; true when the batch is due to be sent
+  // (full, or its first result waited long enough).
+  bool run_into(const proto::TaskSpec& spec, proto::ResultBatch* pending,
+                std::chrono::steady_clock::time_point* first_pending);
   void execute(const proto::TaskSpec& spec, proto::TaskResult* result);
   proto::ErrorInfo current_exception_error(const std::string& function) const;
 

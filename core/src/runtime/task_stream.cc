@@ -72,74 +72,110 @@ std::unique_ptr<StreamTransport> connect_task_transport(ChannelCache& channels, 
   return std::make_unique<GrpcTransport>(channels.get(worker_address));
 }
 
+struct TaskStream::State {
+  State(std::unique_ptr<StreamTransport> t, ResultHandler r, BrokenHandler b)
+      : transport(std::move(t)), on_results(std::move(r)), on_broken(std::move(b)) {}
+
+  // Needs mu held (released around each write). Writes until the queue is empty.
+  void write_queued(std::unique_lock<std::mutex>& lock);
+  void close();
+
+  std::unique_ptr<StreamTransport> transport;
+  ResultHandler on_results;
+  BrokenHandler on_broken;
+
+  std::mutex mu;  // guards the queue and flags below
+  std::vector<proto::TaskSpec> queue;
+  proto::TaskBatch batch;     // used only by the thread that is writing
+  bool writing = false;       // a thread is writing; others just queue
+  bool closing = false;
+  bool done_writing = false;  // writes_done sent
+  bool broken = false;        // a write failed or the reader saw the end
+  std::atomic<bool> cancelled{false};
+};
+
 TaskStream::TaskStream(std::unique_ptr<StreamTransport> transport, ResultHandler on_results, BrokenHandler on_broken)
-    : transport_(std::move(transport)), on_results_(std::move(on_results)), on_broken_(std::move(on_broken)) {
-  reader_ = std::thread([this] { read_loop(); });
+    : state_(std::make_shared<State>(std::move(transport), std::move(on_results), std::move(on_broken))) {
+  reader_ = std::thread([state = state_] { read_loop(state); });
 }
 
 TaskStream::~TaskStream() {
   close();
-  if (reader_.joinable()) reader_.join();
+  if (!reader_.joinable()) return;
+  // Dropped by its own handler: the reader thread still holds the state and ends by
+  // itself once the stream is done.
+  if (reader_.get_id() == std::this_thread::get_id()) reader_.detach();
+  else reader_.join();
+}
+
+void TaskStream::enqueue(proto::TaskSpec spec) {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  if (state_->closing || state_->broken) return;  // the reader reports a broken stream
+  state_->queue.push_back(std::move(spec));
+}
+
+void TaskStream::flush() {
+  std::unique_lock<std::mutex> lock(state_->mu);
+  // The thread writing now takes them; after writes_done nothing more may be written.
+  if (state_->writing || state_->queue.empty() || state_->done_writing) return;
+  state_->write_queued(lock);
 }
 
 void TaskStream::send(proto::TaskSpec spec) {
-  std::unique_lock<std::mutex> lock(mu_);
-  if (closing_ || broken_) return;  // the reader reports a broken stream
-  queue_.push_back(std::move(spec));
-  if (writing_) return;  // the thread writing now takes it in its next batch
-  write_queued(lock);
+  enqueue(std::move(spec));
+  flush();
 }
 
-void TaskStream::write_queued(std::unique_lock<std::mutex>& lock) {
-  // The caller writes itself: no hand-off to a writer thread on the latency path. Specs
-  // queued by others meanwhile go out together in the next batch.
-  writing_ = true;
-  while (!queue_.empty() && !broken_) {
+void TaskStream::State::write_queued(std::unique_lock<std::mutex>& lock) {
+  writing = true;
+  while (!queue.empty() && !broken) {
     std::vector<proto::TaskSpec> specs;
-    specs.swap(queue_);
+    specs.swap(queue);
     lock.unlock();
-    batch_.Clear();
-    batch_.mutable_tasks()->Reserve(static_cast<int>(specs.size()));
-    for (auto& s : specs) *batch_.add_tasks() = std::move(s);
-    bool ok = transport_->write(batch_);
+    batch.Clear();
+    batch.mutable_tasks()->Reserve(static_cast<int>(specs.size()));
+    for (auto& s : specs) *batch.add_tasks() = std::move(s);
+    bool ok = transport->write(batch);
     lock.lock();
-    if (!ok) broken_ = true;
+    if (!ok) broken = true;
   }
-  writing_ = false;
-  if (closing_ && !done_writing_) {
-    done_writing_ = true;
-    transport_->writes_done();
+  writing = false;
+  if (closing && !done_writing) {
+    done_writing = true;
+    transport->writes_done();
   }
 }
 
-void TaskStream::close() {
-  std::unique_lock<std::mutex> lock(mu_);
-  closing_ = true;
-  if (!writing_ && !done_writing_) {
-    done_writing_ = true;
-    transport_->writes_done();
+void TaskStream::State::close() {
+  std::unique_lock<std::mutex> lock(mu);
+  closing = true;
+  if (!writing && !done_writing) {
+    done_writing = true;
+    transport->writes_done();
   }
 }
+
+void TaskStream::close() { state_->close(); }
 
 void TaskStream::cancel() {
-  cancelled_ = true;
-  close();
-  transport_->cancel();
+  state_->cancelled = true;
+  state_->close();
+  state_->transport->cancel();
 }
 
-void TaskStream::read_loop() {
+void TaskStream::read_loop(const std::shared_ptr<State>& state) {
   proto::ResultBatch batch;
-  while (transport_->read(&batch)) on_results_(batch);
+  while (state->transport->read(&batch)) state->on_results(batch);
   std::string error;
-  bool clean = transport_->finish(&error);
+  bool clean = state->transport->finish(&error);
   bool closing;
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    closing = closing_;
-    broken_ = true;
+    std::lock_guard<std::mutex> lock(state->mu);
+    closing = state->closing;
+    state->broken = true;
   }
-  if (cancelled_) return;
-  if (!closing || !clean) on_broken_(clean ? std::string("the worker closed the stream") : error);
+  if (state->cancelled) return;
+  if (!closing || !clean) state->on_broken(clean ? std::string("the worker closed the stream") : error);
 }
 
 }  // namespace gantry::internal

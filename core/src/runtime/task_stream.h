@@ -38,13 +38,17 @@ std::unique_ptr<StreamTransport> connect_task_transport(ChannelCache& channels, 
                                                         bool force_grpc);
 
 
-/// One long-lived task stream from a caller to a worker. `send` writes on the calling
-/// thread when no write is in progress; specs sent while one is go out together in the
-/// next batch, written by that same thread. Results are read by a reader thread and
-/// handed to `on_results`. Thread-safe.
+/// One long-lived task stream from a caller to a worker. Results are read by a reader
+/// thread and handed to `on_results`. Thread-safe.
 ///
-/// Handlers run on the reader thread. Never destroy a stream from its own handler: the
-/// destructor joins the reader.
+/// Writing is split so that callers never write while holding their own locks (a write
+/// blocks while the worker's socket buffer is full): `enqueue` under the lock fixes the
+/// order, `flush` after it writes. The thread that finds no write in progress writes;
+/// specs queued meanwhile go out together in its next batch, so there is no writer thread
+/// on the latency path.
+///
+/// Handlers run on the reader thread. A stream may be destroyed anywhere, even by its own
+/// handler: the reader thread shares the stream's state and is detached in that case.
 class TaskStream {
  public:
   using ResultHandler = std::function<void(proto::ResultBatch&)>;
@@ -56,6 +60,13 @@ class TaskStream {
   TaskStream(const TaskStream&) = delete;
   TaskStream& operator=(const TaskStream&) = delete;
 
+  /// Queues a spec without writing; cheap, never blocks on the socket. Specs keep the
+  /// order of their `enqueue` calls.
+  void enqueue(proto::TaskSpec spec);
+  /// Writes what is queued, unless another thread is writing (it takes them). May block
+  /// while the worker's buffer is full: call with no lock held that a reader needs.
+  void flush();
+  /// `enqueue` then `flush`.
   void send(proto::TaskSpec spec);
   /// Finishes writing; the worker completes what it has and the stream ends quietly.
   void close();
@@ -63,22 +74,10 @@ class TaskStream {
   void cancel();
 
  private:
-  // Needs mu_ held (released around each write). Writes until the queue is empty.
-  void write_queued(std::unique_lock<std::mutex>& lock);
-  void read_loop();
+  struct State;
+  static void read_loop(const std::shared_ptr<State>& state);
 
-  std::unique_ptr<StreamTransport> transport_;
-  ResultHandler on_results_;
-  BrokenHandler on_broken_;
-
-  std::mutex mu_;  // guards the queue and flags below
-  std::vector<proto::TaskSpec> queue_;
-  proto::TaskBatch batch_;       // used only by the thread that is writing
-  bool writing_ = false;         // a thread is writing; others just queue
-  bool closing_ = false;
-  bool done_writing_ = false;    // writes_done sent
-  bool broken_ = false;          // a write failed or the reader saw the end
-  std::atomic<bool> cancelled_{false};
+  std::shared_ptr<State> state_;  // shared with the reader thread
   std::thread reader_;
 };
 

@@ -115,7 +115,8 @@ void TaskSubmitter::dispatch_locked(KeyState& ks, AfterUnlock& after) {
     Task& task = *it->second;
     if (!resolve_args_locked(task, after)) continue;
     best->in_flight.insert(id);
-    best->stream->send(task.spec);
+    best->stream->enqueue(task.spec);
+    if (after.flush.empty() || after.flush.back() != best->stream) after.flush.push_back(best->stream);
   }
   if (!ks.queue.empty() && ks.pending_lease_requests == 0) request_lease_locked(ks, after);
 }
@@ -306,6 +307,8 @@ void TaskSubmitter::return_lease(uint64_t lease_id, bool failed) {
 }
 
 void TaskSubmitter::finish(AfterUnlock& after) {
+  for (auto& stream : after.flush) stream->flush();
+  after.flush.clear();
   for (auto& call : after.calls) call();
   for (auto& c : after.done) {
     config_.complete(c.id, std::move(c.value));

@@ -97,6 +97,7 @@ class TaskSubmitter {
   struct AfterUnlock {
     std::vector<Completion> done;
     std::vector<std::function<void()>> calls;
+    std::vector<std::shared_ptr<TaskStream>> flush;  // streams given specs, written after unlock
   };
   struct LeaseCall;
 
