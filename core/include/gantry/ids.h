@@ -28,8 +28,8 @@ class UniqueId {
 
   std::string binary() const { return std::string(reinterpret_cast<const char*>(bytes_.data()), kSize); }
   std::string hex() const;
-  /// 8 hex digits of the counter part (unique among ids made by one process), for logs.
-  std::string short_hex() const { return hex().substr(16, 8); }
+  /// 8 hex digits for logs: 4 of the per-process prefix, 4 of the counter.
+  std::string short_hex() const { return hex().substr(0, 4) + hex().substr(16, 4); }
   bool is_nil() const;
   const uint8_t* data() const { return bytes_.data(); }
 

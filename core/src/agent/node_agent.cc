@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <thread>
 
@@ -31,7 +32,7 @@ NodeAgent::NodeAgent(NodeAgentConfig config)
   store_ = std::make_unique<ObjectStore>(config_.store_dir, config_.store_capacity);
   head_ = proto::Head::NewStub(make_channel(config_.head_address));
   pool_ = std::make_unique<WorkerPool>(
-      config_.launch,
+      config_.worker_environment,
       [this](const UniqueId& id, pid_t pid, const std::string& reason) { on_worker_exit(id, pid, reason); });
 }
 
@@ -40,24 +41,62 @@ NodeAgent::~NodeAgent() { stop(); }
 void NodeAgent::start() {
   grpc::ServerBuilder builder;
   configure_server(builder);
-  builder.AddListeningPort(config_.listen_address, grpc::InsecureServerCredentials());
+  int port = 0;
+  builder.AddListeningPort(config_.listen_address, grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(this);
   server_ = builder.BuildAndStart();
-  if (!server_) throw Error("node agent cannot listen on " + config_.listen_address);
+  if (!server_ || (config_.listen_address.rfind("unix:", 0) != 0 && port == 0))
+    throw Error("node agent cannot listen on " + config_.listen_address);
+  if (config_.listen_address.size() > 2 &&
+      config_.listen_address.compare(config_.listen_address.size() - 2, 2, ":0") == 0) {
+    config_.listen_address.replace(config_.listen_address.size() - 1, 1, std::to_string(port));
+    config_.worker_environment["GANTRY_AGENT_ADDRESS"] = config_.listen_address;
+    pool_->set_node_setting("GANTRY_AGENT_ADDRESS", config_.listen_address);
+  }
 
   proto::RegisterNodeRequest req;
   req.set_node_id(config_.node_id.binary());
   req.set_agent_address(config_.listen_address);
   *req.mutable_total() = to_proto(config_.total);
   req.set_num_gpus(config_.num_gpus);
+  req.set_hostname(host_name());
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
   proto::Empty reply;
   grpc::Status s = head_->RegisterNode(&ctx, req, &reply);
   if (!s.ok()) throw Error("node agent cannot register with the head at " + config_.head_address + ": " + s.error_message());
 
+  if (config_.prestart_workers <= 0 || config_.prestart_job.is_nil()) return;
+  if (std::string why = ensure_job(config_.prestart_job); !why.empty()) throw Error(why);
   std::lock_guard<std::mutex> lock(mu_);
-  for (int i = 0; i < config_.prestart_workers; ++i) start_worker_locked({});
+  for (int i = 0; i < config_.prestart_workers; ++i) start_worker_locked(config_.prestart_job, {});
+}
+
+std::string NodeAgent::ensure_job(const UniqueId& job_id) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (jobs_.count(job_id)) return {};
+    if (finished_jobs_.count(job_id)) return "job " + job_id.hex() + " has finished";
+  }
+  proto::JobRequest req;
+  req.set_job_id(job_id.binary());
+  proto::JobSpec job;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  grpc::Status s = head_->GetJob(&ctx, req, &job);
+  if (!s.ok()) return "cannot start workers for job " + job_id.hex() + ": the head says: " + s.error_message();
+  if (job.state() == proto::JobSpec::FINISHED) return "job " + job_id.hex() + " has finished";
+  WorkerLaunchSpec spec;
+  spec.executable = job.executable();
+  spec.argv.assign(job.argv().begin(), job.argv().end());
+  spec.environment.insert(job.environment().begin(), job.environment().end());
+  spec.environment["GANTRY_JOB_ID"] = job_id.hex();
+  if (::access(spec.executable.c_str(), X_OK) != 0)
+    return "cannot start workers for job " + job_id.hex() + " on node " + config_.node_id.short_hex() + " (" +
+           host_name() + "): its executable " + spec.executable + " is not there or not executable";
+  std::lock_guard<std::mutex> lock(mu_);
+  jobs_.emplace(job_id, std::move(spec));
+  return {};
 }
 
 void NodeAgent::stop() {
@@ -73,27 +112,31 @@ void NodeAgent::stop() {
   if (server_) server_->Wait();
 }
 
-void NodeAgent::start_worker_locked(const std::vector<int>& gpu_ids) {
-  UniqueId id = pool_->start(gpu_ids);
+void NodeAgent::start_worker_locked(const UniqueId& job_id, const std::vector<int>& gpu_ids) {
+  auto job = jobs_.find(job_id);
+  if (job == jobs_.end()) throw Error("no launch spec for job " + job_id.hex());
+  UniqueId id = pool_->start(job->second, gpu_ids);
   Worker w;
   w.id = id;
+  w.job_id = job_id;
   w.gpu_ids = gpu_ids;
   workers_.emplace(id, std::move(w));
 }
 
-NodeAgent::Worker* NodeAgent::find_idle_worker_locked(const std::vector<int>& gpu_ids) {
+NodeAgent::Worker* NodeAgent::find_idle_worker_locked(const UniqueId& job_id, const std::vector<int>& gpu_ids) {
   for (auto& [id, w] : workers_)
-    if (w.state == WorkerState::kIdle && w.gpu_ids == gpu_ids) return &w;
+    if (w.state == WorkerState::kIdle && w.job_id == job_id && w.gpu_ids == gpu_ids) return &w;
   return nullptr;
 }
 
 void NodeAgent::try_grant_locked() {
   if (stopping_) return;
-  // Workers already starting, per GPU set, so one slow start-up does not start a
-  // second process for the same waiting request.
-  std::map<std::vector<int>, int> starting, waiting;
+  // Workers already starting, per job and GPU set, so one slow start-up does not start
+  // a second process for the same waiting request.
+  using Shape = std::pair<UniqueId, std::vector<int>>;
+  std::map<Shape, int> starting, waiting;
   for (const auto& [id, w] : workers_)
-    if (w.state == WorkerState::kStarting) ++starting[w.gpu_ids];
+    if (w.state == WorkerState::kStarting) ++starting[{w.job_id, w.gpu_ids}];
 
   for (auto it = pending_.begin(); it != pending_.end();) {
     PendingLease& p = **it;
@@ -103,9 +146,10 @@ void NodeAgent::try_grant_locked() {
       continue;
     }
     std::vector<int> gpu_ids = p.allocation->gpu_ids();
-    Worker* w = find_idle_worker_locked(gpu_ids);
+    Shape shape{p.job_id, gpu_ids};
+    Worker* w = find_idle_worker_locked(p.job_id, gpu_ids);
     if (w == nullptr) {
-      if (++waiting[gpu_ids] > starting[gpu_ids]) {
+      if (++waiting[shape] > starting[shape]) {
         if (!gpu_ids.empty()) {
           // A worker bound to other devices will not serve this shape again soon; make
           // room rather than let GPU-pinned processes pile up.
@@ -117,8 +161,8 @@ void NodeAgent::try_grant_locked() {
             }
         }
         try {
-          start_worker_locked(gpu_ids);
-          ++starting[gpu_ids];
+          start_worker_locked(p.job_id, gpu_ids);
+          ++starting[shape];
         } catch (const std::exception& e) {
           GANTRY_LOG_ERROR("{}", e.what());
         }
@@ -153,6 +197,12 @@ grpc::Status NodeAgent::RequestLease(grpc::ServerContext* ctx, const proto::Leas
   } catch (const std::exception& e) {
     return {grpc::StatusCode::INVALID_ARGUMENT, std::string("bad resource request: ") + e.what()};
   }
+  UniqueId job_id = UniqueId::from_binary(req->job_id());
+  if (job_id.is_nil()) return {grpc::StatusCode::INVALID_ARGUMENT, "a lease request must name its job (16 bytes)"};
+  if (std::string why = ensure_job(job_id); !why.empty()) {
+    *reply->mutable_error() = make_error(proto::ErrorInfo::INTERNAL, why);
+    return grpc::Status::OK;
+  }
   std::unique_lock<std::mutex> lock(mu_);
   if (stopping_) return {grpc::StatusCode::UNAVAILABLE, "node agent is stopping"};
   std::string why = resources_.infeasible_reason(request);
@@ -165,6 +215,7 @@ grpc::Status NodeAgent::RequestLease(grpc::ServerContext* ctx, const proto::Leas
   }
   auto pending = std::make_shared<PendingLease>();
   pending->request = *req;
+  pending->job_id = job_id;
   pending->resources = request;
   pending_.push_back(pending);
   try_grant_locked();
@@ -341,6 +392,36 @@ grpc::Status NodeAgent::GetNodeStats(grpc::ServerContext* ctx, const proto::Empt
   for (const auto& [id, w] : workers_) idle += w.state == WorkerState::kIdle;
   reply->set_num_workers(static_cast<int>(workers_.size()));
   reply->set_num_idle_workers(idle);
+  for (const auto& p : pending_) *reply->add_pending_demand() = to_proto(p->resources);
+  return grpc::Status::OK;
+}
+
+grpc::Status NodeAgent::JobFinished(grpc::ServerContext* ctx, const proto::JobRequest* req, proto::Empty*) {
+  GANTRY_REQUIRE_TOKEN(ctx);
+  UniqueId job_id = UniqueId::from_binary(req->job_id());
+  if (job_id.is_nil()) return {grpc::StatusCode::INVALID_ARGUMENT, "job id must be 16 bytes"};
+  std::lock_guard<std::mutex> lock(mu_);
+  jobs_.erase(job_id);
+  finished_jobs_[job_id] = true;
+  int stopped = 0;
+  for (auto& [id, w] : workers_)
+    if (w.job_id == job_id && w.state != WorkerState::kDead) {
+      w.state = WorkerState::kDead;
+      pool_->signal(id, SIGKILL);
+      ++stopped;
+    }
+  // Requests of the job still waiting get nothing now.
+  for (auto& p : pending_)
+    if (p->job_id == job_id && !p->done) {
+      if (p->allocation) resources_.release(*p->allocation);
+      p->allocation.reset();
+      *p->reply.mutable_error() = make_error(proto::ErrorInfo::INTERNAL, "job " + job_id.hex() + " has finished");
+      p->done = true;
+    }
+  pending_.erase(std::remove_if(pending_.begin(), pending_.end(), [](const auto& p) { return p->done; }),
+                 pending_.end());
+  GANTRY_LOG_INFO("job {} finished: stopped {} worker(s)", job_id.short_hex(), stopped);
+  cv_.notify_all();
   return grpc::Status::OK;
 }
 

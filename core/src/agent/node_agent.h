@@ -20,14 +20,18 @@ namespace gantry::internal {
 
 struct NodeAgentConfig {
   UniqueId node_id;
-  std::string listen_address;  // "unix:/path"
+  /// "unix:/path", or "host:port" (port 0 picks a free one; address() then names it).
+  std::string listen_address;
   std::string head_address;
   ResourceSet total;           // includes CPU, GPU, memory and custom resources
   int num_gpus = 0;
   std::string store_dir;
   uint64_t store_capacity = 0;
+  /// Settings every worker of this node gets (agent and head address, session, token).
+  std::map<std::string, std::string> worker_environment;
+  /// Workers of this job started with the agent (the embedded cluster's driver job).
+  UniqueId prestart_job;
   int prestart_workers = 0;
-  WorkerLaunchSpec launch;
 };
 
 /// The node agent: grants leases on worker processes for resource shapes, keeps a pool of
@@ -64,11 +68,13 @@ class NodeAgent final : public proto::NodeAgent::Service {
                           proto::Empty* reply) override;
   grpc::Status GetNodeStats(grpc::ServerContext* ctx, const proto::Empty* req,
                             proto::NodeStats* reply) override;
+  grpc::Status JobFinished(grpc::ServerContext* ctx, const proto::JobRequest* req, proto::Empty* reply) override;
 
  private:
   enum class WorkerState { kStarting, kIdle, kLeased, kActor, kDead };
   struct Worker {
     UniqueId id;
+    UniqueId job_id;
     pid_t pid = 0;
     std::vector<int> gpu_ids;
     std::string address;
@@ -83,6 +89,7 @@ class NodeAgent final : public proto::NodeAgent::Service {
   };
   struct PendingLease {
     proto::LeaseRequest request;
+    UniqueId job_id;
     ResourceSet resources;
     std::optional<Allocation> allocation;  // reserved while a worker starts
     bool done = false;
@@ -91,8 +98,11 @@ class NodeAgent final : public proto::NodeAgent::Service {
 
   // All *_locked methods need mu_ held.
   void try_grant_locked();
-  Worker* find_idle_worker_locked(const std::vector<int>& gpu_ids);
-  void start_worker_locked(const std::vector<int>& gpu_ids);
+  Worker* find_idle_worker_locked(const UniqueId& job_id, const std::vector<int>& gpu_ids);
+  void start_worker_locked(const UniqueId& job_id, const std::vector<int>& gpu_ids);
+  // Makes sure the job's launch spec is known, asking the head the first time. Empty when
+  // it is, else why not. Takes mu_ itself; call without it.
+  std::string ensure_job(const UniqueId& job_id);
   void release_lease_locked(uint64_t lease_id);
   void on_worker_exit(const UniqueId& worker_id, pid_t pid, const std::string& reason);
 
@@ -105,6 +115,8 @@ class NodeAgent final : public proto::NodeAgent::Service {
   NodeResources resources_;
   std::unordered_map<UniqueId, Worker> workers_;
   std::unordered_map<uint64_t, Lease> leases_;
+  std::unordered_map<UniqueId, WorkerLaunchSpec> jobs_;  // jobs whose workers may start here
+  std::unordered_map<UniqueId, bool> finished_jobs_;     // never start workers for these again
   std::deque<std::shared_ptr<PendingLease>> pending_;
   uint64_t next_lease_id_ = 1;
   int consecutive_start_failures_ = 0;

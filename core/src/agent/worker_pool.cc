@@ -27,8 +27,8 @@ std::string describe_exit(int status) {
   return "status " + std::to_string(status);
 }
 
-WorkerPool::WorkerPool(WorkerLaunchSpec spec, ExitCallback on_exit)
-    : spec_(std::move(spec)), on_exit_(std::move(on_exit)) {
+WorkerPool::WorkerPool(std::map<std::string, std::string> node_environment, ExitCallback on_exit)
+    : node_environment_(std::move(node_environment)), on_exit_(std::move(on_exit)) {
   monitor_ = std::thread([this] { monitor_loop(); });
 }
 
@@ -38,14 +38,18 @@ WorkerPool::~WorkerPool() {
   if (monitor_.joinable()) monitor_.join();
 }
 
-UniqueId WorkerPool::start(const std::vector<int>& gpu_ids) {
+UniqueId WorkerPool::start(const WorkerLaunchSpec& spec, const std::vector<int>& gpu_ids) {
   UniqueId id = UniqueId::generate();
   std::map<std::string, std::string> env_map;
   for (char** e = environ; *e != nullptr; ++e) {
     const char* eq = std::strchr(*e, '=');
     if (eq != nullptr) env_map[std::string(*e, static_cast<size_t>(eq - *e))] = std::string(eq + 1);
   }
-  for (const auto& [k, v] : spec_.environment) env_map[k] = v;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [k, v] : node_environment_) env_map[k] = v;
+  }
+  for (const auto& [k, v] : spec.environment) env_map[k] = v;
   // The agent's GPU i is the i-th device the agent itself may see: when the agent runs
   // with CUDA_VISIBLE_DEVICES=2,3, its GPU 0 is physical device 2.
   std::vector<std::string> visible;
@@ -76,7 +80,7 @@ UniqueId WorkerPool::start(const std::vector<int>& gpu_ids) {
   std::vector<char*> envp, argv;
   for (auto& s : env_strings) envp.push_back(s.data());
   envp.push_back(nullptr);
-  std::vector<std::string> args = spec_.argv;
+  std::vector<std::string> args = spec.argv;
   for (auto& s : args) argv.push_back(s.data());
   argv.push_back(nullptr);
 
@@ -93,13 +97,18 @@ UniqueId WorkerPool::start(const std::vector<int>& gpu_ids) {
 
   pid_t pid = 0;
   std::lock_guard<std::mutex> lock(mu_);
-  int rc = ::posix_spawn(&pid, spec_.executable.c_str(), nullptr, &attr, argv.data(), envp.data());
+  int rc = ::posix_spawn(&pid, spec.executable.c_str(), nullptr, &attr, argv.data(), envp.data());
   posix_spawnattr_destroy(&attr);
   if (rc != 0)
-    throw Error("cannot start worker process " + spec_.executable + ": " + std::strerror(rc));
+    throw Error("cannot start worker process " + spec.executable + ": " + std::strerror(rc));
   running_.emplace(pid, id);
   GANTRY_LOG_DEBUG("started worker {} pid {} gpus [{}]", id.short_hex(), pid, join_ids(gpu_ids));
   return id;
+}
+
+void WorkerPool::set_node_setting(const std::string& name, const std::string& value) {
+  std::lock_guard<std::mutex> lock(mu_);
+  node_environment_[name] = value;
 }
 
 void WorkerPool::signal(const UniqueId& worker_id, int sig) {

@@ -14,11 +14,11 @@
 
 namespace gantry::internal {
 
-/// How the agent starts a worker: the job's own executable in worker mode.
+/// How the agent starts a job's worker: the job's own executable in worker mode.
 struct WorkerLaunchSpec {
   std::string executable;
   std::vector<std::string> argv;                   // argv[0] included
-  std::map<std::string, std::string> environment;  // GANTRY_* settings shared by all workers
+  std::map<std::string, std::string> environment;  // the job's GANTRY_* settings
 };
 
 /// Starts worker processes and reports their exits. Thread-safe (one mutex); the exit
@@ -27,12 +27,17 @@ class WorkerPool {
  public:
   using ExitCallback = std::function<void(const UniqueId& worker_id, pid_t pid, const std::string& reason)>;
 
-  WorkerPool(WorkerLaunchSpec spec, ExitCallback on_exit);
+  /// `node_environment`: settings every worker of this node gets (agent address, session
+  /// directory, token), under the job's own.
+  WorkerPool(std::map<std::string, std::string> node_environment, ExitCallback on_exit);
   ~WorkerPool();
 
-  /// Starts a worker that will see exactly `gpu_ids` (CUDA_VISIBLE_DEVICES). Returns its
-  /// id; throws gantry::Error when the process cannot be started.
-  UniqueId start(const std::vector<int>& gpu_ids);
+  /// Starts a worker of the job `spec` describes that will see exactly `gpu_ids`
+  /// (CUDA_VISIBLE_DEVICES). Returns its id; throws gantry::Error when the process cannot
+  /// be started.
+  UniqueId start(const WorkerLaunchSpec& spec, const std::vector<int>& gpu_ids);
+  /// Changes one node-wide setting for workers started from now on.
+  void set_node_setting(const std::string& name, const std::string& value);
   /// Sends `signal` to the worker, if it is still running.
   void signal(const UniqueId& worker_id, int signal);
   /// Terminates every worker: SIGTERM, then SIGKILL after `grace`.
@@ -42,9 +47,9 @@ class WorkerPool {
  private:
   void monitor_loop();
 
-  const WorkerLaunchSpec spec_;
+  std::map<std::string, std::string> node_environment_;  // guarded by mu_
   const ExitCallback on_exit_;
-  mutable std::mutex mu_;  // guards running_
+  mutable std::mutex mu_;  // guards running_ and node_environment_
   std::map<pid_t, UniqueId> running_;
   std::atomic<bool> stopping_{false};
   std::thread monitor_;

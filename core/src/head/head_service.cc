@@ -66,6 +66,10 @@ grpc::Status HeadService::RegisterNode(grpc::ServerContext* ctx, const proto::Re
   Node node;
   node.id = id;
   node.agent_address = req->agent_address();
+  node.hostname = req->hostname();
+  node.total = req->total();
+  node.num_gpus = req->num_gpus();
+  if (node.agent_address.empty()) return {grpc::StatusCode::INVALID_ARGUMENT, "a node must give its agent's address"};
   try {
     node.shape = std::make_unique<NodeResources>(from_proto(req->total()), req->num_gpus());
   } catch (const std::exception& e) {
@@ -150,6 +154,7 @@ std::function<void()> HeadService::place_actor_locked(Actor& actor) {
   call->request.set_for_actor(true);
   call->request.set_actor_id(actor.spec.actor_id());
   call->request.set_owner_address(actor.spec.owner_address());
+  call->request.set_job_id(actor.spec.job_id());
   call->request.set_description("actor " + actor_label(actor.spec));
   ActorId id = ActorId::from_binary(actor.spec.actor_id());
   uint64_t placement = ++actor.placement;
@@ -371,6 +376,83 @@ grpc::Status HeadService::KvGet(grpc::ServerContext* ctx, const proto::KvRequest
   if (it != kv_.end()) {
     reply->set_found(true);
     reply->set_value(it->second);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status HeadService::RegisterJob(grpc::ServerContext* ctx, const proto::JobSpec* req, proto::Empty*) {
+  GANTRY_REQUIRE_TOKEN(ctx);
+  UniqueId id = UniqueId::from_binary(req->job_id());
+  if (id.is_nil()) return {grpc::StatusCode::INVALID_ARGUMENT, "job id must be 16 bytes"};
+  if (req->executable().empty() || req->executable()[0] != '/')
+    return {grpc::StatusCode::INVALID_ARGUMENT, "a job's executable must be an absolute path"};
+  if (req->argv().empty()) return {grpc::StatusCode::INVALID_ARGUMENT, "a job's argv must hold at least argv[0]"};
+  std::lock_guard<std::mutex> lock(mu_);
+  if (jobs_.count(id)) return {grpc::StatusCode::ALREADY_EXISTS, "job " + id.hex() + " is registered already"};
+  proto::JobSpec job = *req;
+  job.set_state(proto::JobSpec::RUNNING);
+  job.set_start_time_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
+                            std::chrono::system_clock::now().time_since_epoch()).count());
+  job.set_end_time_ms(0);
+  GANTRY_LOG_INFO("job {} started: {} (driver {})", id.short_hex(), job.executable(), job.driver_address());
+  jobs_.emplace(id, std::move(job));
+  return grpc::Status::OK;
+}
+
+grpc::Status HeadService::GetJob(grpc::ServerContext* ctx, const proto::JobRequest* req, proto::JobSpec* reply) {
+  GANTRY_REQUIRE_TOKEN(ctx);
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = jobs_.find(UniqueId::from_binary(req->job_id()));
+  if (it == jobs_.end()) return {grpc::StatusCode::NOT_FOUND, "no such job"};
+  *reply = it->second;
+  return grpc::Status::OK;
+}
+
+grpc::Status HeadService::FinishJob(grpc::ServerContext* ctx, const proto::JobRequest* req, proto::Empty*) {
+  GANTRY_REQUIRE_TOKEN(ctx);
+  UniqueId id = UniqueId::from_binary(req->job_id());
+  std::vector<std::shared_ptr<proto::NodeAgent::Stub>> agents;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = jobs_.find(id);
+    if (it == jobs_.end()) return {grpc::StatusCode::NOT_FOUND, "no such job"};
+    if (it->second.state() == proto::JobSpec::FINISHED) return grpc::Status::OK;
+    it->second.set_state(proto::JobSpec::FINISHED);
+    it->second.set_end_time_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch()).count());
+    // The job's actors go with it (their processes are the job's workers).
+    for (auto& [actor_id, actor] : actors_)
+      if (actor.spec.job_id() == req->job_id() && actor.info.state() != proto::ActorInfo::DEAD) {
+        actor.killed = true;
+        mark_dead_locked(actor, make_error(proto::ErrorInfo::ACTOR_DIED, "its job " + id.hex() + " finished"));
+      }
+    for (const auto& [node_id, node] : nodes_) agents.push_back(node.agent);
+    GANTRY_LOG_INFO("job {} finished", id.short_hex());
+  }
+  for (const auto& agent : agents)
+    send_and_forget<proto::Empty>(*req, std::chrono::seconds(5),
+                                  [&](auto... a) { agent->async()->JobFinished(a...); });
+  return grpc::Status::OK;
+}
+
+grpc::Status HeadService::ListJobs(grpc::ServerContext* ctx, const proto::Empty*, proto::ListJobsReply* reply) {
+  GANTRY_REQUIRE_TOKEN(ctx);
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [id, job] : jobs_) *reply->add_jobs() = job;
+  return grpc::Status::OK;
+}
+
+grpc::Status HeadService::ListNodes(grpc::ServerContext* ctx, const proto::Empty*, proto::ListNodesReply* reply) {
+  GANTRY_REQUIRE_TOKEN(ctx);
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [id, node] : nodes_) {
+    proto::NodeInfo* info = reply->add_nodes();
+    info->set_node_id(id.binary());
+    info->set_agent_address(node.agent_address);
+    *info->mutable_total() = node.total;
+    info->set_num_gpus(node.num_gpus);
+    info->set_hostname(node.hostname);
+    info->set_alive(true);
   }
   return grpc::Status::OK;
 }

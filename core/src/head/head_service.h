@@ -40,11 +40,19 @@ class HeadService final : public proto::Head::Service {
   grpc::Status ListActors(grpc::ServerContext*, const proto::Empty*, proto::ListActorsReply*) override;
   grpc::Status KvPut(grpc::ServerContext*, const proto::KvRequest*, proto::Empty*) override;
   grpc::Status KvGet(grpc::ServerContext*, const proto::KvRequest*, proto::KvReply*) override;
+  grpc::Status RegisterJob(grpc::ServerContext*, const proto::JobSpec*, proto::Empty*) override;
+  grpc::Status GetJob(grpc::ServerContext*, const proto::JobRequest*, proto::JobSpec*) override;
+  grpc::Status FinishJob(grpc::ServerContext*, const proto::JobRequest*, proto::Empty*) override;
+  grpc::Status ListJobs(grpc::ServerContext*, const proto::Empty*, proto::ListJobsReply*) override;
+  grpc::Status ListNodes(grpc::ServerContext*, const proto::Empty*, proto::ListNodesReply*) override;
 
  private:
   struct Node {
     UniqueId id;
     std::string agent_address;
+    std::string hostname;
+    proto::Resources total;
+    int num_gpus = 0;
     std::unique_ptr<NodeResources> shape;  // totals only, for feasibility checks
     std::shared_ptr<proto::NodeAgent::Stub> agent;
   };
@@ -79,6 +87,7 @@ class HeadService final : public proto::Head::Service {
   std::unordered_map<ActorId, Actor> actors_;
   std::unordered_map<std::string, ActorId> named_actors_;
   std::unordered_map<std::string, std::string> kv_;
+  std::map<UniqueId, proto::JobSpec> jobs_;
   bool stopping_ = false;
   int calls_in_flight_ = 0;  // async placement calls holding `this`
 };

@@ -1,5 +1,7 @@
 #include "rpc/grpc_util.h"
 
+#include <unistd.h>
+
 #include "gantry/errors.h"
 #include "rpc/auth.h"
 
@@ -70,5 +72,11 @@ void throw_error(const proto::ErrorInfo& e) {
 }
 
 std::string unix_address(const std::string& path) { return "unix:" + path; }
+
+std::string host_name() {
+  char name[256] = {};
+  if (::gethostname(name, sizeof name - 1) != 0 || name[0] == '\0') return "localhost";
+  return name;
+}
 
 }  // namespace gantry::internal

@@ -43,6 +43,9 @@ proto::ErrorInfo make_error(proto::ErrorInfo::Kind kind, const std::string& mess
 /// "unix:" + path.
 std::string unix_address(const std::string& path);
 
+/// This machine's host name (gethostname), or "localhost" when it has none.
+std::string host_name();
+
 /// Starts a unary call and does not wait for, or look at, its reply. `start` is called with
 /// (context, request, reply, callback) and passes them to a stub's `async()` method; the
 /// call's state lives until gRPC runs the callback.

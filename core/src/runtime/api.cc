@@ -12,6 +12,7 @@
 #include "common/logging.h"
 #include "gantry/gantry.h"
 #include "rpc/auth.h"
+#include "runtime/cluster_client.h"
 #include "runtime/core_worker.h"
 #include "runtime/local_cluster.h"
 #include "runtime/output_forwarder.h"
@@ -27,6 +28,19 @@ std::mutex g_init_mu;  // serialises init and shutdown
 std::atomic<detail::Runtime*> g_runtime{nullptr};
 std::unique_ptr<LocalCluster> g_cluster;
 std::unique_ptr<CoreWorker> g_core;
+// A driver that joined a running cluster: its head and job, finished at shutdown.
+std::string g_joined_head;
+UniqueId g_joined_job;
+
+// "--gantry-address X" or "--gantry-address=X" among the program's arguments, else empty.
+std::string address_flag(const std::vector<std::string>& args) {
+  const std::string flag = "--gantry-address";
+  for (size_t i = 1; i < args.size(); ++i) {
+    if (args[i] == flag && i + 1 < args.size()) return args[i + 1];
+    if (args[i].rfind(flag + "=", 0) == 0) return args[i].substr(flag.size() + 1);
+  }
+  return {};
+}
 
 std::vector<std::string> args_from(int argc, char** argv) {
   std::vector<std::string> out;
@@ -97,6 +111,58 @@ std::string level_or(const std::string& level, const std::string& fallback) {
   std::_Exit(0);
 }
 
+// Starts the driver's CoreWorker into g_core (left empty when that fails). Needs g_init_mu held.
+void start_driver(const UniqueId& node_id, const UniqueId& job_id, const std::string& listen_address,
+                  const std::string& agent_address, const std::string& head_address, const std::string& session_dir,
+                  const internal::ProcessEnv& env) {
+  internal::CoreWorkerConfig config;
+  config.is_driver = true;
+  config.worker_id = UniqueId::generate();
+  config.node_id = node_id;
+  config.job_id = job_id;
+  config.listen_address = listen_address;
+  config.agent_address = agent_address;
+  config.head_address = head_address;
+  config.session_dir = session_dir;
+  config.force_grpc_streams = env.force_grpc_streams;
+  try {
+    g_core = std::make_unique<CoreWorker>(config);
+    g_core->start();
+  } catch (...) {
+    g_core.reset();
+    throw;
+  }
+}
+
+// A driver joining the running cluster at `address` ("host:port", or "auto" for the
+// newest head started on this machine). Needs g_init_mu held.
+void join_cluster(std::string address, const InitOptions& options, const std::vector<std::string>& args,
+                  const internal::ProcessEnv& env) {
+  std::string root = internal::session_root(options.temp_dir);
+  if (address == "auto") {
+    address = internal::latest_head_address(root);
+    if (address.empty()) throw Error("address \"auto\": no running `gantry start --head` found under " + root);
+  }
+  internal::set_cluster_token(internal::find_cluster_token(env.token, address, root));
+  internal::LocalNode node = internal::find_local_node(address);
+  std::string session = internal::create_session_dir(options.temp_dir, "driver");
+  internal::setup_logging(options.log_level, session + "/logs/driver.log", "driver");
+  UniqueId job_id = UniqueId::generate();
+  std::string listen = internal::unix_address(session + "/sockets/driver.sock");
+  internal::register_job(address, internal::make_job_spec(job_id, args, listen, options.log_level,
+                                                          options.log_to_driver));
+  try {
+    start_driver(node.node_id, job_id, listen, node.agent_address, address, session, env);
+  } catch (...) {
+    internal::finish_job(address, job_id);
+    throw;
+  }
+  g_joined_head = address;
+  g_joined_job = job_id;
+  g_runtime = g_core.get();
+  GANTRY_LOG_INFO("joined the cluster at {} as job {} (node {})", address, job_id.hex(), node.node_id.short_hex());
+}
+
 }  // namespace
 
 void init(int argc, char** argv, InitOptions options) {
@@ -106,34 +172,27 @@ void init(int argc, char** argv, InitOptions options) {
 
   std::lock_guard<std::mutex> lock(g_init_mu);
   if (g_core) throw Error("gantry::init was already called; call gantry::shutdown first");
-  std::string address = !options.address.empty() ? options.address : env.address;
-  if (!address.empty())
-    throw Error("joining a running cluster (address " + address + ") is not supported by this build yet; "
-                "leave the address empty to use the embedded local cluster");
+  std::string address = options.address;
+  if (address.empty()) address = address_flag(args);
+  if (address.empty()) address = env.address;
   if (options.temp_dir.empty()) options.temp_dir = env.temp_dir;
   if (!env.log_level.empty()) options.log_level = env.log_level;
   if (spdlog::level::from_str(options.log_level) == spdlog::level::off && options.log_level != "off")
     throw Error("unknown log_level '" + options.log_level + "'; use trace, debug, info, warn, error or off");
+  if (!address.empty()) {
+    join_cluster(address, options, args, env);
+    return;
+  }
 
   // The embedded cluster's token: GANTRY_TOKEN when set, else a fresh one per session.
   internal::set_cluster_token(!env.token.empty() ? env.token : internal::generate_token());
   g_cluster = LocalCluster::start(options, args);
   internal::setup_logging(options.log_level, g_cluster->session_dir() + "/logs/driver.log", "driver");
-  internal::CoreWorkerConfig config;
-  config.is_driver = true;
-  config.worker_id = UniqueId::generate();
-  config.node_id = g_cluster->node_id();
-  config.job_id = g_cluster->job_id();
-  config.listen_address = internal::unix_address(g_cluster->session_dir() + "/sockets/driver.sock");
-  config.agent_address = g_cluster->agent_address();
-  config.head_address = g_cluster->head_address();
-  config.session_dir = g_cluster->session_dir();
-  config.force_grpc_streams = env.force_grpc_streams;
   try {
-    g_core = std::make_unique<CoreWorker>(config);
-    g_core->start();
+    start_driver(g_cluster->node_id(), g_cluster->job_id(),
+                 internal::unix_address(g_cluster->session_dir() + "/sockets/driver.sock"),
+                 g_cluster->agent_address(), g_cluster->head_address(), g_cluster->session_dir(), env);
   } catch (...) {
-    g_core.reset();
     g_cluster.reset();
     throw;
   }
@@ -148,6 +207,8 @@ void shutdown() {
   g_runtime = nullptr;
   g_core->stop();
   if (g_cluster) g_cluster->stop();
+  if (!g_joined_head.empty()) internal::finish_job(g_joined_head, g_joined_job);
+  g_joined_head.clear();
   g_core.reset();
   g_cluster.reset();
 }

@@ -94,6 +94,7 @@ CoreWorker::CoreWorker(CoreWorkerConfig config)
   auto complete = [this](const ObjectId& id, ValuePtr value) { this->complete(id, std::move(value)); };
   SubmitterConfig sc;
   sc.self_address = config_.listen_address;
+  sc.job_id = config_.job_id.binary();
   sc.agent = agent_;
   sc.channels = &channels_;
   sc.store = &store_;

@@ -20,18 +20,12 @@
 #include "object_store/object_store.h"
 #include "rpc/auth.h"
 #include "rpc/grpc_util.h"
+#include "runtime/cluster_client.h"
 
 namespace gantry::internal {
 namespace {
 
 constexpr size_t kMaxUnixPath = 100;  // sun_path is 108 bytes; leave room for file names
-
-std::string executable_path() {
-  std::error_code ec;
-  auto p = std::filesystem::read_symlink("/proc/self/exe", ec);
-  if (ec) throw Error("cannot find this program's executable (/proc/self/exe): " + ec.message());
-  return p.string();
-}
 
 uint64_t default_store_capacity(const std::string& dir) {
   uint64_t want = physical_memory_bytes() * 3 / 10;
@@ -54,18 +48,14 @@ void write_token_file(const std::string& path, const std::string& token) {
   if (!ok) throw Error("cannot write the cluster token to " + path + ": " + std::strerror(errno));
 }
 
-std::string create_session_dir(const std::string& root_in) {
-  std::string root = root_in;
-  if (root.empty()) {
-    const char* tmp = std::getenv("TMPDIR");
-    root = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/gantry";
-  }
+std::string create_session_dir(const std::string& root_in, const std::string& prefix) {
+  std::string root = session_root(root_in);
   std::time_t now = std::time(nullptr);
   std::tm tm{};
   ::localtime_r(&now, &tm);
   char stamp[64];
   std::strftime(stamp, sizeof stamp, "%Y-%m-%d_%H-%M-%S", &tm);
-  std::string base = root + "/session_" + stamp + "_" + std::to_string(::getpid());
+  std::string base = root + "/" + prefix + "_" + stamp + "_" + std::to_string(::getpid());
   std::error_code ec;
   std::filesystem::create_directories(root, ec);
   // A process that starts several sessions within a second gets "_2", "_3"...: a session
@@ -81,73 +71,85 @@ std::string create_session_dir(const std::string& root_in) {
                 "InitOptions::temp_dir or GANTRY_TEMP_DIR to a shorter directory");
   // Only this user may reach the session's sockets.
   std::filesystem::permissions(dir + "/sockets", std::filesystem::perms::owner_all, ec);
+  if (prefix != "session") return dir;
   std::filesystem::path latest = std::filesystem::path(root) / "session_latest";
   std::filesystem::remove(latest, ec);
   std::filesystem::create_directory_symlink(dir, latest, ec);  // best effort, for humans
   return dir;
 }
 
-std::unique_ptr<LocalCluster> LocalCluster::start(const InitOptions& options, const std::vector<std::string>& argv) {
-  std::unique_ptr<LocalCluster> c(new LocalCluster());
-  c->session_dir_ = create_session_dir(options.temp_dir);
-  c->node_id_ = UniqueId::generate();
-  c->job_id_ = UniqueId::generate();
-
-  int num_cpus = options.num_cpus;
+NodeShape make_node_shape(int num_cpus, int num_gpus, const std::map<std::string, double>& custom) {
+  NodeShape shape;
   if (num_cpus < 0) num_cpus = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-  c->num_cpus_ = num_cpus;
-  int num_gpus = options.num_gpus;
   if (num_gpus < 0) {
     std::string note;
     num_gpus = static_cast<int>(gpu::detect_devices(&note).size());
     if (num_gpus == 0) GANTRY_LOG_INFO("no GPUs found: {}", note);
   }
-  std::map<std::string, double> totals = options.resources;
+  std::map<std::string, double> totals = custom;
   for (const char* reserved : {"CPU", "GPU", "memory"})
     if (totals.count(reserved))
-      throw Error(std::string("InitOptions::resources must not set '") + reserved +
-                  "'; use num_cpus / num_gpus instead");
+      throw Error(std::string("custom resources must not set '") + reserved + "'; use num_cpus / num_gpus instead");
   totals["CPU"] = num_cpus;
   totals["GPU"] = num_gpus;
   totals["memory"] = static_cast<double>(physical_memory_bytes() * 7 / 10);
-  ResourceSet total;
   try {
-    total = ResourceSet::from_doubles(totals);
+    shape.total = ResourceSet::from_doubles(totals);
   } catch (const std::invalid_argument& e) {
-    throw Error(std::string("invalid InitOptions: ") + e.what());
+    throw Error(std::string("invalid node resources: ") + e.what());
   }
+  shape.num_cpus = num_cpus;
+  shape.num_gpus = num_gpus;
+  return shape;
+}
+
+NodeAgentConfig make_agent_config(const std::string& session_dir, const NodeShape& shape,
+                                  int64_t object_store_memory, const std::string& listen_address,
+                                  const std::string& head_address) {
+  NodeAgentConfig ac;
+  ac.node_id = UniqueId::generate();
+  ac.listen_address = listen_address;
+  ac.head_address = head_address;
+  ac.total = shape.total;
+  ac.num_gpus = shape.num_gpus;
+  std::string shm_root = std::filesystem::exists("/dev/shm") ? "/dev/shm" : session_dir;
+  ac.store_dir = shm_root + "/gantry_" + std::to_string(::getpid()) + "_" + ac.node_id.short_hex();
+  ac.store_capacity = object_store_memory >= 0 ? static_cast<uint64_t>(object_store_memory)
+                                               : default_store_capacity(shm_root);
+  ac.worker_environment = {
+      {"GANTRY_AGENT_ADDRESS", listen_address},
+      {"GANTRY_HEAD_ADDRESS", head_address},
+      {"GANTRY_SESSION_DIR", session_dir},
+      {"GANTRY_NODE_ID", ac.node_id.hex()},
+      {"GANTRY_TOKEN", cluster_token()},
+  };
+  return ac;
+}
+
+std::unique_ptr<LocalCluster> LocalCluster::start(const InitOptions& options, const std::vector<std::string>& argv) {
+  std::unique_ptr<LocalCluster> c(new LocalCluster());
+  NodeShape shape = make_node_shape(options.num_cpus, options.num_gpus, options.resources);
+  c->session_dir_ = create_session_dir(options.temp_dir);
+  c->job_id_ = UniqueId::generate();
+  c->num_cpus_ = shape.num_cpus;
 
   write_token_file(c->session_dir_ + "/token", cluster_token());
   std::string sockets = c->session_dir_ + "/sockets";
   c->head_ = std::make_unique<HeadService>(unix_address(sockets + "/head.sock"));
   c->head_->start();
+  register_job(c->head_->address(),
+               make_job_spec(c->job_id_, argv, unix_address(sockets + "/driver.sock"), options.log_level,
+                             options.log_to_driver));
 
-  NodeAgentConfig ac;
-  ac.node_id = c->node_id_;
-  ac.listen_address = unix_address(sockets + "/agent.sock");
-  ac.head_address = c->head_->address();
-  ac.total = total;
-  ac.num_gpus = num_gpus;
-  std::string shm_root = std::filesystem::exists("/dev/shm") ? "/dev/shm" : c->session_dir_;
-  ac.store_dir = shm_root + "/gantry_" + std::to_string(::getpid()) + "_" + c->node_id_.short_hex();
-  ac.store_capacity = options.object_store_memory >= 0 ? static_cast<uint64_t>(options.object_store_memory)
-                                                       : default_store_capacity(shm_root);
-  ac.prestart_workers = num_cpus;
-  ac.launch.executable = executable_path();
-  ac.launch.argv = argv;
-  ac.launch.environment = {
-      {"GANTRY_AGENT_ADDRESS", ac.listen_address},
-      {"GANTRY_HEAD_ADDRESS", ac.head_address},
-      {"GANTRY_SESSION_DIR", c->session_dir_},
-      {"GANTRY_NODE_ID", c->node_id_.hex()},
-      {"GANTRY_JOB_ID", c->job_id_.hex()},
-      {"GANTRY_LOG_LEVEL", options.log_level},
-      {"GANTRY_LOG_TO_DRIVER", options.log_to_driver ? "1" : "0"},
-      {"GANTRY_TOKEN", cluster_token()},
-  };
+  NodeAgentConfig ac = make_agent_config(c->session_dir_, shape, options.object_store_memory,
+                                         unix_address(sockets + "/agent.sock"), c->head_->address());
+  c->node_id_ = ac.node_id;
+  ac.prestart_job = c->job_id_;
+  ac.prestart_workers = shape.num_cpus;
   c->agent_ = std::make_unique<NodeAgent>(ac);
   c->agent_->start();
-  GANTRY_LOG_INFO("local cluster up: {} CPUs, {} GPUs, session {}", num_cpus, num_gpus, c->session_dir_);
+  GANTRY_LOG_INFO("local cluster up: {} CPUs, {} GPUs, session {}", shape.num_cpus, shape.num_gpus,
+                  c->session_dir_);
   return c;
 }
 

@@ -4,13 +4,33 @@
 #include <string>
 #include <vector>
 
+#include "agent/node_agent.h"
 #include "gantry/ids.h"
 #include "gantry/options.h"
+#include "scheduler/resource_set.h"
 
 namespace gantry::internal {
 
 class HeadService;
-class NodeAgent;
+
+/// What a node offers: CPUs, GPUs, memory and custom resources.
+struct NodeShape {
+  ResourceSet total;
+  int num_cpus = 0;
+  int num_gpus = 0;
+};
+
+/// A node's shape from settings: `num_cpus` -1 takes the machine's cores, `num_gpus` -1
+/// detects devices (zero without a driver), `custom` adds named resources (not CPU, GPU or
+/// memory). Throws gantry::Error naming a bad setting.
+NodeShape make_node_shape(int num_cpus, int num_gpus, const std::map<std::string, double>& custom);
+
+/// Agent settings for a node of `shape` whose session directory is `session_dir`: its
+/// store in /dev/shm (`object_store_memory` bytes, -1 for 30% of memory) and the settings
+/// every worker gets. Listen and head addresses are the caller's to fill in.
+NodeAgentConfig make_agent_config(const std::string& session_dir, const NodeShape& shape,
+                                  int64_t object_store_memory, const std::string& listen_address,
+                                  const std::string& head_address);
 
 /// The embedded cluster a driver starts by default: a head and one node agent in the
 /// driver's process, talking gRPC over Unix sockets in a fresh session directory.
@@ -41,9 +61,10 @@ class LocalCluster {
   std::unique_ptr<NodeAgent> agent_;
 };
 
-/// Creates `<root>/session_<time>_<pid>` with logs/ and sockets/, and points
-/// `<root>/session_latest` at it. `root` empty uses $TMPDIR/gantry or /tmp/gantry.
-std::string create_session_dir(const std::string& root);
+/// Creates `<root>/<prefix>_<time>_<pid>` with logs/ and sockets/; for the "session"
+/// prefix also points `<root>/session_latest` at it. `root` empty uses $TMPDIR/gantry or
+/// /tmp/gantry.
+std::string create_session_dir(const std::string& root, const std::string& prefix = "session");
 
 /// Writes the cluster token to `path`, readable by this user only (mode 0600).
 void write_token_file(const std::string& path, const std::string& token);

@@ -127,6 +127,7 @@ void TaskSubmitter::request_lease_locked(KeyState& ks, AfterUnlock& after) {
   auto call = std::make_shared<LeaseCall>();
   *call->request.mutable_resources() = to_proto(ks.resources);
   call->request.set_owner_address(config_.self_address);
+  call->request.set_job_id(config_.job_id);
   call->request.set_description(ks.description);
   lease_calls_.emplace(call.get(), call);
   std::string key = ks.key;

@@ -28,6 +28,7 @@ using CompleteCallback = std::function<void(const ObjectId& id, ValuePtr value)>
 
 struct SubmitterConfig {
   std::string self_address;
+  std::string job_id;  // binary; named in every lease request
   std::shared_ptr<proto::NodeAgent::Stub> agent;
   ChannelCache* channels = nullptr;  // not owned
   MemoryStore* store = nullptr;      // not owned

@@ -1,0 +1,44 @@
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "gantry/head.pb.h"
+#include "gantry/ids.h"
+
+namespace gantry::internal {
+
+/// The node a driver on this machine works through, as the head lists it.
+struct LocalNode {
+  UniqueId node_id;
+  std::string agent_address;
+};
+
+/// The root under which sessions live: `temp_dir`, else $TMPDIR/gantry or /tmp/gantry.
+std::string session_root(const std::string& temp_dir);
+
+/// The cluster token for the head at `head_address`: `env_token` (GANTRY_TOKEN) when set,
+/// else the token file of a session on this machine whose head has that address. Throws
+/// gantry::Error saying what to set when neither is there.
+std::string find_cluster_token(const std::string& env_token, const std::string& head_address,
+                               const std::string& root);
+
+/// The head address recorded by the newest `gantry start --head` session on this machine
+/// under `root`, or empty.
+std::string latest_head_address(const std::string& root);
+
+/// Asks the head which node runs on this machine (same host name). Throws gantry::Error
+/// when the head cannot be reached or no node of it runs here.
+LocalNode find_local_node(const std::string& head_address);
+
+/// The job a driver registers: its own executable (this process's), argv and the
+/// settings its workers take over.
+proto::JobSpec make_job_spec(const UniqueId& job_id, const std::vector<std::string>& argv,
+                             const std::string& driver_address, const std::string& log_level, bool log_to_driver);
+
+/// Registers `job` with the head; throws gantry::Error with the head's answer.
+void register_job(const std::string& head_address, const proto::JobSpec& job);
+/// Tells the head the job is over (its workers stop everywhere). Best effort.
+void finish_job(const std::string& head_address, const UniqueId& job_id);
+
+}  // namespace gantry::internal

@@ -1,0 +1,229 @@
+// A real cluster of processes on this machine, started and stopped with the `gantry`
+// command: a head node, a second node joining it, drivers joining by address. This test
+// binary is the drivers' program and, started by the agents, their workers.
+
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <string>
+#include <thread>
+
+#include "gantry/gantry.h"
+
+namespace {
+
+int add(int a, int b) { return a + b; }
+GANTRY_REMOTE(add);
+
+std::string where() { return gantry::runtime_context().node_id; }
+GANTRY_REMOTE(where);
+
+class Tally {
+ public:
+  static Tally* create(int start) { return new Tally(start); }
+  int bump() { return ++n_; }
+  std::string node() const { return gantry::runtime_context().node_id; }
+
+ private:
+  explicit Tally(int start) : n_(start) {}
+  int n_;
+};
+GANTRY_REMOTE(Tally::create, &Tally::bump, &Tally::node);
+
+struct CommandResult {
+  int code = -1;
+  std::string out;  // stdout and stderr together
+};
+
+// Runs a shell command line and collects its output and exit code.
+CommandResult run(const std::string& command) {
+  CommandResult r;
+  FILE* p = ::popen((command + " 2>&1").c_str(), "r");
+  if (p == nullptr) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  int status = ::pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+int free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  socklen_t len = sizeof addr;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+// Runs `command` until `pattern` matches its output (or the time is up); returns the last output.
+std::string run_until(const std::string& command, const std::regex& pattern, std::chrono::seconds limit) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  std::string out;
+  do {
+    out = run(command).out;
+    if (std::regex_search(out, pattern)) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  } while (std::chrono::steady_clock::now() < deadline);
+  return out;
+}
+
+class ClusterTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    // Short: Unix socket paths under it are limited to about 100 bytes.
+    temp_ = std::filesystem::path("/tmp") / ("gct" + std::to_string(::getpid()));
+    std::filesystem::create_directories(temp_);
+    port_ = free_port();
+    address_ = "127.0.0.1:" + std::to_string(port_);
+    CommandResult head = run(std::string(GANTRY_CLI_PATH) + " start --head --node-ip-address 127.0.0.1 --port " +
+                   std::to_string(port_) + " --num-cpus 2 --num-gpus 2 --temp-dir " + temp_.string());
+    head_output_ = head.out;
+    head_code_ = head.code;
+  }
+  static void TearDownTestSuite() {
+    run(std::string(GANTRY_CLI_PATH) + " stop --temp-dir " + temp_.string());
+    std::error_code ec;
+    std::filesystem::remove_all(temp_, ec);
+  }
+  void SetUp() override { ASSERT_EQ(head_code_, 0) << head_output_; }
+
+  static std::string cli(const std::string& args) {
+    return std::string(GANTRY_CLI_PATH) + " " + args + " --temp-dir " + temp_.string();
+  }
+
+  static inline std::filesystem::path temp_;
+  static inline int port_ = 0;
+  static inline std::string address_;
+  static inline std::string head_output_;
+  static inline int head_code_ = -1;
+};
+
+TEST_F(ClusterTest, StartPrintsTheAddressAndTheJoinCommand) {
+  EXPECT_NE(head_output_.find("gantry head started at " + address_), std::string::npos) << head_output_;
+  EXPECT_NE(head_output_.find("gantry start --address " + address_), std::string::npos) << head_output_;
+  EXPECT_NE(head_output_.find("GANTRY_TOKEN="), std::string::npos) << head_output_;
+  // The session directory holds the token, readable by this user only.
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(head_output_, m, std::regex("session: (\\S+)")));
+  auto perms = std::filesystem::status(m[1].str() + "/token").permissions();
+  EXPECT_EQ(perms & std::filesystem::perms::all, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+}
+
+TEST_F(ClusterTest, DriverJoinsByAddressAndItsWorkersStopWithIt) {
+  gantry::init({.temp_dir = temp_.string(), .address = address_});
+  EXPECT_EQ(gantry::task(add).remote(2, 3).get(), 5);
+  std::vector<gantry::ObjectRef<int>> refs;
+  for (int i = 0; i < 20; ++i) refs.push_back(gantry::task(add).remote(i, 1));
+  int sum = 0;
+  for (auto& r : refs) sum += r.get();
+  EXPECT_EQ(sum, 210);
+  auto tally = gantry::actor(Tally::create).options({.name = "tally"}).remote(10);
+  EXPECT_EQ(tally.task(&Tally::bump).remote().get(), 11);
+  auto same = gantry::get_actor<Tally>("tally");
+  ASSERT_TRUE(same.has_value());
+  EXPECT_EQ(same->task(&Tally::bump).remote().get(), 12);
+  std::string workers = run(cli("status")).out;
+  EXPECT_TRUE(std::regex_search(workers, std::regex("alive .* [1-9][0-9]* \\("))) << workers;
+  gantry::shutdown();
+  // The job is over: the agent stops its workers, the actor included.
+  std::string after = run_until(cli("status"), std::regex(" 0 \\(0 idle\\)"), std::chrono::seconds(10));
+  EXPECT_TRUE(std::regex_search(after, std::regex(" 0 \\(0 idle\\)"))) << after;
+}
+
+TEST_F(ClusterTest, AddressFromTheCommandLineFlag) {
+  std::string flag = "--gantry-address=" + address_;
+  char arg0[] = "cluster_test";
+  std::vector<char*> argv = {arg0, flag.data()};
+  gantry::init(static_cast<int>(argv.size()), argv.data(), {.temp_dir = temp_.string()});
+  EXPECT_EQ(gantry::task(add).remote(40, 2).get(), 42);
+  gantry::shutdown();
+}
+
+TEST_F(ClusterTest, SecondNodeJoinsAndTakesWorkOnlyItCanHold) {
+  CommandResult node = run(cli("start --address " + address_ + " --node-ip-address 127.0.0.1 --num-cpus 1 --resources '{\"B\": 1}'"));
+  ASSERT_EQ(node.code, 0) << node.out;
+  EXPECT_NE(node.out.find("joined " + address_), std::string::npos) << node.out;
+  std::string status = run(cli("status")).out;
+  EXPECT_NE(status.find("2 node(s)"), std::string::npos) << status;
+  EXPECT_NE(status.find("0/1 B"), std::string::npos) << status;
+
+  gantry::init({.temp_dir = temp_.string(), .address = address_});
+  std::string driver_node = gantry::task(where).remote().get();
+  // Only the second node has B: the actor must be placed there.
+  auto tally = gantry::actor(Tally::create).options({.resources = {{"B", 1}}}).remote(0);
+  std::string actor_node = tally.task(&Tally::node).remote().get();
+  EXPECT_NE(actor_node, driver_node);
+  EXPECT_EQ(tally.task(&Tally::bump).remote().get(), 1);
+  std::string busy = run(cli("status")).out;
+  EXPECT_NE(busy.find("1/1 B"), std::string::npos) << busy;
+  gantry::shutdown();
+}
+
+TEST_F(ClusterTest, WrongTokenIsRefused) {
+  CommandResult r = run("GANTRY_TOKEN=0000 " + cli("status"));
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("token"), std::string::npos) << r.out;
+  ::setenv("GANTRY_TOKEN", "0000", 1);
+  EXPECT_THROW(gantry::init({.temp_dir = temp_.string(), .address = address_}), gantry::Error);
+  ::unsetenv("GANTRY_TOKEN");
+  EXPECT_FALSE(gantry::is_initialized());
+}
+
+TEST_F(ClusterTest, BadCommandLinesExitWithTheUsageCode) {
+  EXPECT_EQ(run(cli("start")).code, 2);
+  EXPECT_EQ(run(cli("start --head --resources '{\"A\": x}'")).code, 2);
+  EXPECT_EQ(run(cli("start --head --num-cpus -3")).code, 2);
+  EXPECT_EQ(run(std::string(GANTRY_CLI_PATH) + " frobnicate").code, 2);
+  CommandResult help = run(std::string(GANTRY_CLI_PATH) + " start --help");
+  EXPECT_EQ(help.code, 0);
+  EXPECT_NE(help.out.find("--num-gpus"), std::string::npos) << help.out;
+  // A driver given an address nobody serves fails with a clear error.
+  EXPECT_THROW(gantry::init({.temp_dir = temp_.string(), .address = "127.0.0.1:1"}), gantry::Error);
+}
+
+// Runs last (gtest keeps declaration order): stops the cluster.
+TEST_F(ClusterTest, StopEndsThisMachinesGantryProcessesAndNothingElse) {
+  // A stray pid file naming a process that is not gantry must not be touched.
+  pid_t bystander = ::fork();
+  if (bystander == 0) {
+    ::execlp("sleep", "sleep", "30", static_cast<char*>(nullptr));
+    std::_Exit(127);
+  }
+  std::filesystem::create_directories(temp_ / "session_fake");
+  std::ofstream(temp_ / "session_fake" / "gantry.pid") << bystander << "\n";
+
+  CommandResult stop = run(cli("stop"));
+  EXPECT_EQ(stop.code, 0) << stop.out;
+  EXPECT_TRUE(std::regex_search(stop.out, std::regex("stopped [1-9] gantry process"))) << stop.out;
+  EXPECT_EQ(::kill(bystander, 0), 0) << "stop killed a process that is not gantry's";
+  ::kill(bystander, SIGKILL);
+  ::waitpid(bystander, nullptr, 0);
+  CommandResult status = run(cli("status --address " + address_));
+  EXPECT_EQ(status.code, 1) << status.out;
+  CommandResult again = run(cli("stop"));
+  EXPECT_EQ(again.code, 0);
+  EXPECT_NE(again.out.find("no gantry processes"), std::string::npos) << again.out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // This executable is also its own worker: in a worker, init serves tasks, never returns.
+  if (std::getenv("GANTRY_WORKER") != nullptr) gantry::init(argc, argv);
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
