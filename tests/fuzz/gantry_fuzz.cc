@@ -67,9 +67,9 @@ class Services {
     config.num_gpus = 2;
     config.store_dir = (dir_ / "store").string();
     config.store_capacity = 64 << 20;
-    // Workers cannot start (no executable): lease requests must fail cleanly.
-    config.launch.executable = (dir_ / "no-such-worker").string();
-    config.launch.argv = {config.launch.executable};
+    // Jobs the bytes register may name any program: this node runs none (nothing
+    // executable is under its allowed directory), and lease requests must fail cleanly.
+    config.allowed_executable_dirs = {(dir_ / "store").string()};
     agent_ = std::make_unique<gantry::internal::NodeAgent>(config);
     agent_->start();
 

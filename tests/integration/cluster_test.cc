@@ -173,6 +173,22 @@ TEST_F(ClusterTest, SecondNodeJoinsAndTakesWorkOnlyItCanHold) {
   gantry::shutdown();
 }
 
+TEST_F(ClusterTest, NodeRefusesExecutablesOutsideItsAllowedDirectories) {
+  CommandResult node = run(cli("start --address " + address_ +
+                               " --node-ip-address 127.0.0.1 --num-cpus 1 --resources '{\"C\": 1}' "
+                               "--allowed-executables /nonexistent/jobs"));
+  ASSERT_EQ(node.code, 0) << node.out;
+  gantry::init({.temp_dir = temp_.string(), .address = address_});
+  auto tally = gantry::actor(Tally::create).options({.resources = {{"C", 1}}}).remote(0);
+  try {
+    tally.task(&Tally::bump).remote().get();
+    ADD_FAILURE() << "the node ran an executable outside its allowed directories";
+  } catch (const gantry::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--allowed-executables"), std::string::npos) << e.what();
+  }
+  gantry::shutdown();
+}
+
 TEST_F(ClusterTest, WrongTokenIsRefused) {
   CommandResult r = run("GANTRY_TOKEN=0000 " + cli("status"));
   EXPECT_EQ(r.code, 1) << r.out;

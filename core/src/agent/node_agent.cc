@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <thread>
 
 #include "common/logging.h"
@@ -91,6 +92,18 @@ std::string NodeAgent::ensure_job(const UniqueId& job_id) {
   spec.argv.assign(job.argv().begin(), job.argv().end());
   spec.environment.insert(job.environment().begin(), job.environment().end());
   spec.environment["GANTRY_JOB_ID"] = job_id.hex();
+  if (!config_.allowed_executable_dirs.empty()) {
+    std::error_code ec;
+    std::string real = std::filesystem::weakly_canonical(spec.executable, ec).string();
+    bool allowed = false;
+    for (const auto& dir : config_.allowed_executable_dirs) {
+      std::string root = std::filesystem::weakly_canonical(dir, ec).string();
+      if (!root.empty() && real.rfind(root + "/", 0) == 0) allowed = true;
+    }
+    if (!allowed)
+      return "node " + config_.node_id.short_hex() + " does not run " + spec.executable +
+             ": it is outside the directories this node allows (--allowed-executables)";
+  }
   if (::access(spec.executable.c_str(), X_OK) != 0)
     return "cannot start workers for job " + job_id.hex() + " on node " + config_.node_id.short_hex() + " (" +
            host_name() + "): its executable " + spec.executable + " is not there or not executable";

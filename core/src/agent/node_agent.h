@@ -29,6 +29,9 @@ struct NodeAgentConfig {
   uint64_t store_capacity = 0;
   /// Settings every worker of this node gets (agent and head address, session, token).
   std::map<std::string, std::string> worker_environment;
+  /// Directories a job's executable must be under for this node to run it; empty allows
+  /// any (`gantry start --allowed-executables`).
+  std::vector<std::string> allowed_executable_dirs;
   /// Workers of this job started with the agent (the embedded cluster's driver job).
   UniqueId prestart_job;
   int prestart_workers = 0;

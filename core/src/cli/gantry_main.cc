@@ -48,6 +48,7 @@ struct StartOptions {
   std::string node_ip;
   int64_t object_store_memory = -1;
   std::string log_level = "info";
+  std::vector<std::string> allowed_executables;
 };
 
 // Parses a flat JSON object of numbers: {"A": 2, "B": 0.5}. Throws naming what is wrong.
@@ -166,6 +167,7 @@ int run_node(const StartOptions& o, const std::function<void(const std::string&)
   write_token_file(session + "/token", cluster_token());
 
   NodeAgentConfig ac = make_agent_config(session, shape, o.object_store_memory, ip + ":0", head_address);
+  ac.allowed_executable_dirs = o.allowed_executables;
   NodeAgent agent(ac);
   agent.start();
   write_file(session + "/gantry.pid", std::to_string(::getpid()));
@@ -395,6 +397,7 @@ int run(int argc, char** argv) {
   start_cmd->add_option("--node-ip-address", start.node_ip, "the address other machines reach this node by (default: the host name's first non-loopback IPv4 address)");
   start_cmd->add_option("--temp-dir", start.temp_dir, "where session directories go (default: $TMPDIR/gantry or /tmp/gantry)");
   start_cmd->add_option("--log-level", start.log_level, "trace, debug, info, warn, error or off")->capture_default_str();
+  start_cmd->add_option("--allowed-executables", start.allowed_executables, "run only jobs whose executable is under one of these directories (default: any)")->delimiter(',');
   start_cmd->add_flag("--block", start.block, "stay in the foreground until interrupted instead of detaching");
 
   std::string stop_temp_dir;
