@@ -12,7 +12,10 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fcntl.h>
 #include <fstream>
+#include <iostream>
+#include <sstream>
 #include <regex>
 #include <string>
 #include <thread>
@@ -26,6 +29,12 @@ GANTRY_REMOTE(add);
 
 std::string where() { return gantry::runtime_context().node_id; }
 GANTRY_REMOTE(where);
+
+int shout(std::string word) {
+  std::cout << "shout: " << word << std::endl;
+  return 1;
+}
+GANTRY_REMOTE(shout);
 
 class Tally {
  public:
@@ -144,6 +153,32 @@ TEST_F(ClusterTest, DriverJoinsByAddressAndItsWorkersStopWithIt) {
   EXPECT_TRUE(std::regex_search(after, std::regex(" 0 \\(0 idle\\)"))) << after;
 }
 
+// A joined driver is not its workers' parent: their lines come to it over RPC.
+TEST_F(ClusterTest, WorkerOutputReachesTheJoinedDriversTerminal) {
+  std::string capture = (temp_ / "driver_stdout.txt").string();
+  std::fflush(stdout);
+  int saved = ::dup(1);
+  int file = ::open(capture.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  ::dup2(file, 1);
+  gantry::init({.temp_dir = temp_.string(), .address = address_});
+  EXPECT_EQ(gantry::task(shout).remote(std::string("over-the-wire")).get(), 1);
+  std::string text;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (text.find("over-the-wire") == std::string::npos && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    std::ifstream in(capture);
+    std::stringstream all;
+    all << in.rdbuf();
+    text = all.str();
+  }
+  gantry::shutdown();
+  std::fflush(stdout);
+  ::dup2(saved, 1);
+  ::close(saved);
+  ::close(file);
+  EXPECT_TRUE(std::regex_search(text, std::regex("\\(shout pid=[0-9]+\\) shout: over-the-wire"))) << text;
+}
+
 TEST_F(ClusterTest, AddressFromTheCommandLineFlag) {
   std::string flag = "--gantry-address=" + address_;
   char arg0[] = "cluster_test";
@@ -161,12 +196,17 @@ TEST_F(ClusterTest, SecondNodeJoinsAndTakesWorkOnlyItCanHold) {
   EXPECT_NE(status.find("2 node(s)"), std::string::npos) << status;
   EXPECT_NE(status.find("0/1 B"), std::string::npos) << status;
 
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(status, m, std::regex("\\n([0-9a-f]{8}) .*0/1 B"))) << status;
+  std::string b_node = m[1].str();
+
   gantry::init({.temp_dir = temp_.string(), .address = address_});
-  std::string driver_node = gantry::task(where).remote().get();
+  EXPECT_EQ(gantry::task(where).remote().get().size(), 32u);
   // Only the second node has B: the actor must be placed there.
   auto tally = gantry::actor(Tally::create).options({.resources = {{"B", 1}}}).remote(0);
   std::string actor_node = tally.task(&Tally::node).remote().get();
-  EXPECT_NE(actor_node, driver_node);
+  ASSERT_EQ(actor_node.size(), 32u);
+  EXPECT_EQ(actor_node.substr(0, 4) + actor_node.substr(16, 4), b_node) << status;
   EXPECT_EQ(tally.task(&Tally::bump).remote().get(), 1);
   std::string busy = run(cli("status")).out;
   EXPECT_NE(busy.find("1/1 B"), std::string::npos) << busy;

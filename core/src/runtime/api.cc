@@ -74,9 +74,25 @@ std::string level_or(const std::string& level, const std::string& fallback) {
   std::string logs = env.session_dir + "/logs";
   std::string tag = "worker-" + std::to_string(::getpid());
   internal::setup_logging(level_or(env.log_level, "warn"), logs + "/" + tag + ".log", tag);
-  auto output = std::make_unique<internal::OutputForwarder>(logs + "/" + tag + ".out", env.log_to_driver);
-
   internal::set_cluster_token(env.token);
+  internal::OutputForwarder::Sink sink;
+  if (!env.output_to.empty()) {
+    // A driver that joined a cluster is not our parent's terminal: send it the lines.
+    std::shared_ptr<proto::WorkerService::Stub> driver =
+        proto::WorkerService::NewStub(internal::make_channel(env.output_to));
+    sink = [driver](int stream, const std::string& text) {
+      proto::OutputText req;
+      req.set_stream(stream);
+      req.set_text(text);
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+      proto::Empty reply;
+      driver->PrintOutput(&ctx, req, &reply);  // a driver gone away loses only its terminal copy
+    };
+  }
+  auto output =
+      std::make_unique<internal::OutputForwarder>(logs + "/" + tag + ".out", env.log_to_driver, std::move(sink));
+
   internal::CoreWorkerConfig config;
   config.is_driver = false;
   config.worker_id = UniqueId::from_hex(env.worker_id);
@@ -150,7 +166,7 @@ void join_cluster(std::string address, const InitOptions& options, const std::ve
   UniqueId job_id = UniqueId::generate();
   std::string listen = internal::unix_address(session + "/sockets/driver.sock");
   internal::register_job(address, internal::make_job_spec(job_id, args, listen, options.log_level,
-                                                          options.log_to_driver));
+                                                          options.log_to_driver, /*remote_output=*/true));
   try {
     start_driver(node.node_id, job_id, listen, node.agent_address, address, session, env);
   } catch (...) {

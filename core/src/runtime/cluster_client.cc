@@ -90,7 +90,8 @@ LocalNode find_local_node(const std::string& head_address) {
 }
 
 proto::JobSpec make_job_spec(const UniqueId& job_id, const std::vector<std::string>& argv,
-                             const std::string& driver_address, const std::string& log_level, bool log_to_driver) {
+                             const std::string& driver_address, const std::string& log_level, bool log_to_driver,
+                             bool remote_output) {
   std::error_code ec;
   std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
   if (ec) throw Error("cannot find this program's executable (/proc/self/exe): " + ec.message());
@@ -105,6 +106,7 @@ proto::JobSpec make_job_spec(const UniqueId& job_id, const std::vector<std::stri
   env["GANTRY_JOB_ID"] = job_id.hex();
   env["GANTRY_LOG_LEVEL"] = log_level;
   env["GANTRY_LOG_TO_DRIVER"] = log_to_driver ? "1" : "0";
+  if (remote_output) env["GANTRY_OUTPUT_TO"] = driver_address;
   return job;
 }
 

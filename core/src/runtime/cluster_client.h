@@ -32,9 +32,11 @@ std::string latest_head_address(const std::string& root);
 LocalNode find_local_node(const std::string& head_address);
 
 /// The job a driver registers: its own executable (this process's), argv and the
-/// settings its workers take over.
+/// settings its workers take over. `remote_output`: workers send their output lines to
+/// the driver over RPC (a joined driver) instead of writing to the terminal they inherit.
 proto::JobSpec make_job_spec(const UniqueId& job_id, const std::vector<std::string>& argv,
-                             const std::string& driver_address, const std::string& log_level, bool log_to_driver);
+                             const std::string& driver_address, const std::string& log_level, bool log_to_driver,
+                             bool remote_output);
 
 /// Registers `job` with the head; throws gantry::Error with the head's answer.
 void register_job(const std::string& head_address, const proto::JobSpec& job);

@@ -637,4 +637,19 @@ grpc::Status CoreWorker::UpdateBorrowers(grpc::ServerContext* ctx, const proto::
   return grpc::Status::OK;
 }
 
+grpc::Status CoreWorker::PrintOutput(grpc::ServerContext* ctx, const proto::OutputText* req, proto::Empty*) {
+  GANTRY_REQUIRE_TOKEN(ctx);
+  if (!config_.is_driver) return {grpc::StatusCode::FAILED_PRECONDITION, "only a driver prints its workers' output"};
+  if (req->stream() != 1 && req->stream() != 2) return {grpc::StatusCode::INVALID_ARGUMENT, "stream must be 1 or 2"};
+  const std::string& text = req->text();
+  size_t done = 0;
+  while (done < text.size()) {
+    ssize_t w = ::write(req->stream(), text.data() + done, text.size() - done);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) break;  // our terminal is gone: the lines are in the worker's log anyway
+    done += static_cast<size_t>(w);
+  }
+  return grpc::Status::OK;
+}
+
 }  // namespace gantry::internal

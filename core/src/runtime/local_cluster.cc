@@ -139,7 +139,7 @@ std::unique_ptr<LocalCluster> LocalCluster::start(const InitOptions& options, co
   c->head_->start();
   register_job(c->head_->address(),
                make_job_spec(c->job_id_, argv, unix_address(sockets + "/driver.sock"), options.log_level,
-                             options.log_to_driver));
+                             options.log_to_driver, /*remote_output=*/false));
 
   NodeAgentConfig ac = make_agent_config(c->session_dir_, shape, options.object_store_memory,
                                          unix_address(sockets + "/agent.sock"), c->head_->address());

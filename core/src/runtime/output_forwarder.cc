@@ -57,7 +57,8 @@ struct Stream {
 
 }  // namespace
 
-OutputForwarder::OutputForwarder(const std::string& log_path, bool to_terminal) : to_terminal_(to_terminal) {
+OutputForwarder::OutputForwarder(const std::string& log_path, bool to_terminal, Sink sink)
+    : to_terminal_(to_terminal), sink_(std::move(sink)) {
   std::fflush(stdout);
   std::fflush(stderr);
   log_fd_ = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
@@ -117,10 +118,20 @@ void OutputForwarder::run() {
   auto make_prefix = [&] { prefix = "(" + (label.empty() ? std::string("worker") : label) + " pid=" +
                                     std::to_string(::getpid()) + ") "; };
   make_prefix();
+  // Lines of one drain go to a sink together (one call, not one per line).
+  std::string pending[2];
   auto emit = [&](Stream& s, const std::string& line) {
     std::string out = prefix + line + "\n";
-    if (to_terminal_ && s.out >= 0) write_all(s.out, out.data(), out.size());
+    if (to_terminal_ && sink_) pending[&s == &streams[1]] += out;
+    else if (to_terminal_ && s.out >= 0) write_all(s.out, out.data(), out.size());
     if (log_fd_ >= 0) write_all(log_fd_, out.data(), out.size());
+  };
+  auto send_pending = [&] {
+    for (int i = 0; i < 2; ++i)
+      if (!pending[i].empty()) {
+        sink_(i + 1, pending[i]);
+        pending[i].clear();
+      }
   };
   // Reads what is in the pipe now; complete lines go out with the current label.
   auto drain = [&](Stream& s, bool final) {
@@ -149,6 +160,7 @@ void OutputForwarder::run() {
     }
     if (fds[0].revents) drain(streams[0], false);
     if (fds[1].revents) drain(streams[1], false);
+    send_pending();
     if (fds[2].revents & POLLIN) {
       char type;
       if (!read_exact(control_[0], &type, 1)) return;
@@ -156,6 +168,7 @@ void OutputForwarder::run() {
       // belongs to the old label.
       drain(streams[0], type != 'L');
       drain(streams[1], type != 'L');
+      send_pending();
       if (type == 'L') {
         uint32_t n = 0;
         read_exact(control_[0], &n, 4);

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -11,8 +12,13 @@ namespace gantry::internal {
 /// the worker's log file. The label is the function or actor running.
 class OutputForwarder {
  public:
-  /// Starts capturing. `to_terminal` false keeps lines in the log file only.
-  OutputForwarder(const std::string& log_path, bool to_terminal);
+  /// Where lines go instead of the original stream: called on the forwarding thread
+  /// with 1 (stdout) or 2 (stderr) and whole prefixed lines, in order.
+  using Sink = std::function<void(int stream, const std::string& text)>;
+
+  /// Starts capturing. `to_terminal` false keeps lines in the log file only; a `sink`
+  /// takes the terminal's place (a joined driver's terminal, reached over RPC).
+  OutputForwarder(const std::string& log_path, bool to_terminal, Sink sink = nullptr);
   ~OutputForwarder();
 
   /// Sets the label for lines written from now on. Output already written keeps the
@@ -32,6 +38,7 @@ class OutputForwarder {
   int ack_[2] = {-1, -1};                // the forwarder's acknowledgements
   int log_fd_ = -1;
   bool to_terminal_;
+  Sink sink_;
   std::mutex mu_;  // guards current_label_; one control request at a time
   std::string current_label_;
   std::thread thread_;

@@ -59,6 +59,7 @@ ProcessEnv ProcessEnv::read() {
   e.address = env_or_empty("GANTRY_ADDRESS");
   e.temp_dir = env_or_empty("GANTRY_TEMP_DIR");
   e.token = env_or_empty("GANTRY_TOKEN");
+  e.output_to = env_or_empty("GANTRY_OUTPUT_TO");
   e.force_grpc_streams = env_or_empty("GANTRY_TASK_TRANSPORT") == "grpc";
   return e;
 }

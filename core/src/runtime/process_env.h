@@ -23,6 +23,7 @@ struct ProcessEnv {
   std::string temp_dir;          // GANTRY_TEMP_DIR
   bool force_grpc_streams = false;  // GANTRY_TASK_TRANSPORT=grpc: task streams over gRPC even on one node
   std::string token;             // GANTRY_TOKEN (the cluster token)
+  std::string output_to;         // GANTRY_OUTPUT_TO: the joined driver that prints our output
 
   static ProcessEnv read();
 };
