@@ -251,6 +251,59 @@ TEST_F(ClusterTest, BadCommandLinesExitWithTheUsageCode) {
   EXPECT_THROW(gantry::init({.temp_dir = temp_.string(), .address = "127.0.0.1:1"}), gantry::Error);
 }
 
+std::string self_exe() { return std::filesystem::read_symlink("/proc/self/exe").string(); }
+
+TEST_F(ClusterTest, JobSubmitRunsAProgramAsADriverAndKeepsItsOutput) {
+  std::string submit = std::string(GANTRY_CLI_PATH) + " job submit --temp-dir " + temp_.string();
+  CommandResult ok = run(submit + " -- " + self_exe() + " --job-main 20 22");
+  EXPECT_EQ(ok.code, 0) << ok.out;
+  EXPECT_NE(ok.out.find("job result: 42"), std::string::npos) << ok.out;
+  // A line its worker printed, forwarded to the job's driver and so into the job's log.
+  EXPECT_TRUE(std::regex_search(ok.out, std::regex("\\(shout pid=[0-9]+\\) shout: from-a-job"))) << ok.out;
+  EXPECT_NE(ok.out.find("SUCCEEDED"), std::string::npos) << ok.out;
+
+  CommandResult bad = run(submit + " -- " + self_exe() + " --job-fail");
+  EXPECT_EQ(bad.code, 1) << bad.out;
+  EXPECT_NE(bad.out.find("FAILED: exit code 3"), std::string::npos) << bad.out;
+
+  CommandResult missing = run(submit + " -- /nonexistent/program");
+  EXPECT_EQ(missing.code, 1) << missing.out;
+  EXPECT_NE(missing.out.find("cannot run /nonexistent/program"), std::string::npos) << missing.out;
+
+  CommandResult started = run(submit + " --no-wait -- " + self_exe() + " --job-sleep");
+  ASSERT_EQ(started.code, 0) << started.out;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(started.out, m, std::regex("(job-[0-9a-f]{8})"))) << started.out;
+  std::string id = m[1].str();
+  std::string logs = run_until(cli("job logs " + id), std::regex("sleeping"), std::chrono::seconds(10));
+  EXPECT_NE(logs.find("sleeping"), std::string::npos) << logs;
+  CommandResult stop = run(cli("job stop " + id));
+  EXPECT_EQ(stop.code, 0) << stop.out;
+  EXPECT_NE(stop.out.find("stopped"), std::string::npos) << stop.out;
+
+  std::string list = run(cli("job list")).out;
+  EXPECT_TRUE(std::regex_search(list, std::regex("SUCCEEDED +0 .*--job-main 20 22"))) << list;
+  EXPECT_TRUE(std::regex_search(list, std::regex("FAILED +3 .*--job-fail"))) << list;
+  EXPECT_TRUE(std::regex_search(list, std::regex(id + " +STOPPED"))) << list;
+  EXPECT_EQ(run(cli("job logs job-00000000")).code, 1);
+
+  // The drivers those jobs ran are in the head's job table.
+  std::string jobs = run(cli("list jobs")).out;
+  EXPECT_TRUE(std::regex_search(jobs, std::regex("FINISHED .*cluster_test"))) << jobs;
+  std::string nodes = run(cli("list nodes")).out;
+  EXPECT_NE(nodes.find("127.0.0.1:"), std::string::npos) << nodes;
+  EXPECT_EQ(run(cli("list placement-groups")).code, 2);
+}
+
+TEST_F(ClusterTest, ListActorsShowsNamedActors) {
+  gantry::init({.temp_dir = temp_.string(), .address = address_});
+  auto tally = gantry::actor(Tally::create).options({.name = "listed"}).remote(1);
+  EXPECT_EQ(tally.task(&Tally::bump).remote().get(), 2);
+  std::string actors = run(cli("list actors")).out;
+  EXPECT_TRUE(std::regex_search(actors, std::regex("ALIVE +.*listed"))) << actors;
+  gantry::shutdown();
+}
+
 // Runs last (gtest keeps declaration order): stops the cluster.
 TEST_F(ClusterTest, StopEndsThisMachinesGantryProcessesAndNothingElse) {
   // A stray pid file naming a process that is not gantry must not be touched.
@@ -277,9 +330,28 @@ TEST_F(ClusterTest, StopEndsThisMachinesGantryProcessesAndNothingElse) {
 
 }  // namespace
 
+// Programs that `gantry job submit` runs in JobSubmitRunsAProgramAsADriverAndKeepsItsOutput:
+// drivers joining the cluster through GANTRY_ADDRESS, which the head sets for them.
+int job_main(int argc, char** argv) {
+  std::string mode = argv[1];
+  if (mode == "--job-fail") return 3;
+  gantry::init(argc, argv);
+  if (mode == "--job-sleep") {
+    std::cout << "sleeping" << std::endl;
+    std::this_thread::sleep_for(std::chrono::minutes(5));
+    return 0;
+  }
+  int a = argc > 2 ? std::atoi(argv[2]) : 0, b = argc > 3 ? std::atoi(argv[3]) : 0;
+  std::cout << "job result: " << gantry::task(add).remote(a, b).get() << std::endl;
+  gantry::task(shout).remote(std::string("from-a-job")).get();
+  gantry::shutdown();  // waits for the worker's line to reach us
+  return 0;
+}
+
 int main(int argc, char** argv) {
   // This executable is also its own worker: in a worker, init serves tasks, never returns.
   if (std::getenv("GANTRY_WORKER") != nullptr) gantry::init(argc, argv);
+  if (argc > 1 && std::string(argv[1]).rfind("--job-", 0) == 0) return job_main(argc, argv);
   ::testing::InitGoogleTest(&argc, argv);
   return RUN_ALL_TESTS();
 }

@@ -19,6 +19,7 @@ namespace gantry::internal {
 namespace {
 
 constexpr int kMaxStartFailures = 3;
+constexpr auto kJobStopGrace = std::chrono::seconds(3);
 
 ResourceSet cpu_part(const ResourceSet& resources) {
   ResourceSet out;
@@ -350,6 +351,7 @@ void NodeAgent::on_worker_exit(const UniqueId& worker_id, pid_t pid, const std::
     was_actor = w.lease_id != 0 && leases_.count(w.lease_id) && leases_[w.lease_id].for_actor;
     if (w.lease_id != 0) release_lease_locked(w.lease_id);
     workers_.erase(it);
+    cv_.notify_all();
     if (stopping_) return;
     try_grant_locked();
   }
@@ -413,15 +415,15 @@ grpc::Status NodeAgent::JobFinished(grpc::ServerContext* ctx, const proto::JobRe
   GANTRY_REQUIRE_TOKEN(ctx);
   UniqueId job_id = UniqueId::from_binary(req->job_id());
   if (job_id.is_nil()) return {grpc::StatusCode::INVALID_ARGUMENT, "job id must be 16 bytes"};
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   jobs_.erase(job_id);
   finished_jobs_[job_id] = true;
-  int stopped = 0;
+  // SIGTERM first: a worker then sends the driver the output it still holds, and exits.
+  std::vector<UniqueId> stopping;
   for (auto& [id, w] : workers_)
     if (w.job_id == job_id && w.state != WorkerState::kDead) {
-      w.state = WorkerState::kDead;
-      pool_->signal(id, SIGKILL);
-      ++stopped;
+      pool_->signal(id, SIGTERM);
+      stopping.push_back(id);
     }
   // Requests of the job still waiting get nothing now.
   for (auto& p : pending_)
@@ -433,8 +435,18 @@ grpc::Status NodeAgent::JobFinished(grpc::ServerContext* ctx, const proto::JobRe
     }
   pending_.erase(std::remove_if(pending_.begin(), pending_.end(), [](const auto& p) { return p->done; }),
                  pending_.end());
-  GANTRY_LOG_INFO("job {} finished: stopped {} worker(s)", job_id.short_hex(), stopped);
   cv_.notify_all();
+  // Reply once they are gone (the driver keeps serving until then), killing stragglers.
+  auto gone = [&] {
+    for (const auto& id : stopping)
+      if (workers_.count(id)) return false;
+    return true;
+  };
+  if (!cv_.wait_for(lock, kJobStopGrace, gone)) {
+    for (const auto& id : stopping)
+      if (workers_.count(id)) pool_->signal(id, SIGKILL);
+  }
+  GANTRY_LOG_INFO("job {} finished: stopped {} worker(s)", job_id.short_hex(), stopping.size());
   return grpc::Status::OK;
 }
 

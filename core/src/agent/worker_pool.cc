@@ -1,7 +1,6 @@
 #include "agent/worker_pool.h"
 
 #include <signal.h>
-#include <spawn.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -10,10 +9,9 @@
 #include <cstring>
 
 #include "common/logging.h"
+#include "common/process.h"
 #include "gantry/errors.h"
 #include "runtime/process_env.h"
-
-extern char** environ;
 
 namespace gantry::internal {
 
@@ -40,11 +38,7 @@ WorkerPool::~WorkerPool() {
 
 UniqueId WorkerPool::start(const WorkerLaunchSpec& spec, const std::vector<int>& gpu_ids) {
   UniqueId id = UniqueId::generate();
-  std::map<std::string, std::string> env_map;
-  for (char** e = environ; *e != nullptr; ++e) {
-    const char* eq = std::strchr(*e, '=');
-    if (eq != nullptr) env_map[std::string(*e, static_cast<size_t>(eq - *e))] = std::string(eq + 1);
-  }
+  std::map<std::string, std::string> env_map = current_environment();
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (const auto& [k, v] : node_environment_) env_map[k] = v;
@@ -74,31 +68,10 @@ UniqueId WorkerPool::start(const WorkerLaunchSpec& spec, const std::vector<int>&
   // a worker without GPUs sees none.
   env_map["CUDA_VISIBLE_DEVICES"] = devices;
 
-  std::vector<std::string> env_strings;
-  env_strings.reserve(env_map.size());
-  for (const auto& [k, v] : env_map) env_strings.push_back(k + "=" + v);
-  std::vector<char*> envp, argv;
-  for (auto& s : env_strings) envp.push_back(s.data());
-  envp.push_back(nullptr);
-  std::vector<std::string> args = spec.argv;
-  for (auto& s : args) argv.push_back(s.data());
-  argv.push_back(nullptr);
-
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  // Workers start with default signal dispositions and an empty mask, whatever the driver
-  // has blocked in the spawning thread.
-  sigset_t none, all;
-  sigemptyset(&none);
-  sigfillset(&all);
-  posix_spawnattr_setsigmask(&attr, &none);
-  posix_spawnattr_setsigdefault(&attr, &all);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-
   pid_t pid = 0;
+  // Spawned under the lock, so the monitor cannot reap the pid before it is recorded.
   std::lock_guard<std::mutex> lock(mu_);
-  int rc = ::posix_spawn(&pid, spec.executable.c_str(), nullptr, &attr, argv.data(), envp.data());
-  posix_spawnattr_destroy(&attr);
+  int rc = spawn_process(spec.executable, spec.argv, env_map, SpawnOptions{}, &pid);
   if (rc != 0)
     throw Error("cannot start worker process " + spec.executable + ": " + std::strerror(rc));
   running_.emplace(pid, id);

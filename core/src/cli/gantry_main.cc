@@ -11,7 +11,9 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
+#include <ctime>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -25,6 +27,7 @@
 #include "common/logging.h"
 #include "gantry/errors.h"
 #include "head/head_service.h"
+#include "head/job_supervisor.h"
 #include "rpc/auth.h"
 #include "rpc/grpc_util.h"
 #include "runtime/cluster_client.h"
@@ -152,6 +155,7 @@ int run_node(const StartOptions& o, const std::function<void(const std::string&)
   std::string ip = o.node_ip.empty() ? default_node_ip() : o.node_ip;
   std::string root = session_root(o.temp_dir);
 
+  std::unique_ptr<JobSupervisor> supervisor;  // outlives the head's server (declared first)
   std::unique_ptr<HeadService> head;
   std::string head_address = o.address;
   if (o.head) {
@@ -159,6 +163,8 @@ int run_node(const StartOptions& o, const std::function<void(const std::string&)
                                                                                      : std::getenv("GANTRY_TOKEN"));
     head_address = ip + ":" + std::to_string(o.port);
     head = std::make_unique<HeadService>("0.0.0.0:" + std::to_string(o.port));
+    supervisor = std::make_unique<JobSupervisor>(head_address, session + "/logs");
+    head->add_service(supervisor.get());
     head->start();
   } else {
     const char* env_token = std::getenv("GANTRY_TOKEN");
@@ -316,25 +322,45 @@ std::string amount(const proto::Resources& r, const std::string& name) {
   return s.str();
 }
 
-int status_command(std::string address, const std::string& temp_dir) {
+// The cluster a command talks to: --address, else GANTRY_ADDRESS, else the head started on
+// this machine; sets the token to use. Throws std::invalid_argument when there is none.
+std::string resolve_cluster(std::string address, const std::string& temp_dir) {
   std::string root = session_root(temp_dir);
   if (address.empty() && std::getenv("GANTRY_ADDRESS")) address = std::getenv("GANTRY_ADDRESS");
   if (address.empty()) address = latest_head_address(root);
-  if (address.empty()) {
-    std::cerr << "gantry status: no cluster address; pass --address HOST:PORT or set GANTRY_ADDRESS\n";
-    return kExitUsage;
-  }
+  if (address.empty())
+    throw std::invalid_argument("no cluster address and no running head on this machine; pass --address "
+                                "HOST:PORT or set GANTRY_ADDRESS");
   const char* env_token = std::getenv("GANTRY_TOKEN");
   set_cluster_token(find_cluster_token(env_token ? env_token : "", address, root));
+  return address;
+}
+
+// Fails with the call's message, adding what to do about the common causes.
+[[noreturn]] void call_failed(const std::string& what, const std::string& address, const grpc::Status& s) {
+  std::string hint;
+  if (s.error_code() == grpc::StatusCode::UNAVAILABLE) hint = " (is the head running? `gantry status`)";
+  throw Error(what + " at " + address + ": " + s.error_message() + hint);
+}
+
+std::string format_time(int64_t ms) {
+  if (ms <= 0) return "-";
+  std::time_t t = static_cast<std::time_t>(ms / 1000);
+  std::tm tm{};
+  ::localtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
+  return buf;
+}
+
+int status_command(const std::string& address_flag, const std::string& temp_dir) {
+  std::string address = resolve_cluster(address_flag, temp_dir);
   auto head = proto::Head::NewStub(make_channel(address));
   proto::ListNodesReply nodes;
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
   grpc::Status s = head->ListNodes(&ctx, proto::Empty(), &nodes);
-  if (!s.ok()) {
-    std::cerr << "gantry status: cannot reach the head at " << address << ": " << s.error_message() << "\n";
-    return kExitFailure;
-  }
+  if (!s.ok()) call_failed("cannot reach the head", address, s);
   std::printf("cluster %s: %d node(s)\n", address.c_str(), nodes.nodes_size());
   std::printf("%-10s %-11s %-22s %-10s %-10s %-14s %-8s %s\n", "NODE", "STATE", "AGENT", "CPU", "GPU",
               "MEMORY GiB", "WORKERS", "OTHER");
@@ -382,6 +408,182 @@ int status_command(std::string address, const std::string& temp_dir) {
   return 0;
 }
 
+const char* submission_status(proto::Submission::Status s) {
+  switch (s) {
+    case proto::Submission::RUNNING: return "RUNNING";
+    case proto::Submission::SUCCEEDED: return "SUCCEEDED";
+    case proto::Submission::FAILED: return "FAILED";
+    case proto::Submission::STOPPED: return "STOPPED";
+    default: return "?";
+  }
+}
+
+std::string joined(const google::protobuf::RepeatedPtrField<std::string>& parts) {
+  std::string out;
+  for (const auto& p : parts) out += (out.empty() ? "" : " ") + p;
+  return out;
+}
+
+proto::ListSubmissionsReply list_submissions(proto::JobService::Stub& jobs, const std::string& address) {
+  proto::ListSubmissionsReply all;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  grpc::Status s = jobs.ListSubmissions(&ctx, proto::Empty(), &all);
+  if (!s.ok()) call_failed("cannot list jobs", address, s);
+  return all;
+}
+
+// Prints the job's log from `offset`; with `follow`, until the job ends. Returns the
+// job's state at the end.
+proto::Submission print_logs(proto::JobService::Stub& jobs, const std::string& address, const std::string& id,
+                             bool follow) {
+  uint64_t offset = 0;
+  while (true) {
+    proto::JobLogsRequest req;
+    req.set_id(id);
+    req.set_offset(offset);
+    proto::JobLogs logs;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    grpc::Status s = jobs.GetJobLogs(&ctx, req, &logs);
+    if (!s.ok()) call_failed("cannot read the logs of " + id, address, s);
+    std::fwrite(logs.text().data(), 1, logs.text().size(), stdout);
+    std::fflush(stdout);
+    offset = logs.next_offset();
+    if (!follow || logs.ended()) break;
+    if (logs.text().empty()) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  proto::ListSubmissionsReply all = list_submissions(jobs, address);
+  for (const auto& sub : all.submissions())
+    if (sub.id() == id) return sub;
+  throw Error("job " + id + " is no longer known to the head");
+}
+
+struct JobCommand {
+  std::string address, temp_dir, id;
+  std::vector<std::string> entrypoint;
+  std::vector<std::string> env;
+  bool no_wait = false, follow = false;
+};
+
+int job_submit(const JobCommand& c) {
+  if (c.entrypoint.empty()) throw std::invalid_argument("give the program after --: gantry job submit -- ./prog args");
+  std::string address = resolve_cluster(c.address, c.temp_dir);
+  auto jobs = proto::JobService::NewStub(make_channel(address));
+  proto::SubmitJobRequest req;
+  for (const auto& a : c.entrypoint) req.add_entrypoint(a);
+  // A program given by path runs from the submitter's working directory, which the
+  // head's machine must have too.
+  std::error_code ec;
+  req.set_working_dir(std::filesystem::current_path(ec).string());
+  for (const auto& kv : c.env) {
+    size_t eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0) throw std::invalid_argument("--env takes NAME=VALUE, got '" + kv + "'");
+    (*req.mutable_environment())[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  proto::Submission sub;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  grpc::Status s = jobs->SubmitJob(&ctx, req, &sub);
+  if (!s.ok()) call_failed("the head refused the job", address, s);
+  std::cerr << "submitted " << sub.id() << " (pid " << sub.pid() << " on the head's machine)\n";
+  if (c.no_wait) {
+    std::cout << sub.id() << "\n";
+    return 0;
+  }
+  proto::Submission end = print_logs(*jobs, address, sub.id(), /*follow=*/true);
+  std::cerr << sub.id() << " " << submission_status(end.status()) << ": " << end.message() << "\n";
+  return end.status() == proto::Submission::SUCCEEDED ? 0 : kExitFailure;
+}
+
+int job_list(const JobCommand& c) {
+  std::string address = resolve_cluster(c.address, c.temp_dir);
+  auto jobs = proto::JobService::NewStub(make_channel(address));
+  proto::ListSubmissionsReply all = list_submissions(*jobs, address);
+  std::printf("%-14s %-10s %-6s %-20s %s\n", "ID", "STATUS", "EXIT", "STARTED", "ENTRYPOINT");
+  for (const auto& sub : all.submissions())
+    std::printf("%-14s %-10s %-6s %-20s %s\n", sub.id().c_str(), submission_status(sub.status()),
+                sub.status() == proto::Submission::RUNNING ? "-" : std::to_string(sub.exit_code()).c_str(),
+                format_time(sub.start_time_ms()).c_str(), joined(sub.entrypoint()).c_str());
+  return 0;
+}
+
+int job_logs(const JobCommand& c) {
+  std::string address = resolve_cluster(c.address, c.temp_dir);
+  auto jobs = proto::JobService::NewStub(make_channel(address));
+  print_logs(*jobs, address, c.id, c.follow);
+  return 0;
+}
+
+int job_stop(const JobCommand& c) {
+  std::string address = resolve_cluster(c.address, c.temp_dir);
+  auto jobs = proto::JobService::NewStub(make_channel(address));
+  proto::SubmissionRequest req;
+  req.set_id(c.id);
+  proto::Submission sub;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  grpc::Status s = jobs->StopJob(&ctx, req, &sub);
+  if (!s.ok()) call_failed("cannot stop " + c.id, address, s);
+  if (sub.status() != proto::Submission::RUNNING) {
+    std::cout << c.id << " had already ended: " << submission_status(sub.status()) << "\n";
+    return 0;
+  }
+  // Wait for it to go (the head kills it after a grace period).
+  for (int i = 0; i < 100; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    proto::Submission now = print_logs(*jobs, address, c.id, false);  // also refreshes the state
+    (void)now;
+    if (now.status() != proto::Submission::RUNNING) {
+      std::cout << c.id << " stopped\n";
+      return 0;
+    }
+  }
+  std::cerr << c.id << " is still running\n";
+  return kExitFailure;
+}
+
+int list_command(const std::string& what, const std::string& address_flag, const std::string& temp_dir) {
+  std::string address = resolve_cluster(address_flag, temp_dir);
+  auto head = proto::Head::NewStub(make_channel(address));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  if (what == "nodes") {
+    proto::ListNodesReply nodes;
+    grpc::Status s = head->ListNodes(&ctx, proto::Empty(), &nodes);
+    if (!s.ok()) call_failed("cannot list nodes", address, s);
+    std::printf("%-34s %-22s %-16s %s\n", "NODE ID", "AGENT", "HOST", "RESOURCES");
+    for (const auto& n : nodes.nodes()) {
+      std::string res;
+      for (const auto& [name, q] : n.total().quantities())
+        if (name != "memory") res += name + "=" + amount(n.total(), name) + " ";
+      res += "memory=" + amount(n.total(), "memory") + "GiB";
+      std::printf("%-34s %-22s %-16s %s\n", UniqueId::from_binary(n.node_id()).hex().c_str(),
+                  n.agent_address().c_str(), n.hostname().c_str(), res.c_str());
+    }
+  } else if (what == "actors") {
+    proto::ListActorsReply actors;
+    grpc::Status s = head->ListActors(&ctx, proto::Empty(), &actors);
+    if (!s.ok()) call_failed("cannot list actors", address, s);
+    static const char* kStates[] = {"PENDING", "ALIVE", "RESTARTING", "DEAD"};
+    std::printf("%-34s %-10s %-20s %-16s %-8s %s\n", "ACTOR ID", "STATE", "CLASS", "NAME", "PID", "RESTARTS");
+    for (const auto& a : actors.actors())
+      std::printf("%-34s %-10s %-20s %-16s %-8d %d\n", UniqueId::from_binary(a.actor_id()).hex().c_str(),
+                  kStates[std::clamp<int>(a.state(), 0, 3)], a.class_name().c_str(),
+                  a.name().empty() ? "-" : a.name().c_str(), a.pid(), a.num_restarts());
+  } else {
+    proto::ListJobsReply jobs;
+    grpc::Status s = head->ListJobs(&ctx, proto::Empty(), &jobs);
+    if (!s.ok()) call_failed("cannot list jobs", address, s);
+    std::printf("%-34s %-9s %-8s %-20s %s\n", "JOB ID", "STATE", "PID", "STARTED", "EXECUTABLE");
+    for (const auto& j : jobs.jobs())
+      std::printf("%-34s %-9s %-8d %-20s %s\n", UniqueId::from_binary(j.job_id()).hex().c_str(),
+                  j.state() == proto::JobSpec::RUNNING ? "RUNNING" : "FINISHED", j.driver_pid(),
+                  format_time(j.start_time_ms()).c_str(), j.executable().c_str());
+  }
+  return 0;
+}
+
 int run(int argc, char** argv) {
   CLI::App app{"gantry: run C++ and LibTorch work on a cluster of machines and GPUs"};
   app.require_subcommand(1);
@@ -411,6 +613,34 @@ int run(int argc, char** argv) {
   status_cmd->add_option("--address", status_address, "the head's HOST:PORT (default: GANTRY_ADDRESS, else the head started on this machine)");
   status_cmd->add_option("--temp-dir", status_temp_dir, "where this machine's sessions are (to find the address and token)");
 
+  JobCommand job;
+  auto* job_cmd = app.add_subcommand("job", "run programs on the cluster from the head's machine");
+  job_cmd->require_subcommand(1);
+  auto add_common = [&](CLI::App* cmd) {
+    cmd->add_option("--address", job.address, "the head's HOST:PORT (default: GANTRY_ADDRESS, else the head started on this machine)");
+    cmd->add_option("--temp-dir", job.temp_dir, "where this machine's sessions are (to find the address and token)");
+  };
+  auto* submit_cmd = job_cmd->add_subcommand("submit", "run a program as a driver of the cluster; follows its output until it ends");
+  add_common(submit_cmd);
+  submit_cmd->add_flag("--no-wait", job.no_wait, "print the job id and return at once");
+  submit_cmd->add_option("--env", job.env, "NAME=VALUE added to the program's environment (repeatable)");
+  submit_cmd->add_option("entrypoint", job.entrypoint, "the program and its arguments, after --")->required();
+  auto* jlist_cmd = job_cmd->add_subcommand("list", "list submitted jobs");
+  add_common(jlist_cmd);
+  auto* logs_cmd = job_cmd->add_subcommand("logs", "print a submitted job's output");
+  add_common(logs_cmd);
+  logs_cmd->add_option("id", job.id, "the job id (from submit or list)")->required();
+  logs_cmd->add_flag("-f,--follow", job.follow, "keep printing until the job ends");
+  auto* jstop_cmd = job_cmd->add_subcommand("stop", "stop a submitted job (SIGTERM to its process group, SIGKILL after 3 s)");
+  add_common(jstop_cmd);
+  jstop_cmd->add_option("id", job.id, "the job id")->required();
+
+  std::string list_what, list_address, list_temp_dir;
+  auto* list_cmd = app.add_subcommand("list", "list the cluster's nodes, actors or drivers' jobs");
+  list_cmd->add_option("what", list_what, "nodes, actors or jobs")->required()->check(CLI::IsMember({"nodes", "actors", "jobs"}));
+  list_cmd->add_option("--address", list_address, "the head's HOST:PORT (default: GANTRY_ADDRESS, else the head started on this machine)");
+  list_cmd->add_option("--temp-dir", list_temp_dir, "where this machine's sessions are (to find the address and token)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -425,6 +655,11 @@ int run(int argc, char** argv) {
     }
     if (stop_cmd->parsed()) return stop_command(stop_temp_dir, grace_s);
     if (status_cmd->parsed()) return status_command(status_address, status_temp_dir);
+    if (submit_cmd->parsed()) return job_submit(job);
+    if (jlist_cmd->parsed()) return job_list(job);
+    if (logs_cmd->parsed()) return job_logs(job);
+    if (jstop_cmd->parsed()) return job_stop(job);
+    if (list_cmd->parsed()) return list_command(list_what, list_address, list_temp_dir);
   } catch (const std::invalid_argument& e) {
     std::cerr << "gantry: " << e.what() << "\n";
     return kExitUsage;

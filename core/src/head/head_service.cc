@@ -1,5 +1,7 @@
 #include "head/head_service.h"
 
+#include <algorithm>
+
 #include <chrono>
 
 #include "common/logging.h"
@@ -38,6 +40,7 @@ void HeadService::start() {
   configure_server(builder);
   builder.AddListeningPort(address_, grpc::InsecureServerCredentials());
   builder.RegisterService(this);
+  for (grpc::Service* service : extra_services_) builder.RegisterService(service);
   server_ = builder.BuildAndStart();
   if (!server_) throw Error("head cannot listen on " + address_);
 }
@@ -79,6 +82,7 @@ grpc::Status HeadService::RegisterNode(grpc::ServerContext* ctx, const proto::Re
   std::lock_guard<std::mutex> lock(mu_);
   GANTRY_LOG_INFO("node {} registered at {} with {}", id.short_hex(), node.agent_address,
                   node.shape->total().to_string());
+  node.registered = next_registration_++;
   nodes_[id] = std::move(node);
   return grpc::Status::OK;
 }
@@ -88,12 +92,18 @@ const HeadService::Node* HeadService::pick_node_locked(const ResourceSet& resour
     *reason = "there are no nodes in the cluster";
     return nullptr;
   }
+  // The first node, in registration order, whose totals fit: actors pack onto the
+  // earliest nodes (the head's own first).
+  const Node* best = nullptr;
   for (const auto& [id, node] : nodes_) {
     std::string why = node.shape->infeasible_reason(resources);
-    if (why.empty()) return &node;
-    *reason = why;
+    if (!why.empty()) {
+      *reason = why;
+      continue;
+    }
+    if (best == nullptr || node.registered < best->registered) best = &node;
   }
-  return nullptr;
+  return best;
 }
 
 grpc::Status HeadService::CreateActor(grpc::ServerContext* ctx, const proto::ActorSpec* spec,
@@ -429,9 +439,31 @@ grpc::Status HeadService::FinishJob(grpc::ServerContext* ctx, const proto::JobRe
     for (const auto& [node_id, node] : nodes_) agents.push_back(node.agent);
     GANTRY_LOG_INFO("job {} finished", id.short_hex());
   }
-  for (const auto& agent : agents)
-    send_and_forget<proto::Empty>(*req, std::chrono::seconds(5),
-                                  [&](auto... a) { agent->async()->JobFinished(a...); });
+  // Every node stops the job's workers; reply when all have (or gave up), so the driver
+  // can keep serving their last output until then.
+  struct Pending {
+    std::mutex mu;
+    std::condition_variable cv;
+    size_t left;
+  };
+  auto pending = std::make_shared<Pending>();
+  pending->left = agents.size();
+  for (const auto& agent : agents) {
+    struct Call {
+      grpc::ClientContext ctx;
+      proto::JobRequest request;
+      proto::Empty reply;
+    };
+    auto call = std::make_shared<Call>();
+    call->request = *req;
+    call->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    agent->async()->JobFinished(&call->ctx, &call->request, &call->reply, [call, pending](grpc::Status) {
+      std::lock_guard<std::mutex> lock(pending->mu);
+      if (--pending->left == 0) pending->cv.notify_all();
+    });
+  }
+  std::unique_lock<std::mutex> lock(pending->mu);
+  pending->cv.wait_for(lock, std::chrono::seconds(12), [&] { return pending->left == 0; });
   return grpc::Status::OK;
 }
 
@@ -445,7 +477,13 @@ grpc::Status HeadService::ListJobs(grpc::ServerContext* ctx, const proto::Empty*
 grpc::Status HeadService::ListNodes(grpc::ServerContext* ctx, const proto::Empty*, proto::ListNodesReply* reply) {
   GANTRY_REQUIRE_TOKEN(ctx);
   std::lock_guard<std::mutex> lock(mu_);
-  for (const auto& [id, node] : nodes_) {
+  // In the order they registered: the head's own node first.
+  std::vector<const Node*> ordered;
+  for (const auto& [id, node] : nodes_) ordered.push_back(&node);
+  std::sort(ordered.begin(), ordered.end(), [](const Node* a, const Node* b) { return a->registered < b->registered; });
+  for (const Node* n : ordered) {
+    const Node& node = *n;
+    const UniqueId& id = node.id;
     proto::NodeInfo* info = reply->add_nodes();
     info->set_node_id(id.binary());
     info->set_agent_address(node.agent_address);

@@ -7,6 +7,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "gantry/agent.grpc.pb.h"
 #include "gantry/head.grpc.pb.h"
@@ -27,6 +28,8 @@ class HeadService final : public proto::Head::Service {
   explicit HeadService(std::string listen_address);
   ~HeadService() override;
 
+  /// Serves `service` (not owned; it must outlive stop()) on the head's port too. Before start().
+  void add_service(grpc::Service* service) { extra_services_.push_back(service); }
   void start();
   /// Fails waiting calls and stops the server. Idempotent.
   void stop();
@@ -53,6 +56,7 @@ class HeadService final : public proto::Head::Service {
     std::string hostname;
     proto::Resources total;
     int num_gpus = 0;
+    uint64_t registered = 0;  // registration order, for listing
     std::unique_ptr<NodeResources> shape;  // totals only, for feasibility checks
     std::shared_ptr<proto::NodeAgent::Stub> agent;
   };
@@ -78,6 +82,7 @@ class HeadService final : public proto::Head::Service {
   void kill_worker(const std::string& agent_address, const UniqueId& worker_id);
 
   const std::string address_;
+  std::vector<grpc::Service*> extra_services_;
   ChannelCache channels_;
   std::unique_ptr<grpc::Server> server_;
 
@@ -88,6 +93,7 @@ class HeadService final : public proto::Head::Service {
   std::unordered_map<std::string, ActorId> named_actors_;
   std::unordered_map<std::string, std::string> kv_;
   std::map<UniqueId, proto::JobSpec> jobs_;
+  uint64_t next_registration_ = 1;
   bool stopping_ = false;
   int calls_in_flight_ = 0;  // async placement calls holding `this`
 };

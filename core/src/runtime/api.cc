@@ -221,10 +221,12 @@ void shutdown() {
   std::lock_guard<std::mutex> lock(g_init_mu);
   if (!g_core) return;
   g_runtime = nullptr;
-  g_core->stop();
-  if (g_cluster) g_cluster->stop();
+  // A joined driver ends its job first: the nodes stop its workers, which send their last
+  // output to us while we still serve.
   if (!g_joined_head.empty()) internal::finish_job(g_joined_head, g_joined_job);
   g_joined_head.clear();
+  g_core->stop();
+  if (g_cluster) g_cluster->stop();
   g_core.reset();
   g_cluster.reset();
 }

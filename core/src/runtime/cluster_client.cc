@@ -122,7 +122,7 @@ void finish_job(const std::string& head_address, const UniqueId& job_id) {
   proto::JobRequest req;
   req.set_job_id(job_id.binary());
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(3));
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(15));
   proto::Empty reply;
   head_stub(head_address)->FinishJob(&ctx, req, &reply);
 }

@@ -27,8 +27,9 @@ std::string find_cluster_token(const std::string& env_token, const std::string& 
 /// under `root`, or empty.
 std::string latest_head_address(const std::string& root);
 
-/// Asks the head which node runs on this machine (same host name). Throws gantry::Error
-/// when the head cannot be reached or no node of it runs here.
+/// Asks the head which node runs on this machine (same host name; of several, the first
+/// to register, which on the head's machine is the head's own). Throws gantry::Error when
+/// the head cannot be reached or no node of it runs here.
 LocalNode find_local_node(const std::string& head_address);
 
 /// The job a driver registers: its own executable (this process's), argv and the
@@ -40,7 +41,8 @@ proto::JobSpec make_job_spec(const UniqueId& job_id, const std::vector<std::stri
 
 /// Registers `job` with the head; throws gantry::Error with the head's answer.
 void register_job(const std::string& head_address, const proto::JobSpec& job);
-/// Tells the head the job is over (its workers stop everywhere). Best effort.
+/// Tells the head the job is over and returns once its workers have stopped everywhere
+/// (up to 15 s). Best effort.
 void finish_job(const std::string& head_address, const UniqueId& job_id);
 
 }  // namespace gantry::internal
