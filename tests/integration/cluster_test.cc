@@ -99,7 +99,7 @@ class ClusterTest : public ::testing::Test {
     port_ = free_port();
     address_ = "127.0.0.1:" + std::to_string(port_);
     CommandResult head = run(std::string(GANTRY_CLI_PATH) + " start --head --node-ip-address 127.0.0.1 --port " +
-                   std::to_string(port_) + " --num-cpus 2 --num-gpus 2 --temp-dir " + temp_.string());
+                   std::to_string(port_) + " --num-cpus 2 --num-gpus 2 --node-timeout 1 --temp-dir " + temp_.string());
     head_output_ = head.out;
     head_code_ = head.code;
   }
@@ -249,6 +249,48 @@ TEST_F(ClusterTest, BadCommandLinesExitWithTheUsageCode) {
   EXPECT_NE(help.out.find("--num-gpus"), std::string::npos) << help.out;
   // A driver given an address nobody serves fails with a clear error.
   EXPECT_THROW(gantry::init({.temp_dir = temp_.string(), .address = "127.0.0.1:1"}), gantry::Error);
+}
+
+// The pid `gantry start` left in the session directory it printed.
+pid_t node_pid(const std::string& start_output) {
+  std::smatch m;
+  if (!std::regex_search(start_output, m, std::regex("session: (\\S+)"))) return -1;
+  std::ifstream in(m[1].str() + "/gantry.pid");
+  pid_t pid = -1;
+  in >> pid;
+  return pid;
+}
+
+TEST_F(ClusterTest, DeadNodeIsDetectedAndItsActorsRestartElsewhere) {
+  std::string flags = " --node-ip-address 127.0.0.1 --num-cpus 1 --resources '{\"E\": 1}'";
+  CommandResult first = run(cli("start --address " + address_ + flags));
+  ASSERT_EQ(first.code, 0) << first.out;
+  CommandResult second = run(cli("start --address " + address_ + flags));
+  ASSERT_EQ(second.code, 0) << second.out;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(first.out, m, std::regex("gantry node ([0-9a-f]{8}) joined"))) << first.out;
+  std::string first_id = m[1].str();
+  ASSERT_TRUE(std::regex_search(second.out, m, std::regex("gantry node ([0-9a-f]{8}) joined"))) << second.out;
+  std::string second_id = m[1].str();
+
+  gantry::init({.temp_dir = temp_.string(), .address = address_});
+  auto tally = gantry::actor(Tally::create).options({.resources = {{"E", 1}}, .max_restarts = 1}).remote(0);
+  std::string before = tally.task(&Tally::node).remote().get();
+  EXPECT_EQ(before.substr(0, 4) + before.substr(16, 4), first_id);
+
+  pid_t victim = node_pid(first.out);
+  ASSERT_GT(victim, 0);
+  ASSERT_EQ(::kill(victim, SIGKILL), 0);
+  std::string status =
+      run_until(cli("status"), std::regex(first_id + " +dead"), std::chrono::seconds(10));
+  EXPECT_TRUE(std::regex_search(status, std::regex(first_id + " +dead"))) << status;
+  // Restarted on the other node that has E, with its state rebuilt by the factory.
+  std::string after = tally.task(&Tally::node).remote().get();
+  EXPECT_EQ(after.substr(0, 4) + after.substr(16, 4), second_id);
+  EXPECT_EQ(tally.task(&Tally::bump).remote().get(), 1);
+  std::string actors = run(cli("list actors")).out;
+  EXPECT_TRUE(std::regex_search(actors, std::regex("ALIVE .* 1\\n"))) << actors;
+  gantry::shutdown();
 }
 
 std::string self_exe() { return std::filesystem::read_symlink("/proc/self/exe").string(); }

@@ -52,6 +52,7 @@ struct StartOptions {
   int64_t object_store_memory = -1;
   std::string log_level = "info";
   std::vector<std::string> allowed_executables;
+  double node_timeout_s = 5;
 };
 
 // Parses a flat JSON object of numbers: {"A": 2, "B": 0.5}. Throws naming what is wrong.
@@ -162,7 +163,10 @@ int run_node(const StartOptions& o, const std::function<void(const std::string&)
     set_cluster_token(!std::getenv("GANTRY_TOKEN") || !*std::getenv("GANTRY_TOKEN") ? generate_token()
                                                                                      : std::getenv("GANTRY_TOKEN"));
     head_address = ip + ":" + std::to_string(o.port);
-    head = std::make_unique<HeadService>("0.0.0.0:" + std::to_string(o.port));
+    HealthCheckConfig health;
+    health.timeout = std::chrono::milliseconds(static_cast<int64_t>(o.node_timeout_s * 1000));
+    health.period = std::min(health.period, std::max(health.timeout / 4, std::chrono::milliseconds(50)));
+    head = std::make_unique<HeadService>("0.0.0.0:" + std::to_string(o.port), health);
     supervisor = std::make_unique<JobSupervisor>(head_address, session + "/logs");
     head->add_service(supervisor.get());
     head->start();
@@ -370,7 +374,7 @@ int status_command(const std::string& address_flag, const std::string& temp_dir)
     proto::NodeStats stats;
     grpc::ClientContext c;
     c.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-    bool up = agent->GetNodeStats(&c, proto::Empty(), &stats).ok();
+    bool up = node.alive() && agent->GetNodeStats(&c, proto::Empty(), &stats).ok();
     auto used = [&](const std::string& name) {
       if (!up) return std::string("?/") + amount(node.total(), name);
       auto total_it = stats.total().quantities().find(name);
@@ -388,7 +392,8 @@ int status_command(const std::string& address_flag, const std::string& temp_dir)
                                    " idle)"
                              : "-";
     std::printf("%-10s %-11s %-22s %-10s %-10s %-14s %-8s %s\n",
-                UniqueId::from_binary(node.node_id()).short_hex().c_str(), up ? "alive" : "unreachable",
+                UniqueId::from_binary(node.node_id()).short_hex().c_str(),
+                !node.alive() ? "dead" : up ? "alive" : "unreachable",
                 node.agent_address().c_str(), used("CPU").c_str(), used("GPU").c_str(), used("memory").c_str(),
                 workers.c_str(), other.c_str());
     if (up)
@@ -600,6 +605,7 @@ int run(int argc, char** argv) {
   start_cmd->add_option("--temp-dir", start.temp_dir, "where session directories go (default: $TMPDIR/gantry or /tmp/gantry)");
   start_cmd->add_option("--log-level", start.log_level, "trace, debug, info, warn, error or off")->capture_default_str();
   start_cmd->add_option("--allowed-executables", start.allowed_executables, "run only jobs whose executable is under one of these directories (default: any)")->delimiter(',');
+  start_cmd->add_option("--node-timeout", start.node_timeout_s, "seconds a node may miss health checks before the head declares it dead (with --head)")->capture_default_str()->check(CLI::Range(0.2, 3600.0));
   start_cmd->add_flag("--block", start.block, "stay in the foreground until interrupted instead of detaching");
 
   std::string stop_temp_dir;

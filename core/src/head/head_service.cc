@@ -31,7 +31,8 @@ std::string actor_label(const proto::ActorSpec& spec) {
 
 }  // namespace
 
-HeadService::HeadService(std::string listen_address) : address_(std::move(listen_address)) {}
+HeadService::HeadService(std::string listen_address, HealthCheckConfig health)
+    : address_(std::move(listen_address)), health_(health) {}
 
 HeadService::~HeadService() { stop(); }
 
@@ -43,16 +44,22 @@ void HeadService::start() {
   for (grpc::Service* service : extra_services_) builder.RegisterService(service);
   server_ = builder.BuildAndStart();
   if (!server_) throw Error("head cannot listen on " + address_);
+  health_thread_ = std::thread([this] { health_loop(); });
 }
 
 void HeadService::stop() {
   {
-    std::unique_lock<std::mutex> lock(mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     if (stopping_ && calls_in_flight_ == 0 && !server_) return;
     stopping_ = true;
     cv_.notify_all();
-    // Placement callbacks reference `this`; wait for them (their calls fail fast once
-    // the agents are gone).
+  }
+  // No new health probes after this.
+  if (health_thread_.joinable()) health_thread_.join();
+  {
+    // Placement and probe callbacks reference `this`; wait for them (their calls fail
+    // fast once the agents are gone).
+    std::unique_lock<std::mutex> lock(mu_);
     cv_.wait_for(lock, std::chrono::seconds(5), [this] { return calls_in_flight_ == 0; });
   }
   if (server_) {
@@ -83,6 +90,8 @@ grpc::Status HeadService::RegisterNode(grpc::ServerContext* ctx, const proto::Re
   GANTRY_LOG_INFO("node {} registered at {} with {}", id.short_hex(), node.agent_address,
                   node.shape->total().to_string());
   node.registered = next_registration_++;
+  node.alive = true;
+  node.last_seen = std::chrono::steady_clock::now();
   nodes_[id] = std::move(node);
   return grpc::Status::OK;
 }
@@ -96,7 +105,7 @@ const HeadService::Node* HeadService::pick_node_locked(const ResourceSet& resour
   // earliest nodes (the head's own first).
   const Node* best = nullptr;
   for (const auto& [id, node] : nodes_) {
-    std::string why = node.shape->infeasible_reason(resources);
+    std::string why = node.alive ? node.shape->infeasible_reason(resources) : "needs a node that is alive";
     if (!why.empty()) {
       *reason = why;
       continue;
@@ -340,29 +349,87 @@ grpc::Status HeadService::ReportWorkerFailure(grpc::ServerContext* ctx, const pr
   GANTRY_REQUIRE_TOKEN(ctx);
   UniqueId worker = UniqueId::from_binary(req->worker_id());
   std::vector<std::function<void()>> starts;
-  std::unique_lock<std::mutex> lock(mu_);
-  for (auto& [id, actor] : actors_) {
-    if (actor.worker_id != worker || actor.info.state() == proto::ActorInfo::DEAD) continue;
-    actor.worker_id = UniqueId();
-    actor.info.set_address("");
-    int max = actor.spec.max_restarts();
-    if (!actor.killed && !stopping_ && (max < 0 || actor.info.num_restarts() < max)) {
-      actor.info.set_num_restarts(actor.info.num_restarts() + 1);
-      actor.info.set_state(proto::ActorInfo::RESTARTING);
-      GANTRY_LOG_INFO("restarting actor {} ({} of {}): {}", actor_label(actor.spec), actor.info.num_restarts(),
-                      max < 0 ? std::string("unlimited") : std::to_string(max), req->reason());
-      if (auto start = place_actor_locked(actor)) starts.push_back(std::move(start));
-    } else {
-      mark_dead_locked(actor, make_error(proto::ErrorInfo::ACTOR_DIED,
-                                         "actor " + actor_label(actor.spec) + " died: " + req->reason() +
-                                             (actor.killed ? "" : "; no restarts left (max_restarts = " +
-                                                                      std::to_string(max) + ")")));
-    }
-    cv_.notify_all();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [id, actor] : actors_)
+      if (actor.worker_id == worker && actor.info.state() != proto::ActorInfo::DEAD)
+        actor_failed_locked(actor, req->reason(), starts);
   }
-  lock.unlock();
   for (auto& start : starts) start();
   return grpc::Status::OK;
+}
+
+void HeadService::actor_failed_locked(Actor& actor, const std::string& reason,
+                                      std::vector<std::function<void()>>& starts) {
+  actor.worker_id = UniqueId();
+  actor.info.set_address("");
+  int max = actor.spec.max_restarts();
+  if (!actor.killed && !stopping_ && (max < 0 || actor.info.num_restarts() < max)) {
+    actor.info.set_num_restarts(actor.info.num_restarts() + 1);
+    actor.info.set_state(proto::ActorInfo::RESTARTING);
+    GANTRY_LOG_INFO("restarting actor {} ({} of {}): {}", actor_label(actor.spec), actor.info.num_restarts(),
+                    max < 0 ? std::string("unlimited") : std::to_string(max), reason);
+    if (auto start = place_actor_locked(actor)) starts.push_back(std::move(start));
+  } else {
+    mark_dead_locked(actor, make_error(proto::ErrorInfo::ACTOR_DIED,
+                                       "actor " + actor_label(actor.spec) + " died: " + reason +
+                                           (actor.killed ? "" : "; no restarts left (max_restarts = " +
+                                                                    std::to_string(max) + ")")));
+  }
+  cv_.notify_all();
+}
+
+void HeadService::health_loop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stopping_) {
+    cv_.wait_for(lock, health_.period);
+    if (stopping_) break;
+    // Ask every live node at once; each answer (or failure) lands in the table.
+    std::vector<std::pair<UniqueId, std::shared_ptr<proto::NodeAgent::Stub>>> probes;
+    for (const auto& [id, node] : nodes_)
+      if (node.alive) probes.emplace_back(id, node.agent);
+    lock.unlock();
+    for (const auto& [id, agent] : probes) {
+      struct Probe {
+        grpc::ClientContext ctx;
+        proto::Empty request;
+        proto::NodeStats reply;
+      };
+      auto probe = std::make_shared<Probe>();
+      probe->ctx.set_deadline(std::chrono::system_clock::now() + health_.period);
+      {
+        std::lock_guard<std::mutex> guard(mu_);
+        ++calls_in_flight_;
+      }
+      UniqueId node_id = id;
+      agent->async()->GetNodeStats(&probe->ctx, &probe->request, &probe->reply, [this, probe, node_id](grpc::Status s) {
+        std::lock_guard<std::mutex> guard(mu_);
+        auto it = nodes_.find(node_id);
+        if (s.ok() && it != nodes_.end()) it->second.last_seen = std::chrono::steady_clock::now();
+        --calls_in_flight_;
+        cv_.notify_all();
+      });
+    }
+    lock.lock();
+    auto now = std::chrono::steady_clock::now();
+    std::vector<std::function<void()>> starts;
+    for (auto& [id, node] : nodes_) {
+      if (!node.alive || now - node.last_seen < health_.timeout) continue;
+      node.alive = false;
+      std::string why = "node " + id.short_hex() + " (" + node.agent_address + ") stopped answering health checks for " +
+                        std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(now - node.last_seen).count()) +
+                        " ms and is considered dead";
+      GANTRY_LOG_WARN("{}", why);
+      for (auto& [actor_id, actor] : actors_)
+        if (actor.node_agent == node.agent_address && actor.info.state() != proto::ActorInfo::DEAD)
+          actor_failed_locked(actor, why, starts);
+    }
+    if (!starts.empty()) {
+      lock.unlock();
+      for (auto& start : starts) start();
+      lock.lock();
+    }
+  }
 }
 
 grpc::Status HeadService::ListActors(grpc::ServerContext* ctx, const proto::Empty*, proto::ListActorsReply* reply) {
@@ -490,7 +557,7 @@ grpc::Status HeadService::ListNodes(grpc::ServerContext* ctx, const proto::Empty
     *info->mutable_total() = node.total;
     info->set_num_gpus(node.num_gpus);
     info->set_hostname(node.hostname);
-    info->set_alive(true);
+    info->set_alive(node.alive);
   }
   return grpc::Status::OK;
 }

@@ -1,10 +1,12 @@
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -23,9 +25,16 @@ namespace gantry::internal {
 ///
 /// All tables live behind one mutex (`mu_`). Actor placement runs asynchronously on gRPC
 /// callback threads: lease from an agent, then CreateActor on the leased worker.
+/// How the head decides a node is dead: it asks every node for its stats each `period`;
+/// one that has not answered for `timeout` is dead.
+struct HealthCheckConfig {
+  std::chrono::milliseconds period{1000};
+  std::chrono::milliseconds timeout{5000};
+};
+
 class HeadService final : public proto::Head::Service {
  public:
-  explicit HeadService(std::string listen_address);
+  explicit HeadService(std::string listen_address, HealthCheckConfig health = {});
   ~HeadService() override;
 
   /// Serves `service` (not owned; it must outlive stop()) on the head's port too. Before start().
@@ -57,6 +66,8 @@ class HeadService final : public proto::Head::Service {
     proto::Resources total;
     int num_gpus = 0;
     uint64_t registered = 0;  // registration order, for listing
+    bool alive = true;
+    std::chrono::steady_clock::time_point last_seen;  // last answered health check
     std::unique_ptr<NodeResources> shape;  // totals only, for feasibility checks
     std::shared_ptr<proto::NodeAgent::Stub> agent;
   };
@@ -77,12 +88,18 @@ class HeadService final : public proto::Head::Service {
   void on_actor_created(const ActorId& id, uint64_t placement, const grpc::Status& status,
                         const proto::CreateActorReply& reply);
   void mark_dead_locked(Actor& actor, const proto::ErrorInfo& cause);
+  // The actor's process or node is gone: restart it if its policy allows, else it is dead.
+  // Placements to start after unlocking go to `starts`.
+  void actor_failed_locked(Actor& actor, const std::string& reason, std::vector<std::function<void()>>& starts);
+  void health_loop();
   // Picks a node whose totals can hold `resources`; empty reason when found.
   const Node* pick_node_locked(const ResourceSet& resources, std::string* infeasible_reason) const;
   void kill_worker(const std::string& agent_address, const UniqueId& worker_id);
 
   const std::string address_;
+  const HealthCheckConfig health_;
   std::vector<grpc::Service*> extra_services_;
+  std::thread health_thread_;
   ChannelCache channels_;
   std::unique_ptr<grpc::Server> server_;
 
