@@ -99,7 +99,7 @@ class ClusterTest : public ::testing::Test {
     port_ = free_port();
     address_ = "127.0.0.1:" + std::to_string(port_);
     CommandResult head = run(std::string(GANTRY_CLI_PATH) + " start --head --node-ip-address 127.0.0.1 --port " +
-                   std::to_string(port_) + " --num-cpus 2 --num-gpus 2 --node-timeout 1 --temp-dir " + temp_.string());
+                   std::to_string(port_) + " --num-cpus 2 --num-gpus 2 --node-timeout 2 --temp-dir " + temp_.string());
     head_output_ = head.out;
     head_code_ = head.code;
   }

@@ -44,7 +44,7 @@ void HeadService::start() {
   for (grpc::Service* service : extra_services_) builder.RegisterService(service);
   server_ = builder.BuildAndStart();
   if (!server_) throw Error("head cannot listen on " + address_);
-  health_thread_ = std::thread([this] { health_loop(); });
+  if (health_.enabled) health_thread_ = std::thread([this] { health_loop(); });
 }
 
 void HeadService::stop() {
@@ -256,6 +256,16 @@ void HeadService::on_actor_created(const ActorId& id, uint64_t placement, const 
   Actor& actor = it->second;
   if (actor.info.state() == proto::ActorInfo::DEAD) return;
   if (status.ok() && reply.ok()) {
+    bool node_alive = false;
+    for (const auto& [node_id, node] : nodes_) node_alive |= node.agent_address == actor.node_agent && node.alive;
+    if (!node_alive) {
+      // Its node was declared dead while the actor started there: start it elsewhere.
+      std::vector<std::function<void()>> starts;
+      actor_failed_locked(actor, "its node " + actor.node_agent + " was declared dead while it started", starts);
+      lock.unlock();
+      for (auto& start : starts) start();
+      return;
+    }
     actor.info.set_state(proto::ActorInfo::ALIVE);
     GANTRY_LOG_DEBUG("actor {} alive at {}", actor_label(actor.spec), actor.info.address());
     cv_.notify_all();
@@ -396,7 +406,8 @@ void HeadService::health_loop() {
         proto::NodeStats reply;
       };
       auto probe = std::make_shared<Probe>();
-      probe->ctx.set_deadline(std::chrono::system_clock::now() + health_.period);
+      // A slow answer still counts if it comes within the timeout (probes may overlap).
+      probe->ctx.set_deadline(std::chrono::system_clock::now() + health_.timeout);
       {
         std::lock_guard<std::mutex> guard(mu_);
         ++calls_in_flight_;

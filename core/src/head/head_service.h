@@ -28,6 +28,7 @@ namespace gantry::internal {
 /// How the head decides a node is dead: it asks every node for its stats each `period`;
 /// one that has not answered for `timeout` is dead.
 struct HealthCheckConfig {
+  bool enabled = true;  // off for the embedded cluster, whose one agent lives in the same process
   std::chrono::milliseconds period{1000};
   std::chrono::milliseconds timeout{5000};
 };

@@ -135,7 +135,7 @@ std::unique_ptr<LocalCluster> LocalCluster::start(const InitOptions& options, co
 
   write_token_file(c->session_dir_ + "/token", cluster_token());
   std::string sockets = c->session_dir_ + "/sockets";
-  c->head_ = std::make_unique<HeadService>(unix_address(sockets + "/head.sock"));
+  c->head_ = std::make_unique<HeadService>(unix_address(sockets + "/head.sock"), HealthCheckConfig{.enabled = false});
   c->head_->start();
   register_job(c->head_->address(),
                make_job_spec(c->job_id_, argv, unix_address(sockets + "/driver.sock"), options.log_level,
