@@ -1,5 +1,9 @@
 #include "object_store/object_store.h"
 
+#include <signal.h>
+
+#include <cerrno>
+
 #include <unistd.h>
 
 #include <system_error>
@@ -20,6 +24,24 @@ std::string human_bytes(uint64_t n) {
 uint64_t physical_memory_bytes() {
   long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
   return pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) : 0;
+}
+
+size_t remove_stale_store_dirs(const std::filesystem::path& root) {
+  size_t removed = 0;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(root, ec)) {
+    std::string name = entry.path().filename().string();
+    if (name.rfind("gantry_", 0) != 0 || !entry.is_directory(ec)) continue;
+    size_t end = name.find('_', 7);
+    if (end == std::string::npos || end == 7) continue;
+    std::string digits = name.substr(7, end - 7);
+    if (digits.find_first_not_of("0123456789") != std::string::npos || digits.size() > 9) continue;
+    pid_t pid = static_cast<pid_t>(std::stol(digits));
+    if (pid <= 0 || ::kill(pid, 0) == 0 || errno != ESRCH) continue;
+    std::filesystem::remove_all(entry.path(), ec);
+    if (!ec) ++removed;
+  }
+  return removed;
 }
 
 ObjectStore::ObjectStore(std::filesystem::path dir, uint64_t capacity_bytes)

@@ -64,4 +64,9 @@ class ObjectStore {
 /// Bytes of physical memory.
 uint64_t physical_memory_bytes();
 
+/// Removes store directories under `root` named `gantry_<pid>_...` whose process is gone
+/// (an agent killed before it could clean up). Returns how many went. A pid that is alive,
+/// even as another program, keeps its directory.
+size_t remove_stale_store_dirs(const std::filesystem::path& root);
+
 }  // namespace gantry::internal

@@ -1,10 +1,12 @@
 #include "object_store/object_store.h"
 
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 
 #include "gantry/errors.h"
 #include "object_store/shm_object.h"
@@ -113,4 +115,23 @@ TEST(ObjectStore, DestructionRemovesTheDirectory) {
 }
 
 }  // namespace
+TEST(ObjectStoreTest, StaleStoreDirectoriesOfDeadAgentsAreRemoved) {
+  auto root = std::filesystem::temp_directory_path() / ("gantry_stale_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(root);
+  // A pid that is not running: a child that has exited and been reaped.
+  pid_t dead = ::fork();
+  if (dead == 0) std::_Exit(0);
+  ::waitpid(dead, nullptr, 0);
+  auto stale = root / ("gantry_" + std::to_string(dead) + "_0a0b0c0d");
+  auto live = root / ("gantry_" + std::to_string(::getpid()) + "_0a0b0c0d");
+  auto other = root / "gantry_notapid_x";
+  for (const auto& d : {stale, live, other}) std::filesystem::create_directories(d);
+  std::ofstream(stale / "obj") << "bytes";
+  EXPECT_EQ(gantry::internal::remove_stale_store_dirs(root), 1u);
+  EXPECT_FALSE(std::filesystem::exists(stale));
+  EXPECT_TRUE(std::filesystem::exists(live));
+  EXPECT_TRUE(std::filesystem::exists(other));
+  std::filesystem::remove_all(root);
+}
+
 }  // namespace gantry::internal
