@@ -321,7 +321,7 @@ TEST_F(ClusterTest, JobSubmitRunsAProgramAsADriverAndKeepsItsOutput) {
   EXPECT_NE(logs.find("sleeping"), std::string::npos) << logs;
   CommandResult stop = run(cli("job stop " + id));
   EXPECT_EQ(stop.code, 0) << stop.out;
-  EXPECT_NE(stop.out.find("stopped"), std::string::npos) << stop.out;
+  EXPECT_EQ(stop.out, id + " stopped\n");
 
   std::string list = run(cli("job list")).out;
   EXPECT_TRUE(std::regex_search(list, std::regex("SUCCEEDED +0 .*--job-main 20 22"))) << list;

@@ -321,8 +321,12 @@ std::string amount(const proto::Resources& r, const std::string& name) {
   auto it = r.quantities().find(name);
   double v = it == r.quantities().end() ? 0 : static_cast<double>(it->second) / 10000.0;
   std::ostringstream s;
-  if (name == "memory") s.precision(3), s << v / (1024.0 * 1024 * 1024);
-  else s << v;
+  if (name == "memory") {
+    s.precision(3);
+    s << v / (1024.0 * 1024 * 1024);  // GiB
+  } else {
+    s << v;
+  }
   return s.str();
 }
 
@@ -438,6 +442,13 @@ proto::ListSubmissionsReply list_submissions(proto::JobService::Stub& jobs, cons
   return all;
 }
 
+proto::Submission find_submission(proto::JobService::Stub& jobs, const std::string& address, const std::string& id) {
+  proto::ListSubmissionsReply all = list_submissions(jobs, address);
+  for (const auto& sub : all.submissions())
+    if (sub.id() == id) return sub;
+  throw Error("job " + id + " is not known to the head at " + address + " (see `gantry job list`)");
+}
+
 // Prints the job's log from `offset`; with `follow`, until the job ends. Returns the
 // job's state at the end.
 proto::Submission print_logs(proto::JobService::Stub& jobs, const std::string& address, const std::string& id,
@@ -458,10 +469,7 @@ proto::Submission print_logs(proto::JobService::Stub& jobs, const std::string& a
     if (!follow || logs.ended()) break;
     if (logs.text().empty()) std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
-  proto::ListSubmissionsReply all = list_submissions(jobs, address);
-  for (const auto& sub : all.submissions())
-    if (sub.id() == id) return sub;
-  throw Error("job " + id + " is no longer known to the head");
+  return find_submission(jobs, address, id);
 }
 
 struct JobCommand {
@@ -537,9 +545,7 @@ int job_stop(const JobCommand& c) {
   // Wait for it to go (the head kills it after a grace period).
   for (int i = 0; i < 100; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    proto::Submission now = print_logs(*jobs, address, c.id, false);  // also refreshes the state
-    (void)now;
-    if (now.status() != proto::Submission::RUNNING) {
+    if (find_submission(*jobs, address, c.id).status() != proto::Submission::RUNNING) {
       std::cout << c.id << " stopped\n";
       return 0;
     }
