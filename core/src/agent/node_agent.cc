@@ -52,7 +52,6 @@ void NodeAgent::start() {
   if (config_.listen_address.size() > 2 &&
       config_.listen_address.compare(config_.listen_address.size() - 2, 2, ":0") == 0) {
     config_.listen_address.replace(config_.listen_address.size() - 1, 1, std::to_string(port));
-    config_.worker_environment["GANTRY_AGENT_ADDRESS"] = config_.listen_address;
     pool_->set_node_setting("GANTRY_AGENT_ADDRESS", config_.listen_address);
   }
 
@@ -417,7 +416,7 @@ grpc::Status NodeAgent::JobFinished(grpc::ServerContext* ctx, const proto::JobRe
   if (job_id.is_nil()) return {grpc::StatusCode::INVALID_ARGUMENT, "job id must be 16 bytes"};
   std::unique_lock<std::mutex> lock(mu_);
   jobs_.erase(job_id);
-  finished_jobs_[job_id] = true;
+  finished_jobs_.insert(job_id);
   // SIGTERM first: a worker then sends the driver the output it still holds, and exits.
   std::vector<UniqueId> stopping;
   for (auto& [id, w] : workers_)

@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "agent/worker_pool.h"
 #include "gantry/agent.grpc.pb.h"
@@ -119,7 +120,7 @@ class NodeAgent final : public proto::NodeAgent::Service {
   std::unordered_map<UniqueId, Worker> workers_;
   std::unordered_map<uint64_t, Lease> leases_;
   std::unordered_map<UniqueId, WorkerLaunchSpec> jobs_;  // jobs whose workers may start here
-  std::unordered_map<UniqueId, bool> finished_jobs_;     // never start workers for these again
+  std::unordered_set<UniqueId> finished_jobs_;           // never start workers for these again
   std::deque<std::shared_ptr<PendingLease>> pending_;
   uint64_t next_lease_id_ = 1;
   int consecutive_start_failures_ = 0;

@@ -135,15 +135,6 @@ void write_file(const std::string& path, const std::string& text) {
   if (!out) throw Error("cannot write " + path);
 }
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  std::string text = s.str();
-  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
-  return text;
-}
-
 volatile sig_atomic_t g_stop = 0;
 void on_stop_signal(int) { g_stop = 1; }
 
@@ -276,7 +267,7 @@ std::vector<std::pair<pid_t, std::string>> local_processes(const std::string& ro
   std::string self = std::filesystem::read_symlink("/proc/self/exe", ec).string();
   for (const auto& entry : std::filesystem::directory_iterator(root, ec)) {
     if (entry.is_symlink()) continue;
-    std::string pid_text = read_file((entry.path() / "gantry.pid").string());
+    std::string pid_text = read_small_file(entry.path() / "gantry.pid");
     if (pid_text.empty()) continue;
     pid_t pid = static_cast<pid_t>(std::atoi(pid_text.c_str()));
     if (pid <= 0 || pid == ::getpid()) continue;

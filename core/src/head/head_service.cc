@@ -77,7 +77,6 @@ grpc::Status HeadService::RegisterNode(grpc::ServerContext* ctx, const proto::Re
   node.id = id;
   node.agent_address = req->agent_address();
   node.hostname = req->hostname();
-  node.total = req->total();
   node.num_gpus = req->num_gpus();
   if (node.agent_address.empty()) return {grpc::StatusCode::INVALID_ARGUMENT, "a node must give its agent's address"};
   try {
@@ -479,8 +478,7 @@ grpc::Status HeadService::RegisterJob(grpc::ServerContext* ctx, const proto::Job
   if (jobs_.count(id)) return {grpc::StatusCode::ALREADY_EXISTS, "job " + id.hex() + " is registered already"};
   proto::JobSpec job = *req;
   job.set_state(proto::JobSpec::RUNNING);
-  job.set_start_time_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
-                            std::chrono::system_clock::now().time_since_epoch()).count());
+  job.set_start_time_ms(unix_time_ms());
   job.set_end_time_ms(0);
   GANTRY_LOG_INFO("job {} started: {} (driver {})", id.short_hex(), job.executable(), job.driver_address());
   jobs_.emplace(id, std::move(job));
@@ -506,8 +504,7 @@ grpc::Status HeadService::FinishJob(grpc::ServerContext* ctx, const proto::JobRe
     if (it == jobs_.end()) return {grpc::StatusCode::NOT_FOUND, "no such job"};
     if (it->second.state() == proto::JobSpec::FINISHED) return grpc::Status::OK;
     it->second.set_state(proto::JobSpec::FINISHED);
-    it->second.set_end_time_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                   std::chrono::system_clock::now().time_since_epoch()).count());
+    it->second.set_end_time_ms(unix_time_ms());
     // The job's actors go with it (their processes are the job's workers).
     for (auto& [actor_id, actor] : actors_)
       if (actor.spec.job_id() == req->job_id() && actor.info.state() != proto::ActorInfo::DEAD) {
@@ -565,7 +562,7 @@ grpc::Status HeadService::ListNodes(grpc::ServerContext* ctx, const proto::Empty
     proto::NodeInfo* info = reply->add_nodes();
     info->set_node_id(id.binary());
     info->set_agent_address(node.agent_address);
-    *info->mutable_total() = node.total;
+    *info->mutable_total() = to_proto(node.shape->total());
     info->set_num_gpus(node.num_gpus);
     info->set_hostname(node.hostname);
     info->set_alive(node.alive);

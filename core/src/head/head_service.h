@@ -64,7 +64,6 @@ class HeadService final : public proto::Head::Service {
     UniqueId id;
     std::string agent_address;
     std::string hostname;
-    proto::Resources total;
     int num_gpus = 0;
     uint64_t registered = 0;  // registration order, for listing
     bool alive = true;

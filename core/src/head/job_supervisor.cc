@@ -14,17 +14,13 @@
 #include "common/process.h"
 #include "gantry/ids.h"
 #include "rpc/auth.h"
+#include "rpc/grpc_util.h"
 
 namespace gantry::internal {
 namespace {
 
 constexpr size_t kMaxLogChunk = 1 << 20;
 constexpr auto kStopGrace = std::chrono::seconds(3);
-
-int64_t now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 }  // namespace
 
@@ -96,7 +92,7 @@ grpc::Status JobSupervisor::SubmitJob(grpc::ServerContext* ctx, const proto::Sub
   e.info.set_id(id);
   *e.info.mutable_entrypoint() = req->entrypoint();
   e.info.set_status(proto::Submission::RUNNING);
-  e.info.set_start_time_ms(now_ms());
+  e.info.set_start_time_ms(unix_time_ms());
   e.info.set_pid(pid);
   e.info.set_working_dir(cwd);
   e.log_path = log_path;
@@ -172,7 +168,7 @@ void JobSupervisor::monitor_loop() {
         if (e.stop_requested && std::chrono::steady_clock::now() >= e.stop_deadline) ::kill(-e.info.pid(), SIGKILL);
         continue;
       }
-      e.info.set_end_time_ms(now_ms());
+      e.info.set_end_time_ms(unix_time_ms());
       if (r < 0) {
         e.info.set_status(proto::Submission::FAILED);
         e.info.set_message("lost track of the process: " + std::string(std::strerror(errno)));

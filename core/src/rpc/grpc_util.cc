@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <chrono>
+
 #include "gantry/errors.h"
 #include "rpc/auth.h"
 
@@ -72,6 +74,11 @@ void throw_error(const proto::ErrorInfo& e) {
 }
 
 std::string unix_address(const std::string& path) { return "unix:" + path; }
+
+int64_t unix_time_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
 
 std::string host_name() {
   char name[256] = {};

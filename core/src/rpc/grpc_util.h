@@ -43,6 +43,9 @@ proto::ErrorInfo make_error(proto::ErrorInfo::Kind kind, const std::string& mess
 /// "unix:" + path.
 std::string unix_address(const std::string& path);
 
+/// Milliseconds since the Unix epoch (for times shown to users).
+int64_t unix_time_ms();
+
 /// This machine's host name (gethostname), or "localhost" when it has none.
 std::string host_name();
 

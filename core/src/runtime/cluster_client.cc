@@ -15,8 +15,6 @@
 #include "rpc/grpc_util.h"
 
 namespace gantry::internal {
-namespace {
-
 std::string read_small_file(const std::filesystem::path& path) {
   std::ifstream in(path);
   std::stringstream text;
@@ -25,6 +23,8 @@ std::string read_small_file(const std::filesystem::path& path) {
   while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
   return s;
 }
+
+namespace {
 
 // Session directories under `root` that a `gantry start --head` wrote, newest first.
 std::vector<std::filesystem::path> head_sessions(const std::string& root) {

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,10 @@ struct LocalNode {
   UniqueId node_id;
   std::string agent_address;
 };
+
+/// A small file's text without trailing newlines and spaces (a pid, an address, the
+/// token); empty when it cannot be read.
+std::string read_small_file(const std::filesystem::path& path);
 
 /// The root under which sessions live: `temp_dir`, else $TMPDIR/gantry or /tmp/gantry.
 std::string session_root(const std::string& temp_dir);
