@@ -17,6 +17,7 @@
 #include <iostream>
 #include <sstream>
 #include <regex>
+#include <set>
 #include <string>
 #include <thread>
 
@@ -35,6 +36,28 @@ int shout(std::string word) {
   return 1;
 }
 GANTRY_REMOTE(shout);
+
+// Holds its CPUs for `ms`, then says where it ran.
+std::string busy_where(int ms) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+  return gantry::runtime_context().node_id;
+}
+GANTRY_REMOTE(busy_where);
+
+// Large values (above the inline threshold) live in node stores and cross between nodes.
+std::vector<double> ramp(int n, double step) {
+  std::vector<double> v(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) v[static_cast<size_t>(i)] = i * step;
+  return v;
+}
+GANTRY_REMOTE(ramp);
+
+double total(const std::vector<double>& v) {
+  double sum = 0;
+  for (double x : v) sum += x;
+  return sum;
+}
+GANTRY_REMOTE(total);
 
 class Tally {
  public:
@@ -88,6 +111,25 @@ std::string run_until(const std::string& command, const std::regex& pattern, std
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   } while (std::chrono::steady_clock::now() < deadline);
   return out;
+}
+
+// The pid `gantry start` left in the session directory it printed.
+pid_t node_pid(const std::string& start_output) {
+  std::smatch m;
+  if (!std::regex_search(start_output, m, std::regex("session: (\\S+)"))) return -1;
+  std::ifstream in(m[1].str() + "/gantry.pid");
+  pid_t pid = -1;
+  in >> pid;
+  return pid;
+}
+
+// The 8-hex short id `gantry start` prints for a node, from a full node id.
+std::string short_id(const std::string& node_id) { return node_id.substr(0, 4) + node_id.substr(16, 4); }
+
+std::string joined_id(const std::string& start_output) {
+  std::smatch m;
+  if (!std::regex_search(start_output, m, std::regex("gantry node ([0-9a-f]{8}) joined"))) return {};
+  return m[1].str();
 }
 
 class ClusterTest : public ::testing::Test {
@@ -227,6 +269,11 @@ TEST_F(ClusterTest, NodeRefusesExecutablesOutsideItsAllowedDirectories) {
     EXPECT_NE(std::string(e.what()).find("--allowed-executables"), std::string::npos) << e.what();
   }
   gantry::shutdown();
+  // Later tests spread work over the cluster: take this node out of it.
+  std::string id = joined_id(node.out);
+  ASSERT_EQ(::kill(node_pid(node.out), SIGKILL), 0);
+  std::string status = run_until(cli("status"), std::regex(id + " +dead"), std::chrono::seconds(10));
+  EXPECT_TRUE(std::regex_search(status, std::regex(id + " +dead"))) << status;
 }
 
 TEST_F(ClusterTest, WrongTokenIsRefused) {
@@ -249,16 +296,6 @@ TEST_F(ClusterTest, BadCommandLinesExitWithTheUsageCode) {
   EXPECT_NE(help.out.find("--num-gpus"), std::string::npos) << help.out;
   // A driver given an address nobody serves fails with a clear error.
   EXPECT_THROW(gantry::init({.temp_dir = temp_.string(), .address = "127.0.0.1:1"}), gantry::Error);
-}
-
-// The pid `gantry start` left in the session directory it printed.
-pid_t node_pid(const std::string& start_output) {
-  std::smatch m;
-  if (!std::regex_search(start_output, m, std::regex("session: (\\S+)"))) return -1;
-  std::ifstream in(m[1].str() + "/gantry.pid");
-  pid_t pid = -1;
-  in >> pid;
-  return pid;
 }
 
 TEST_F(ClusterTest, DeadNodeIsDetectedAndItsActorsRestartElsewhere) {
@@ -343,6 +380,94 @@ TEST_F(ClusterTest, ListActorsShowsNamedActors) {
   EXPECT_EQ(tally.task(&Tally::bump).remote().get(), 2);
   std::string actors = run(cli("list actors")).out;
   EXPECT_TRUE(std::regex_search(actors, std::regex("ALIVE +.*listed"))) << actors;
+  gantry::shutdown();
+}
+
+TEST_F(ClusterTest, WorkSpillsToANodeWithRoomAndObjectsCrossBetweenNodes) {
+  CommandResult node =
+      run(cli("start --address " + address_ + " --node-ip-address 127.0.0.1 --num-cpus 2 --resources '{\"S\": 2}'"));
+  ASSERT_EQ(node.code, 0) << node.out;
+  std::string s_node = joined_id(node.out);
+  gantry::init({.temp_dir = temp_.string(), .address = address_});
+  std::string here = short_id(gantry::runtime_context().node_id);
+
+  // Each takes two CPUs: the head's node holds one at a time, so the other spills.
+  auto a = gantry::task(busy_where).options({.num_cpus = 2}).remote(1500);
+  auto b = gantry::task(busy_where).options({.num_cpus = 2}).remote(1500);
+  std::set<std::string> ran = {short_id(a.get()), short_id(b.get())};
+  EXPECT_EQ(ran.size(), 2u) << "both ran on one node";
+
+  // Driver (head's node) -> S: a put object as an argument.
+  const int n = 1 << 20;  // 8 MiB of doubles
+  auto big = gantry::put(ramp(n, 0.5));
+  double expected = 0.5 * (double(n) * (n - 1) / 2);
+  EXPECT_DOUBLE_EQ(gantry::task(total).options({.resources = {{"S", 1}}}).remote(big).get(), expected);
+  // S -> driver: a result made there; and S -> a task on the head's node, by reference.
+  auto made = gantry::task(ramp).options({.resources = {{"S", 1}}}).remote(n, 2.0);
+  std::vector<double> back = made.get();
+  ASSERT_EQ(back.size(), static_cast<size_t>(n));
+  EXPECT_EQ(back[12345], 12345 * 2.0);
+  auto on_head = gantry::task(total).options({.scheduling = gantry::SchedulingStrategy::node_affinity(
+                                                  gantry::runtime_context().node_id)});
+  EXPECT_DOUBLE_EQ(on_head.remote(made).get(), 4 * expected);
+  gantry::shutdown();
+  // Those crossed as copies between the nodes' stores, not through a shared file.
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(node.out, m, std::regex("session: (\\S+)")));
+  std::ifstream log(m[1].str() + "/logs/gantry.log");
+  std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+  EXPECT_TRUE(std::regex_search(text, std::regex("pulled object [0-9a-f]+ \\(8.0 MiB\\) from node"))) << text;
+}
+
+TEST_F(ClusterTest, SchedulingStrategiesPlaceWorkWhereAsked) {
+  gantry::init({.temp_dir = temp_.string(), .address = address_});
+  std::vector<gantry::NodeInfo> nodes = gantry::nodes();
+  ASSERT_GE(nodes.size(), 2u);
+  std::string other;
+  for (const auto& n : nodes)
+    if (n.alive && n.node_id != gantry::runtime_context().node_id && n.resources.count("CPU")) other = n.node_id;
+  ASSERT_FALSE(other.empty());
+
+  // Hard affinity: exactly there, for tasks and actors.
+  auto pinned = gantry::SchedulingStrategy::node_affinity(other);
+  EXPECT_EQ(gantry::task(busy_where).options({.scheduling = pinned}).remote(0).get(), other);
+  auto tally = gantry::actor(Tally::create).options({.scheduling = pinned}).remote(0);
+  EXPECT_EQ(tally.task(&Tally::node).remote().get(), other);
+
+  // A node that does not exist: hard fails at once, soft runs anyway.
+  std::string nowhere(32, 'f');
+  EXPECT_THROW(gantry::task(busy_where)
+                   .options({.scheduling = gantry::SchedulingStrategy::node_affinity(nowhere)})
+                   .remote(0)
+                   .get(),
+               gantry::InfeasibleError);
+  EXPECT_THROW(gantry::actor(Tally::create)
+                   .options({.scheduling = gantry::SchedulingStrategy::node_affinity(nowhere)})
+                   .remote(0),
+               gantry::InfeasibleError);
+  EXPECT_EQ(gantry::task(busy_where)
+                .options({.scheduling = gantry::SchedulingStrategy::node_affinity(nowhere, /*soft=*/true)})
+                .remote(0)
+                .get()
+                .size(),
+            32u);
+  EXPECT_THROW(gantry::task(busy_where).options({.scheduling = gantry::SchedulingStrategy::node_affinity("x")}).remote(0),
+               gantry::Error);
+
+  // Spread: consecutive tasks go to different nodes, though the first has room for all.
+  std::set<std::string> spread;
+  for (int i = 0; i < 4; ++i)
+    spread.insert(
+        gantry::task(busy_where).options({.num_cpus = 0.5, .scheduling = gantry::SchedulingStrategy::spread()})
+            .remote(0)
+            .get());
+  EXPECT_GE(spread.size(), 2u);
+  std::set<std::string> spread_actors;
+  for (int i = 0; i < 2; ++i) {
+    auto t = gantry::actor(Tally::create).options({.scheduling = gantry::SchedulingStrategy::spread()}).remote(0);
+    spread_actors.insert(t.task(&Tally::node).remote().get());
+  }
+  EXPECT_EQ(spread_actors.size(), 2u);
   gantry::shutdown();
 }
 

@@ -41,6 +41,9 @@ bool is_initialized();
 std::vector<int> get_gpu_ids();
 /// Node, worker, job and assigned resources of the running task or actor, or the driver.
 RuntimeContext runtime_context();
+/// The cluster's nodes, alive and dead, in the order they joined (the embedded cluster
+/// has one). Their ids are what SchedulingStrategy::node_affinity takes.
+std::vector<NodeInfo> nodes();
 
 namespace detail {
 

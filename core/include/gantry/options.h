@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace gantry {
@@ -30,6 +31,32 @@ struct InitOptions {
   std::string address{};
 };
 
+/// Which node a task or actor runs on.
+///
+///     .options({.scheduling = gantry::SchedulingStrategy::spread()})
+///     .options({.scheduling = gantry::SchedulingStrategy::node_affinity(id, /*soft=*/true)})
+struct SchedulingStrategy {
+  enum class Kind {
+    /// The submitting node while it has room, else the first node (in joining order)
+    /// that has room; work waits where it can eventually run.
+    kDefault,
+    /// Round robin over the nodes that have room, one after another.
+    kSpread,
+    /// On `node_id` (as `gantry::nodes()` and `runtime_context().node_id` give it). If
+    /// that node is dead or can never hold the request: with `soft`, wherever kDefault
+    /// would put it; else the submission fails with gantry::InfeasibleError.
+    kNodeAffinity,
+  };
+  Kind kind = Kind::kDefault;
+  std::string node_id{};
+  bool soft = false;
+
+  static SchedulingStrategy spread() { return {Kind::kSpread, {}, false}; }
+  static SchedulingStrategy node_affinity(std::string node_id, bool soft = false) {
+    return {Kind::kNodeAffinity, std::move(node_id), soft};
+  }
+};
+
 /// Resources and retry policy of one task. Fields are in declaration order so designated
 /// initialisers read naturally:
 ///
@@ -47,6 +74,8 @@ struct TaskOptions {
   bool retry_exceptions = false;
   /// Name shown in logs and errors instead of the registered function name.
   std::string name{};
+  /// Where it runs; see SchedulingStrategy.
+  SchedulingStrategy scheduling{};
 };
 
 /// Resources, name and restart policy of an actor.
@@ -65,6 +94,20 @@ struct ActorOptions {
   int max_restarts = 0;
   /// Times a method call in flight when the actor died is re-sent after a restart.
   int max_task_retries = 0;
+  /// Where it runs; see SchedulingStrategy.
+  SchedulingStrategy scheduling{};
+  /// A detached actor outlives the driver that made it, until `gantry::kill`. It must
+  /// have a name: later drivers find it with `gantry::get_actor<T>(name)`.
+  bool detached = false;
+};
+
+/// One node of the cluster, as `gantry::nodes()` lists it.
+struct NodeInfo {
+  std::string node_id;  ///< hex, for SchedulingStrategy::node_affinity
+  std::string address;  ///< its node agent's address
+  std::string hostname;
+  bool alive = true;
+  std::map<std::string, double> resources;  ///< totals
 };
 
 /// What a task or actor can learn about where it runs; see `gantry::runtime_context()`.

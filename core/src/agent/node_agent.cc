@@ -33,6 +33,8 @@ NodeAgent::NodeAgent(NodeAgentConfig config)
     : config_(std::move(config)), resources_(config_.total, config_.num_gpus) {
   store_ = std::make_unique<ObjectStore>(config_.store_dir, config_.store_capacity);
   head_ = proto::Head::NewStub(make_channel(config_.head_address));
+  view_ = std::make_unique<ClusterView>(head_, std::chrono::milliseconds(300));
+  transfer_ = std::make_unique<ObjectTransfer>(*store_, *view_, channels_, config_.node_id);
   pool_ = std::make_unique<WorkerPool>(
       config_.worker_environment,
       [this](const UniqueId& id, pid_t pid, const std::string& reason) { on_worker_exit(id, pid, reason); });
@@ -54,6 +56,10 @@ void NodeAgent::start() {
     config_.listen_address.replace(config_.listen_address.size() - 1, 1, std::to_string(port));
     pool_->set_node_setting("GANTRY_AGENT_ADDRESS", config_.listen_address);
   }
+  // A node of a TCP cluster: its workers serve on TCP too, so other nodes reach them.
+  std::string host;
+  int tcp_port = 0;
+  if (split_host_port(config_.listen_address, &host, &tcp_port)) pool_->set_node_setting("GANTRY_NODE_IP", host);
 
   proto::RegisterNodeRequest req;
   req.set_node_id(config_.node_id.binary());
@@ -191,6 +197,7 @@ void NodeAgent::try_grant_locked() {
     p.reply.set_granted(true);
     p.reply.set_lease_id(lease_id);
     p.reply.set_worker_address(w->address);
+    p.reply.set_task_address(w->task_address);
     p.reply.set_worker_id(w->id.binary());
     p.reply.set_worker_pid(w->pid);
     p.reply.set_node_id(config_.node_id.binary());
@@ -212,6 +219,7 @@ grpc::Status NodeAgent::RequestLease(grpc::ServerContext* ctx, const proto::Leas
   }
   UniqueId job_id = UniqueId::from_binary(req->job_id());
   if (job_id.is_nil()) return {grpc::StatusCode::INVALID_ARGUMENT, "a lease request must name its job (16 bytes)"};
+  if (!req->spilled() && !place_here(*req, request, reply)) return grpc::Status::OK;
   if (std::string why = ensure_job(job_id); !why.empty()) {
     *reply->mutable_error() = make_error(proto::ErrorInfo::INTERNAL, why);
     return grpc::Status::OK;
@@ -252,6 +260,67 @@ grpc::Status NodeAgent::RequestLease(grpc::ServerContext* ctx, const proto::Leas
   }
   *reply = pending->reply;
   return grpc::Status::OK;
+}
+
+bool NodeAgent::place_here(const proto::LeaseRequest& req, const ResourceSet& request, proto::LeaseReply* reply) {
+  Placement placement;
+  switch (req.strategy().kind()) {
+    case proto::SchedulingStrategy::SPREAD: placement.kind = Placement::Kind::kSpread; break;
+    case proto::SchedulingStrategy::NODE_AFFINITY:
+      placement.kind = Placement::Kind::kNodeAffinity;
+      placement.node = UniqueId::from_binary(req.strategy().node_id());
+      placement.soft = req.strategy().soft();
+      break;
+    default: break;
+  }
+  {
+    // The common case needs no one else: default placement that fits here now.
+    std::lock_guard<std::mutex> lock(mu_);
+    if (placement.kind == Placement::Kind::kDefault && resources_.available().contains(request)) return true;
+  }
+  std::string error;
+  std::vector<ClusterView::Node> nodes = view_->nodes(&error);
+  std::vector<NodeCandidate> candidates;
+  int local = -1;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& n : nodes) {
+    NodeCandidate c;
+    c.id = n.id;
+    c.shape = n.shape.get();
+    c.available = n.available;
+    c.alive = n.alive;
+    if (n.id == config_.node_id) {
+      // Our own figures are live; the head's are a health check old.
+      local = static_cast<int>(candidates.size());
+      c.shape = &resources_;
+      c.available = resources_.available();
+      c.alive = true;
+    }
+    candidates.push_back(std::move(c));
+  }
+  if (local < 0) {  // not in the head's table (yet): count ourselves anyway
+    NodeCandidate self;
+    self.id = config_.node_id;
+    self.shape = &resources_;
+    self.available = resources_.available();
+    local = static_cast<int>(candidates.size());
+    candidates.push_back(std::move(self));
+  }
+  NodeChoice choice = choose_node(candidates, request, placement, local, &spread_cursor_);
+  if (choice.index == local) return true;
+  if (choice.index < 0) {
+    std::string message = "cannot schedule " + req.description() + " with " + request.to_string() + ": it " +
+                          choice.why;
+    if (placement.kind != Placement::Kind::kNodeAffinity) message += ", and no node of the cluster can ever satisfy it";
+    if (!error.empty()) message += " (" + error + ")";
+    *reply->mutable_error() = make_error(proto::ErrorInfo::INFEASIBLE, message);
+    return false;
+  }
+  const ClusterView::Node& target = nodes[static_cast<size_t>(choice.index)];
+  view_->charge(target.id, request);
+  reply->set_spillback_address(target.agent_address);
+  reply->set_spillback_node_id(target.id.binary());
+  return false;
 }
 
 void NodeAgent::release_lease_locked(uint64_t lease_id) {
@@ -298,6 +367,7 @@ grpc::Status NodeAgent::RegisterWorker(grpc::ServerContext* ctx, const proto::Re
     return {grpc::StatusCode::NOT_FOUND, "unknown worker"};
   it->second.pid = req->pid();
   it->second.address = req->address();
+  it->second.task_address = req->task_address();
   it->second.state = WorkerState::kIdle;
   consecutive_start_failures_ = 0;
   last_start_failure_.clear();
@@ -408,6 +478,19 @@ grpc::Status NodeAgent::GetNodeStats(grpc::ServerContext* ctx, const proto::Empt
   reply->set_num_idle_workers(idle);
   for (const auto& p : pending_) *reply->add_pending_demand() = to_proto(p->resources);
   return grpc::Status::OK;
+}
+
+grpc::Status NodeAgent::PullObject(grpc::ServerContext* ctx, const proto::PullObjectRequest* req,
+                                   proto::PullObjectReply* reply) {
+  GANTRY_REQUIRE_TOKEN(ctx);
+  *reply = transfer_->pull(req->location());
+  return grpc::Status::OK;
+}
+
+grpc::Status NodeAgent::ReadObject(grpc::ServerContext* ctx, const proto::ReadObjectRequest* req,
+                                   grpc::ServerWriter<proto::ObjectChunk>* writer) {
+  GANTRY_REQUIRE_TOKEN(ctx);
+  return transfer_->serve_read(ctx, *req, writer);
 }
 
 grpc::Status NodeAgent::JobFinished(grpc::ServerContext* ctx, const proto::JobRequest* req, proto::Empty*) {

@@ -10,11 +10,15 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "agent/cluster_view.h"
+#include "agent/object_transfer.h"
 #include "agent/worker_pool.h"
 #include "gantry/agent.grpc.pb.h"
 #include "gantry/head.grpc.pb.h"
 #include "gantry/ids.h"
 #include "object_store/object_store.h"
+#include "rpc/grpc_util.h"
+#include "scheduler/node_choice.h"
 #include "scheduler/node_resources.h"
 
 namespace gantry::internal {
@@ -73,6 +77,10 @@ class NodeAgent final : public proto::NodeAgent::Service {
   grpc::Status GetNodeStats(grpc::ServerContext* ctx, const proto::Empty* req,
                             proto::NodeStats* reply) override;
   grpc::Status JobFinished(grpc::ServerContext* ctx, const proto::JobRequest* req, proto::Empty* reply) override;
+  grpc::Status PullObject(grpc::ServerContext* ctx, const proto::PullObjectRequest* req,
+                          proto::PullObjectReply* reply) override;
+  grpc::Status ReadObject(grpc::ServerContext* ctx, const proto::ReadObjectRequest* req,
+                          grpc::ServerWriter<proto::ObjectChunk>* writer) override;
 
  private:
   enum class WorkerState { kStarting, kIdle, kLeased, kActor, kDead };
@@ -82,6 +90,7 @@ class NodeAgent final : public proto::NodeAgent::Service {
     pid_t pid = 0;
     std::vector<int> gpu_ids;
     std::string address;
+    std::string task_address;  // framed task endpoint
     WorkerState state = WorkerState::kStarting;
     uint64_t lease_id = 0;
     bool blocked = false;  // in get()/wait(): its CPUs are lent back to the node
@@ -108,11 +117,18 @@ class NodeAgent final : public proto::NodeAgent::Service {
   // it is, else why not. Takes mu_ itself; call without it.
   std::string ensure_job(const UniqueId& job_id);
   void release_lease_locked(uint64_t lease_id);
+  // Where a lease request that did not come from another node should go: this node
+  // (true), another node (`reply` names it), or nowhere (`reply` has the error).
+  bool place_here(const proto::LeaseRequest& req, const ResourceSet& request, proto::LeaseReply* reply);
   void on_worker_exit(const UniqueId& worker_id, pid_t pid, const std::string& reason);
 
   NodeAgentConfig config_;
   std::unique_ptr<ObjectStore> store_;
-  std::unique_ptr<proto::Head::Stub> head_;
+  std::shared_ptr<proto::Head::Stub> head_;
+  ChannelCache channels_;
+  std::unique_ptr<ClusterView> view_;
+  std::unique_ptr<ObjectTransfer> transfer_;
+  uint64_t spread_cursor_ = 0;  // guarded by mu_
 
   std::mutex mu_;  // guards everything below
   std::condition_variable cv_;

@@ -90,28 +90,38 @@ grpc::Status HeadService::RegisterNode(grpc::ServerContext* ctx, const proto::Re
                   node.shape->total().to_string());
   node.registered = next_registration_++;
   node.alive = true;
+  node.available = node.shape->total();
   node.last_seen = std::chrono::steady_clock::now();
   nodes_[id] = std::move(node);
   return grpc::Status::OK;
 }
 
-const HeadService::Node* HeadService::pick_node_locked(const ResourceSet& resources, std::string* reason) const {
-  if (nodes_.empty()) {
-    *reason = "there are no nodes in the cluster";
+const HeadService::Node* HeadService::pick_node_locked(const ResourceSet& resources,
+                                                       const proto::SchedulingStrategy& strategy,
+                                                       std::string* reason, bool take) {
+  // Candidates in registration order: actors pack onto the earliest nodes (the head's
+  // own first) while they have room.
+  std::vector<const Node*> order = nodes_in_order_locked();
+  std::vector<NodeCandidate> candidates;
+  for (const Node* node : order) candidates.push_back({node->id, node->shape.get(), node->available, node->alive});
+  Placement placement;
+  if (strategy.kind() == proto::SchedulingStrategy::SPREAD) placement.kind = Placement::Kind::kSpread;
+  if (strategy.kind() == proto::SchedulingStrategy::NODE_AFFINITY) {
+    placement.kind = Placement::Kind::kNodeAffinity;
+    placement.node = UniqueId::from_binary(strategy.node_id());
+    placement.soft = strategy.soft();
+  }
+  uint64_t scratch_cursor = spread_cursor_;
+  NodeChoice choice = choose_node(candidates, resources, placement, /*local=*/-1, take ? &spread_cursor_ : &scratch_cursor);
+  if (choice.index < 0) {
+    *reason = choice.why;
     return nullptr;
   }
-  // The first node, in registration order, whose totals fit: actors pack onto the
-  // earliest nodes (the head's own first).
-  const Node* best = nullptr;
-  for (const auto& [id, node] : nodes_) {
-    std::string why = node.alive ? node.shape->infeasible_reason(resources) : "needs a node that is alive";
-    if (!why.empty()) {
-      *reason = why;
-      continue;
-    }
-    if (best == nullptr || node.registered < best->registered) best = &node;
-  }
-  return best;
+  if (!take) return order[static_cast<size_t>(choice.index)];
+  // Until the next health check, count it as taken there.
+  Node* chosen = &nodes_.at(order[static_cast<size_t>(choice.index)]->id);
+  if (chosen->available.contains(resources)) chosen->available -= resources;
+  return chosen;
 }
 
 grpc::Status HeadService::CreateActor(grpc::ServerContext* ctx, const proto::ActorSpec* spec,
@@ -138,10 +148,11 @@ grpc::Status HeadService::CreateActor(grpc::ServerContext* ctx, const proto::Act
     }
   }
   std::string why;
-  if (pick_node_locked(resources, &why) == nullptr) {
-    *reply->mutable_error() = make_error(proto::ErrorInfo::INFEASIBLE,
-                                         "cannot place actor " + actor_label(*spec) + " with " + resources.to_string() +
-                                             ": it " + why + ", and no node of the cluster can ever satisfy it");
+  if (pick_node_locked(resources, spec->strategy(), &why, /*take=*/false) == nullptr) {
+    std::string message = "cannot place actor " + actor_label(*spec) + " with " + resources.to_string() + ": it " + why;
+    if (spec->strategy().kind() != proto::SchedulingStrategy::NODE_AFFINITY)
+      message += ", and no node of the cluster can ever satisfy it";
+    *reply->mutable_error() = make_error(proto::ErrorInfo::INFEASIBLE, message);
     return grpc::Status::OK;
   }
   Actor& actor = actors_[id];
@@ -162,7 +173,7 @@ grpc::Status HeadService::CreateActor(grpc::ServerContext* ctx, const proto::Act
 std::function<void()> HeadService::place_actor_locked(Actor& actor) {
   std::string why;
   ResourceSet resources = from_proto(actor.spec.resources());
-  const Node* node = pick_node_locked(resources, &why);
+  const Node* node = pick_node_locked(resources, actor.spec.strategy(), &why);
   if (node == nullptr) {
     mark_dead_locked(actor, make_error(proto::ErrorInfo::INFEASIBLE, "cannot place actor: it " + why));
     return {};
@@ -174,6 +185,7 @@ std::function<void()> HeadService::place_actor_locked(Actor& actor) {
   call->request.set_owner_address(actor.spec.owner_address());
   call->request.set_job_id(actor.spec.job_id());
   call->request.set_description("actor " + actor_label(actor.spec));
+  call->request.set_spilled(true);  // placed here: the agent must not send it on
   ActorId id = ActorId::from_binary(actor.spec.actor_id());
   uint64_t placement = ++actor.placement;
   std::string agent_address = node->agent_address;
@@ -227,18 +239,20 @@ void HeadService::on_actor_lease(const ActorId& id, uint64_t placement, const st
   *call->request.mutable_resources() = actor.spec.resources();
   call->request.set_job_id(actor.spec.job_id());
   for (int g : reply.gpu_ids()) call->request.add_gpu_ids(g);
-  std::string worker_address = reply.worker_address();
+  std::string worker_address = reply.worker_address(), task_address = reply.task_address();
   std::shared_ptr<proto::WorkerService::Stub> stub = proto::WorkerService::NewStub(channels_.get(worker_address));
   ++calls_in_flight_;
   lock.unlock();
   stub->async()->CreateActor(&call->ctx, &call->request, &call->reply,
-                             [this, stub, call, id, placement, worker_address](grpc::Status s) {
+                             [this, stub, call, id, placement, worker_address, task_address](grpc::Status s) {
                                {
                                  std::lock_guard<std::mutex> lock(mu_);
                                  auto it = actors_.find(id);
                                  if (it != actors_.end() && it->second.placement == placement && s.ok() &&
-                                     call->reply.ok())
+                                     call->reply.ok()) {
                                    it->second.info.set_address(worker_address);
+                                   it->second.info.set_task_address(task_address);
+                                 }
                                }
                                on_actor_created(id, placement, s, call->reply);
                                std::lock_guard<std::mutex> lock(mu_);
@@ -286,6 +300,7 @@ void HeadService::on_actor_created(const ActorId& id, uint64_t placement, const 
 void HeadService::mark_dead_locked(Actor& actor, const proto::ErrorInfo& cause) {
   actor.info.set_state(proto::ActorInfo::DEAD);
   actor.info.set_address("");
+  actor.info.set_task_address("");
   *actor.info.mutable_death_cause() = cause;
   if (!actor.spec.name().empty()) {
     auto named = named_actors_.find(actor.spec.name());
@@ -372,6 +387,7 @@ void HeadService::actor_failed_locked(Actor& actor, const std::string& reason,
                                       std::vector<std::function<void()>>& starts) {
   actor.worker_id = UniqueId();
   actor.info.set_address("");
+  actor.info.set_task_address("");
   int max = actor.spec.max_restarts();
   if (!actor.killed && !stopping_ && (max < 0 || actor.info.num_restarts() < max)) {
     actor.info.set_num_restarts(actor.info.num_restarts() + 1);
@@ -415,7 +431,14 @@ void HeadService::health_loop() {
       agent->async()->GetNodeStats(&probe->ctx, &probe->request, &probe->reply, [this, probe, node_id](grpc::Status s) {
         std::lock_guard<std::mutex> guard(mu_);
         auto it = nodes_.find(node_id);
-        if (s.ok() && it != nodes_.end()) it->second.last_seen = std::chrono::steady_clock::now();
+        if (s.ok() && it != nodes_.end()) {
+          it->second.last_seen = std::chrono::steady_clock::now();
+          try {
+            it->second.available = from_proto(probe->reply.available());
+          } catch (const std::exception&) {
+            // keep the old figure; a node reporting garbage still answered
+          }
+        }
         --calls_in_flight_;
         cv_.notify_all();
       });
@@ -549,14 +572,33 @@ grpc::Status HeadService::ListJobs(grpc::ServerContext* ctx, const proto::Empty*
   return grpc::Status::OK;
 }
 
+std::vector<const HeadService::Node*> HeadService::nodes_in_order_locked() const {
+  std::vector<const Node*> ordered;
+  for (const auto& [id, node] : nodes_) ordered.push_back(&node);
+  std::sort(ordered.begin(), ordered.end(), [](const Node* a, const Node* b) { return a->registered < b->registered; });
+  return ordered;
+}
+
+grpc::Status HeadService::GetClusterView(grpc::ServerContext* ctx, const proto::Empty*, proto::ClusterView* reply) {
+  GANTRY_REQUIRE_TOKEN(ctx);
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const Node* node : nodes_in_order_locked()) {
+    proto::NodeView* view = reply->add_nodes();
+    view->set_node_id(node->id.binary());
+    view->set_agent_address(node->agent_address);
+    *view->mutable_total() = to_proto(node->shape->total());
+    *view->mutable_available() = to_proto(node->available);
+    view->set_alive(node->alive);
+    view->set_num_gpus(node->num_gpus);
+  }
+  return grpc::Status::OK;
+}
+
 grpc::Status HeadService::ListNodes(grpc::ServerContext* ctx, const proto::Empty*, proto::ListNodesReply* reply) {
   GANTRY_REQUIRE_TOKEN(ctx);
   std::lock_guard<std::mutex> lock(mu_);
   // In the order they registered: the head's own node first.
-  std::vector<const Node*> ordered;
-  for (const auto& [id, node] : nodes_) ordered.push_back(&node);
-  std::sort(ordered.begin(), ordered.end(), [](const Node* a, const Node* b) { return a->registered < b->registered; });
-  for (const Node* n : ordered) {
+  for (const Node* n : nodes_in_order_locked()) {
     const Node& node = *n;
     const UniqueId& id = node.id;
     proto::NodeInfo* info = reply->add_nodes();

@@ -16,6 +16,7 @@
 #include "gantry/ids.h"
 #include "gantry/worker.grpc.pb.h"
 #include "rpc/grpc_util.h"
+#include "scheduler/node_choice.h"
 #include "scheduler/node_resources.h"
 
 namespace gantry::internal {
@@ -58,6 +59,7 @@ class HeadService final : public proto::Head::Service {
   grpc::Status FinishJob(grpc::ServerContext*, const proto::JobRequest*, proto::Empty*) override;
   grpc::Status ListJobs(grpc::ServerContext*, const proto::Empty*, proto::ListJobsReply*) override;
   grpc::Status ListNodes(grpc::ServerContext*, const proto::Empty*, proto::ListNodesReply*) override;
+  grpc::Status GetClusterView(grpc::ServerContext*, const proto::Empty*, proto::ClusterView*) override;
 
  private:
   struct Node {
@@ -69,6 +71,7 @@ class HeadService final : public proto::Head::Service {
     bool alive = true;
     std::chrono::steady_clock::time_point last_seen;  // last answered health check
     std::unique_ptr<NodeResources> shape;  // totals only, for feasibility checks
+    ResourceSet available;                 // free at the last health check
     std::shared_ptr<proto::NodeAgent::Stub> agent;
   };
   struct Actor {
@@ -92,9 +95,13 @@ class HeadService final : public proto::Head::Service {
   // Placements to start after unlocking go to `starts`.
   void actor_failed_locked(Actor& actor, const std::string& reason, std::vector<std::function<void()>>& starts);
   void health_loop();
-  // Picks a node whose totals can hold `resources`; empty reason when found.
-  const Node* pick_node_locked(const ResourceSet& resources, std::string* infeasible_reason) const;
+  // Picks the node for an actor (see choose_node); null with the reason when none can
+  // ever hold it. `take`: the actor goes there (counts its resources as used there until
+  // the next health check, advances the spread cursor); else only asks whether one can.
+  const Node* pick_node_locked(const ResourceSet& resources, const proto::SchedulingStrategy& strategy,
+                               std::string* infeasible_reason, bool take = true);
   void kill_worker(const std::string& agent_address, const UniqueId& worker_id);
+  std::vector<const Node*> nodes_in_order_locked() const;
 
   const std::string address_;
   const HealthCheckConfig health_;
@@ -111,6 +118,7 @@ class HeadService final : public proto::Head::Service {
   std::unordered_map<std::string, std::string> kv_;
   std::map<UniqueId, proto::JobSpec> jobs_;
   uint64_t next_registration_ = 1;
+  uint64_t spread_cursor_ = 0;
   bool stopping_ = false;
   int calls_in_flight_ = 0;  // async placement calls holding `this`
 };

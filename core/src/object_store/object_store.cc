@@ -6,6 +6,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <system_error>
 
 namespace gantry::internal {
@@ -73,15 +74,52 @@ void ObjectStore::evict_pool_locked(uint64_t need) {
   while (!pool_.empty() && need > capacity_ - used_) drop_oldest_pooled_locked();
 }
 
-ObjectStore::Reservation ObjectStore::reserve(const ObjectId& id, uint64_t size) {
+void ObjectStore::evict_secondary_locked(uint64_t need) {
+  while (!secondary_lru_.empty() && need > capacity_ - used_) {
+    ObjectId victim = secondary_lru_.front();
+    secondary_lru_.pop_front();
+    secondary_.erase(victim);
+    if (auto it = sizes_.find(victim); it != sizes_.end()) {
+      used_ -= it->second;
+      sizes_.erase(it);
+    }
+    ::unlink(path_of(victim).c_str());  // readers' mappings stay valid
+  }
+}
+
+void ObjectStore::seal_secondary(const ObjectId& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (secondary_.count(id) && sizes_.count(id)) secondary_lru_.push_back(id);
+}
+
+std::string ObjectStore::find(const ObjectId& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!sizes_.count(id)) return {};
+  if (secondary_.count(id)) {
+    auto it = std::find(secondary_lru_.begin(), secondary_lru_.end(), id);
+    if (it == secondary_lru_.end()) return {};  // still being written
+    secondary_lru_.splice(secondary_lru_.end(), secondary_lru_, it);
+  }
+  return path_of(id);
+}
+
+size_t ObjectStore::num_secondary() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return secondary_lru_.size();
+}
+
+ObjectStore::Reservation ObjectStore::reserve(const ObjectId& id, uint64_t size, bool secondary) {
   std::lock_guard<std::mutex> lock(mu_);
   if (auto old = sizes_.find(id); old != sizes_.end()) {
     // A retry of a task whose worker died after creating its result: the object was
     // never published, so the new attempt replaces it.
     used_ -= old->second;
     sizes_.erase(old);
+    secondary_.erase(id);
+    secondary_lru_.remove(id);
     ::unlink(path_of(id).c_str());
   }
+  if (secondary) secondary_.insert(id);
   // Best fit among pooled files: the smallest that holds the object without wasting half.
   size_t best = pool_.size();
   for (size_t i = 0; i < pool_.size(); ++i) {
@@ -102,7 +140,9 @@ ObjectStore::Reservation ObjectStore::reserve(const ObjectId& id, uint64_t size)
     ::unlink(f.path.c_str());
   }
   evict_pool_locked(size);
+  evict_secondary_locked(size);
   if (size > capacity_ - used_) {
+    secondary_.erase(id);
     return {{},
             "object store full: an object of " + human_bytes(size) + " does not fit (" + human_bytes(used_) +
                 " of " + human_bytes(capacity_) +
@@ -120,7 +160,9 @@ void ObjectStore::remove(const ObjectId& id) {
   uint64_t size = it->second;
   sizes_.erase(it);
   std::string path = path_of(id);
-  if (size > 0) {
+  bool secondary = secondary_.erase(id) > 0;
+  if (secondary) secondary_lru_.remove(id);
+  if (size > 0 && !secondary) {
     std::string pooled = (dir_ / ("free-" + std::to_string(next_pool_file_++))).string();
     if (::rename(path.c_str(), pooled.c_str()) == 0) {
       pool_.push_back({pooled, size});

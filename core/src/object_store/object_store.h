@@ -4,7 +4,9 @@
 #include <filesystem>
 #include <mutex>
 #include <string>
+#include <list>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "gantry/ids.h"
@@ -25,16 +27,26 @@ class ObjectStore {
     std::string error;    // why not, e.g. the store is full
     bool reused = false;  // the file exists (a freed object's, pages already in memory)
   };
-  /// Reserves `size` bytes for object `id`.
-  Reservation reserve(const ObjectId& id, uint64_t size);
+  /// Reserves `size` bytes for object `id`. A `secondary` object is a copy of another
+  /// node's object, pulled here for readers on this node: once sealed it is a cache entry,
+  /// dropped (oldest use first) when room is needed for others.
+  Reservation reserve(const ObjectId& id, uint64_t size, bool secondary = false);
+  /// A secondary copy is complete: readers may use it and it may be evicted.
+  void seal_secondary(const ObjectId& id);
+  /// The file of object `id` if this store holds it complete (marking a secondary copy
+  /// used), else empty.
+  std::string find(const ObjectId& id);
   /// Releases the object's bytes. Its file is kept for reuse by a later object of similar
-  /// size (so its memory need not be allocated and zeroed again) or unlinked. Unknown ids
-  /// are ignored.
+  /// size (so its memory need not be allocated and zeroed again) or unlinked; a secondary
+  /// copy's file is always unlinked (readers here may still map it). Unknown ids are
+  /// ignored.
   void remove(const ObjectId& id);
 
   uint64_t used() const;
   uint64_t capacity() const { return capacity_; }
   size_t num_objects() const;
+  /// Sealed secondary copies held.
+  size_t num_secondary() const;
   /// Bytes held by freed files kept for reuse (counted in used()).
   uint64_t pooled() const;
   const std::filesystem::path& dir() const { return dir_; }
@@ -45,6 +57,9 @@ class ObjectStore {
   void evict_pool_locked(uint64_t need);
   // Needs mu_ held and a non-empty pool. Unlinks the oldest pooled file.
   void drop_oldest_pooled_locked();
+  // Needs mu_ held. Unlinks sealed secondary copies, least recently used first, until
+  // `need` more bytes fit.
+  void evict_secondary_locked(uint64_t need);
 
   struct PooledFile {
     std::string path;
@@ -58,6 +73,8 @@ class ObjectStore {
   uint64_t pooled_ = 0;  // part of used_ held by pool_
   uint64_t next_pool_file_ = 0;
   std::unordered_map<ObjectId, uint64_t> sizes_;
+  std::unordered_set<ObjectId> secondary_;  // secondary copies, sealed or being written
+  std::list<ObjectId> secondary_lru_;       // sealed ones, least recently used first
   std::vector<PooledFile> pool_;  // freed files, oldest first
 };
 

@@ -1,5 +1,9 @@
 #include "rpc/frame_socket.h"
 
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -23,7 +27,54 @@ bool fill_address(const std::string& path, sockaddr_un* addr) {
   return true;
 }
 
+// A TCP task stream carries small frames both ways: send them at once. Keepalive probes
+// end a stream whose peer machine vanished within about 20 s even while it is idle.
+void tune_tcp(int fd) {
+  int one = 1, idle = 10, interval = 3, count = 3;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
+}
+
+// Resolves a numeric host and port; false with `error` set when it is not one.
+bool numeric_address(const std::string& host, int port, sockaddr_storage* out, socklen_t* len, std::string* error) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  addrinfo* found = nullptr;
+  std::string service = std::to_string(port);
+  if (int rc = ::getaddrinfo(host.c_str(), service.c_str(), &hints, &found); rc != 0 || found == nullptr) {
+    *error = "cannot resolve " + host + ": " + ::gai_strerror(rc);
+    return false;
+  }
+  std::memcpy(out, found->ai_addr, found->ai_addrlen);
+  *len = found->ai_addrlen;
+  ::freeaddrinfo(found);
+  return true;
+}
+
 }  // namespace
+
+bool split_host_port(const std::string& address, std::string* host, int* port) {
+  size_t colon = address.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 >= address.size()) return false;
+  std::string h = address.substr(0, colon), p = address.substr(colon + 1);
+  if (p.find_first_not_of("0123456789") != std::string::npos || p.size() > 5) return false;
+  if (h.front() == '[') {
+    if (h.back() != ']') return false;
+    h = h.substr(1, h.size() - 2);
+  } else if (h.find(':') != std::string::npos) {
+    return false;  // an IPv6 host needs brackets
+  }
+  int n = std::stoi(p);
+  if (h.empty() || n > 65535) return false;
+  *host = h;
+  *port = n;
+  return true;
+}
 
 FrameSocket::~FrameSocket() {
   if (fd_ >= 0) ::close(fd_);
@@ -46,6 +97,38 @@ std::unique_ptr<FrameSocket> FrameSocket::connect_unix(const std::string& path, 
     return nullptr;
   }
   return std::make_unique<FrameSocket>(fd);
+}
+
+std::unique_ptr<FrameSocket> FrameSocket::connect(const std::string& endpoint, std::string* error) {
+  if (endpoint.rfind("unix:", 0) == 0) return connect_unix(endpoint.substr(5), error);
+  std::string host;
+  int port = 0;
+  if (endpoint.rfind("tcp:", 0) != 0 || !split_host_port(endpoint.substr(4), &host, &port)) {
+    *error = "not a task endpoint: '" + endpoint + "' (expected unix:/path or tcp:host:port)";
+    return nullptr;
+  }
+  sockaddr_storage addr{};
+  socklen_t len = 0;
+  if (!numeric_address(host, port, &addr, &len, error)) return nullptr;
+  int fd = ::socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    *error = std::strerror(errno);
+    return nullptr;
+  }
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0) {
+    *error = "cannot connect to " + endpoint + ": " + std::strerror(errno);
+    ::close(fd);
+    return nullptr;
+  }
+  tune_tcp(fd);
+  return std::make_unique<FrameSocket>(fd);
+}
+
+void FrameSocket::set_read_timeout(std::chrono::milliseconds timeout) {
+  timeval tv{};
+  tv.tv_sec = static_cast<time_t>(timeout.count() / 1000);
+  tv.tv_usec = static_cast<suseconds_t>((timeout.count() % 1000) * 1000);
+  ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
 }
 
 bool FrameSocket::write(const std::string& payload) { return send_frame(payload, nullptr); }
@@ -109,12 +192,12 @@ bool FrameSocket::send_frame(const std::string& payload, const FrameHandler* on_
   return true;
 }
 
-FrameSocket::Take FrameSocket::take_buffered(std::string* out) {
+FrameSocket::Take FrameSocket::take_buffered(std::string* out, uint32_t max_frame) {
   size_t available = end_ - start_;
   if (available < 4) return Take::kNone;
   uint32_t n;
   std::memcpy(&n, buffer_.data() + start_, 4);
-  if (n > kMaxFrame) {
+  if (n > max_frame) {
     error_ = "frame length " + std::to_string(n) + " is over the limit";
     return Take::kBad;
   }
@@ -157,9 +240,9 @@ FrameSocket::Received FrameSocket::receive(bool wait) {
   }
 }
 
-bool FrameSocket::read(std::string* out) {
+bool FrameSocket::read(std::string* out, uint32_t max_frame) {
   while (true) {
-    switch (take_buffered(out)) {
+    switch (take_buffered(out, max_frame)) {
       case Take::kFrame: return true;
       case Take::kBad: return false;
       case Take::kNone: break;
@@ -172,7 +255,7 @@ void FrameSocket::shutdown_write() { ::shutdown(fd_, SHUT_WR); }
 
 void FrameSocket::shutdown_both() { ::shutdown(fd_, SHUT_RDWR); }
 
-FrameListener::FrameListener(const std::string& path) : path_(path) {
+FrameListener::FrameListener(const std::string& path) : path_(path), endpoint_("unix:" + path) {
   sockaddr_un addr;
   if (!fill_address(path, &addr)) throw Error("socket path too long: " + path);
   fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -186,16 +269,37 @@ FrameListener::FrameListener(const std::string& path) : path_(path) {
   }
 }
 
+std::unique_ptr<FrameListener> FrameListener::tcp(const std::string& host) {
+  sockaddr_storage addr{};
+  socklen_t len = 0;
+  std::string error;
+  if (!numeric_address(host, 0, &addr, &len, &error)) throw Error("cannot listen for task streams: " + error);
+  std::unique_ptr<FrameListener> listener(new FrameListener());
+  listener->fd_ = ::socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (listener->fd_ < 0) throw Error("cannot create a socket: " + std::string(std::strerror(errno)));
+  if (::bind(listener->fd_, reinterpret_cast<sockaddr*>(&addr), len) != 0 || ::listen(listener->fd_, 128) != 0 ||
+      ::getsockname(listener->fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0)
+    throw Error("cannot listen for task streams on " + host + ": " + std::strerror(errno));
+  int port = addr.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port)
+                                        : ntohs(reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
+  bool v6 = host.find(':') != std::string::npos;
+  listener->endpoint_ = "tcp:" + (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
+  return listener;
+}
+
 FrameListener::~FrameListener() {
   shutdown();
   if (fd_ >= 0) ::close(fd_);
-  ::unlink(path_.c_str());
+  if (!path_.empty()) ::unlink(path_.c_str());
 }
 
 std::unique_ptr<FrameSocket> FrameListener::accept() {
   while (true) {
     int fd = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (fd >= 0) return std::make_unique<FrameSocket>(fd);
+    if (fd >= 0) {
+      if (path_.empty()) tune_tcp(fd);
+      return std::make_unique<FrameSocket>(fd);
+    }
     if (errno == EINTR || errno == ECONNABORTED) continue;
     return nullptr;
   }

@@ -1,6 +1,12 @@
 #include "rpc/grpc_util.h"
 
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <chrono>
 
@@ -74,6 +80,37 @@ void throw_error(const proto::ErrorInfo& e) {
 }
 
 std::string unix_address(const std::string& path) { return "unix:" + path; }
+
+PortReservation::PortReservation(const std::string& host) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+  addrinfo* found = nullptr;
+  if (int rc = ::getaddrinfo(host.c_str(), "0", &hints, &found); rc != 0 || found == nullptr)
+    throw Error("cannot serve on '" + host + "': not a numeric IP address (" + ::gai_strerror(rc) + ")");
+  sockaddr_storage addr{};
+  socklen_t len = found->ai_addrlen;
+  std::memcpy(&addr, found->ai_addr, len);
+  ::freeaddrinfo(found);
+  fd_ = ::socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int one = 1;
+  if (fd_ < 0 || ::setsockopt(fd_, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 ||
+      ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
+      ::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    std::string why = std::strerror(errno);
+    if (fd_ >= 0) ::close(fd_);
+    throw Error("cannot get a TCP port on " + host + ": " + why);
+  }
+  int port = addr.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port)
+                                        : ntohs(reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
+  bool v6 = host.find(':') != std::string::npos;
+  address_ = (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
+}
+
+PortReservation::~PortReservation() {
+  if (fd_ >= 0) ::close(fd_);
+}
 
 int64_t unix_time_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())

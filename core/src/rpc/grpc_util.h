@@ -43,6 +43,24 @@ proto::ErrorInfo make_error(proto::ErrorInfo::Kind kind, const std::string& mess
 /// "unix:" + path.
 std::string unix_address(const std::string& path);
 
+/// A TCP port on `host` held for a gRPC server about to be built: bound with SO_REUSEPORT
+/// (as gRPC binds its own) but not listening, so no other program takes it meanwhile and
+/// the server's address is known before the server exists. Release after the server has
+/// bound it. Throws gantry::Error when no port can be had.
+class PortReservation {
+ public:
+  explicit PortReservation(const std::string& host);
+  ~PortReservation();
+  PortReservation(const PortReservation&) = delete;
+  PortReservation& operator=(const PortReservation&) = delete;
+  /// "host:port" (IPv6 hosts in brackets).
+  const std::string& address() const { return address_; }
+
+ private:
+  int fd_ = -1;
+  std::string address_;
+};
+
 /// Milliseconds since the Unix epoch (for times shown to users).
 int64_t unix_time_ms();
 

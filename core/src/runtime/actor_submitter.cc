@@ -117,7 +117,8 @@ void ActorSubmitter::on_resolved(const ActorId& id, const grpc::Status& status, 
       st.max_task_retries = reply.info().max_task_retries();
       uint64_t gen = ++st.generation;
       st.stream = std::make_shared<TaskStream>(
-          connect_task_transport(*config_.channels, st.address, config_.force_grpc_streams),
+          connect_task_transport(*config_.channels, st.address, reply.info().task_address(),
+                                 config_.force_grpc_streams),
           [this, id, gen](proto::ResultBatch& batch) { on_results(id, gen, batch); },
           [this, id, gen](const std::string& why) { on_broken(id, gen, why); });
       flush_locked(st, after);

@@ -12,6 +12,8 @@
 #include "common/logging.h"
 #include "gantry/gantry.h"
 #include "rpc/auth.h"
+#include "rpc/frame_socket.h"
+#include "rpc/grpc_util.h"
 #include "runtime/cluster_client.h"
 #include "runtime/core_worker.h"
 #include "runtime/local_cluster.h"
@@ -98,7 +100,14 @@ std::string level_or(const std::string& level, const std::string& fallback) {
   config.worker_id = UniqueId::from_hex(env.worker_id);
   config.node_id = UniqueId::from_hex(env.node_id);
   config.job_id = UniqueId::from_hex(env.job_id);
-  config.listen_address = internal::unix_address(env.session_dir + "/sockets/w-" + env.worker_id + ".sock");
+  // In a multi-node cluster callers on other machines reach us over TCP; else a Unix socket.
+  std::unique_ptr<internal::PortReservation> port;
+  if (!env.node_ip.empty()) {
+    port = std::make_unique<internal::PortReservation>(env.node_ip);
+    config.listen_address = port->address();
+  } else {
+    config.listen_address = internal::unix_address(env.session_dir + "/sockets/w-" + env.worker_id + ".sock");
+  }
   config.agent_address = env.agent_address;
   config.head_address = env.head_address;
   config.gpu_ids = env.gpu_ids;
@@ -109,6 +118,7 @@ std::string level_or(const std::string& level, const std::string& fallback) {
     g_core = std::make_unique<CoreWorker>(config);
     g_runtime = g_core.get();
     g_core->start();
+    port.reset();
   } catch (const std::exception& e) {
     GANTRY_LOG_ERROR("worker start-up failed: {}", e.what());
     output->flush();
@@ -164,11 +174,21 @@ void join_cluster(std::string address, const InitOptions& options, const std::ve
   std::string session = internal::create_session_dir(options.temp_dir, "driver");
   internal::setup_logging(options.log_level, session + "/logs/driver.log", "driver");
   UniqueId job_id = UniqueId::generate();
+  // Workers on other machines fetch our objects and send us their output: serve on the
+  // local node's IP when the cluster speaks TCP.
   std::string listen = internal::unix_address(session + "/sockets/driver.sock");
+  std::unique_ptr<internal::PortReservation> port;
+  std::string node_host;
+  int node_port = 0;
+  if (internal::split_host_port(node.agent_address, &node_host, &node_port)) {
+    port = std::make_unique<internal::PortReservation>(node_host);
+    listen = port->address();
+  }
   internal::register_job(address, internal::make_job_spec(job_id, args, listen, options.log_level,
                                                           options.log_to_driver, /*remote_output=*/true));
   try {
     start_driver(node.node_id, job_id, listen, node.agent_address, address, session, env);
+    port.reset();
   } catch (...) {
     internal::finish_job(address, job_id);
     throw;
@@ -236,6 +256,8 @@ bool is_initialized() { return g_runtime.load() != nullptr; }
 std::vector<int> get_gpu_ids() { return detail::runtime().context().gpu_ids; }
 
 RuntimeContext runtime_context() { return detail::runtime().context(); }
+
+std::vector<NodeInfo> nodes() { return detail::runtime().nodes(); }
 
 namespace detail {
 

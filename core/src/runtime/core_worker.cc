@@ -64,6 +64,7 @@ class ShmWritable final : public detail::WritableObject {
     loc.set_path(file_->path());
     loc.set_size(file_->size());
     loc.set_node_id(node_);
+    loc.set_object_id(id_.binary());
     return loc;
   }
 
@@ -126,9 +127,14 @@ void CoreWorker::start() {
   server_ = builder.BuildAndStart();
   if (!server_) throw Error("cannot listen on " + config_.listen_address);
   if (config_.is_driver) return;
+  // Task streams arrive framed: on a Unix socket beside the gRPC one, or on a TCP port of
+  // the same host when the worker serves on TCP (a multi-node cluster).
   std::string task_path = task_socket_path(config_.listen_address);
-  if (!task_path.empty()) {
-    task_listener_ = std::make_unique<FrameListener>(task_path);
+  std::string host;
+  int port = 0;
+  if (!task_path.empty()) task_listener_ = std::make_unique<FrameListener>(task_path);
+  else if (split_host_port(config_.listen_address, &host, &port)) task_listener_ = FrameListener::tcp(host);
+  if (task_listener_) {
     task_accept_thread_ = std::thread([this] {
       while (auto socket = task_listener_->accept()) {
         // One thread per caller's stream; it ends when the caller closes.
@@ -140,6 +146,7 @@ void CoreWorker::start() {
   req.set_worker_id(config_.worker_id.binary());
   req.set_pid(::getpid());
   req.set_address(config_.listen_address);
+  if (task_listener_) req.set_task_address(task_listener_->endpoint());
   proto::RegisterWorkerReply reply;
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
@@ -227,8 +234,32 @@ ObjectId CoreWorker::seal_object(std::unique_ptr<detail::WritableObject> object,
 
 std::shared_ptr<detail::Buffer> CoreWorker::to_buffer(const ValuePtr& value, const ObjectId& id) {
   if (value->has_error()) throw_error(value->error());
-  if (value->has_shm()) return std::make_shared<MappedBuffer>(MappedFile::open_read_only(value->shm().path()));
+  if (value->has_shm()) return map_shm(value->shm());
   return std::make_shared<ValueBuffer>(value);
+}
+
+std::shared_ptr<detail::Buffer> CoreWorker::map_shm(const proto::ShmLocation& location) {
+  if (location.node_id().empty() || location.node_id() == config_.node_id.hex())
+    return std::make_shared<MappedBuffer>(MappedFile::open_read_only(location.path()));
+  // Another node's object: our agent copies it here (once per node), then we map the copy.
+  // A copy evicted between the reply and our open is pulled again.
+  BlockedScope blocked(*this);
+  for (int attempt = 0;; ++attempt) {
+    proto::PullObjectRequest req;
+    *req.mutable_location() = location;
+    proto::PullObjectReply reply;
+    grpc::ClientContext ctx;
+    grpc::Status s = agent_->PullObject(&ctx, req, &reply);
+    if (!s.ok())
+      throw Error("cannot fetch object " + ObjectId::from_binary(location.object_id()).hex() +
+                  " from node " + location.node_id() + ": this node's agent answered " + s.error_message());
+    if (reply.has_error()) throw_error(reply.error());
+    try {
+      return std::make_shared<MappedBuffer>(MappedFile::open_read_only(reply.path()));
+    } catch (const ObjectLostError&) {
+      if (attempt > 0) throw;
+    }
+  }
 }
 
 void CoreWorker::set_blocked(bool blocked) {
@@ -357,6 +388,25 @@ ResourceSet resources_of(double cpus, double gpus, double memory, const std::map
   }
 }
 
+proto::SchedulingStrategy strategy_of(const SchedulingStrategy& s, const std::string& what) {
+  proto::SchedulingStrategy out;
+  switch (s.kind) {
+    case SchedulingStrategy::Kind::kDefault: out.set_kind(proto::SchedulingStrategy::DEFAULT); break;
+    case SchedulingStrategy::Kind::kSpread: out.set_kind(proto::SchedulingStrategy::SPREAD); break;
+    case SchedulingStrategy::Kind::kNodeAffinity: {
+      UniqueId node = UniqueId::from_hex(s.node_id);
+      if (node.is_nil())
+        throw Error("invalid options for " + what + ": node_affinity needs a node id of 32 hex digits, as "
+                    "gantry::nodes() lists them, not '" + s.node_id + "'");
+      out.set_kind(proto::SchedulingStrategy::NODE_AFFINITY);
+      out.set_node_id(node.binary());
+      out.set_soft(s.soft);
+      break;
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 ObjectId CoreWorker::submit_task(const std::string& function, std::vector<detail::EncodedArg> args,
@@ -364,6 +414,7 @@ ObjectId CoreWorker::submit_task(const std::string& function, std::vector<detail
   if (stopped_) throw Error("gantry is shut down");
   ResourceSet resources = resources_of(options.num_cpus, options.num_gpus, options.memory, options.resources,
                                        "task " + function);
+  proto::SchedulingStrategy strategy = strategy_of(options.scheduling, "task " + function);
   TaskId id = TaskId::generate();
   proto::TaskSpec spec;
   spec.set_task_id(id.binary());
@@ -377,8 +428,8 @@ ObjectId CoreWorker::submit_task(const std::string& function, std::vector<detail
   for (auto& a : args) *spec.add_args() = to_task_arg(a, &arg_refs);
   store_.add_pending(id);
   refs_.add_owned(id);
-  tasks_->submit(std::move(spec), std::move(arg_refs), std::move(resources), options.max_retries,
-                 options.retry_exceptions);
+  tasks_->submit(std::move(spec), std::move(arg_refs), std::move(resources), std::move(strategy),
+                 options.max_retries, options.retry_exceptions);
   return id;
 }
 
@@ -387,6 +438,9 @@ ActorId CoreWorker::create_actor(const std::string& factory, const std::string& 
   if (stopped_) throw Error("gantry is shut down");
   ResourceSet resources = resources_of(options.num_cpus, options.num_gpus, options.memory, options.resources,
                                        "actor " + class_key);
+  if (options.detached && options.name.empty())
+    throw Error("invalid options for actor " + class_key + ": a detached actor needs a name, by which later "
+                "drivers find it with gantry::get_actor");
   ActorId id = ActorId::generate();
   proto::ActorSpec spec;
   spec.set_actor_id(id.binary());
@@ -398,6 +452,8 @@ ActorId CoreWorker::create_actor(const std::string& factory, const std::string& 
   spec.set_max_task_retries(options.max_task_retries);
   spec.set_owner_address(config_.listen_address);
   spec.set_job_id(config_.job_id.binary());
+  *spec.mutable_strategy() = strategy_of(options.scheduling, "actor " + class_key);
+  spec.set_detached(options.detached);
   std::vector<ObjectId> refs;
   std::vector<std::shared_ptr<detail::RefState>> keep;
   for (auto& a : args) {
@@ -471,6 +527,26 @@ void CoreWorker::kill_actor(const ActorId& actor, bool no_restart) {
   }
 }
 
+std::vector<NodeInfo> CoreWorker::nodes() {
+  proto::Empty req;
+  proto::ListNodesReply reply;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  grpc::Status s = head_->ListNodes(&ctx, req, &reply);
+  if (!s.ok()) throw Error("cannot list the cluster's nodes: the head answered " + s.error_message());
+  std::vector<NodeInfo> out;
+  for (const auto& n : reply.nodes()) {
+    NodeInfo info;
+    info.node_id = UniqueId::from_binary(n.node_id()).hex();
+    info.address = n.agent_address();
+    info.hostname = n.hostname();
+    info.alive = n.alive();
+    info.resources = from_proto(n.total()).to_doubles();
+    out.push_back(std::move(info));
+  }
+  return out;
+}
+
 RuntimeContext CoreWorker::context() const {
   RuntimeContext c;
   c.node_id = config_.node_id.hex();
@@ -493,7 +569,7 @@ RuntimeContext CoreWorker::context() const {
 }
 
 std::shared_ptr<detail::Buffer> CoreWorker::resolve_arg(const proto::TaskArg& arg) {
-  if (arg.has_shm()) return std::make_shared<MappedBuffer>(MappedFile::open_read_only(arg.shm().path()));
+  if (arg.has_shm()) return map_shm(arg.shm());
   if (arg.has_ref()) return get(ObjectId::from_binary(arg.ref().id()), arg.ref().owner_address(), std::nullopt);
   return std::make_shared<StringBuffer>(arg.inline_data());
 }

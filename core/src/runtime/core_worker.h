@@ -72,6 +72,7 @@ class CoreWorker final : public detail::Runtime, public proto::WorkerService::Se
                              std::vector<detail::EncodedArg> args) override;
   std::optional<ActorId> get_named_actor(const std::string& name, const std::string& class_key) override;
   void kill_actor(const ActorId& actor, bool no_restart) override;
+  std::vector<NodeInfo> nodes() override;
   const std::string& address() const override { return config_.listen_address; }
   RuntimeContext context() const override;
   size_t inline_threshold() const override { return config_.inline_threshold; }
@@ -107,6 +108,8 @@ class CoreWorker final : public detail::Runtime, public proto::WorkerService::Se
 
  private:
   std::shared_ptr<detail::Buffer> to_buffer(const ValuePtr& value, const ObjectId& id);
+  /// Maps a large object, copying it to this node first when it lives on another.
+  std::shared_ptr<detail::Buffer> map_shm(const proto::ShmLocation& location);
   ValuePtr fetch_from_owner(const ObjectId& id, const std::string& owner,
                             std::optional<std::chrono::milliseconds> timeout);
   void on_free(const ObjectId& id);

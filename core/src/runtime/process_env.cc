@@ -60,6 +60,7 @@ ProcessEnv ProcessEnv::read() {
   e.temp_dir = env_or_empty("GANTRY_TEMP_DIR");
   e.token = env_or_empty("GANTRY_TOKEN");
   e.output_to = env_or_empty("GANTRY_OUTPUT_TO");
+  e.node_ip = env_or_empty("GANTRY_NODE_IP");
   e.force_grpc_streams = env_or_empty("GANTRY_TASK_TRANSPORT") == "grpc";
   return e;
 }

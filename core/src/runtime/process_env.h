@@ -24,6 +24,7 @@ struct ProcessEnv {
   bool force_grpc_streams = false;  // GANTRY_TASK_TRANSPORT=grpc: task streams over gRPC even on one node
   std::string token;             // GANTRY_TOKEN (the cluster token)
   std::string output_to;         // GANTRY_OUTPUT_TO: the joined driver that prints our output
+  std::string node_ip;           // GANTRY_NODE_IP: serve on TCP at this address (a multi-node cluster)
 
   static ProcessEnv read();
 };

@@ -163,11 +163,15 @@ bool TaskExecutor::run_into(const proto::TaskSpec& spec, proto::ResultBatch* pen
 
 void TaskExecutor::serve_socket(std::unique_ptr<FrameSocket> socket) {
   std::string in, out;
-  if (!socket->read(&in) || !token_matches(in)) {
+  // The first frame is the cluster token; a peer that sends nothing or a long frame
+  // instead is dropped without holding this thread or memory.
+  socket->set_read_timeout(std::chrono::seconds(10));
+  if (!socket->read(&in, /*max_frame=*/4096) || !token_matches(in)) {
     GANTRY_LOG_WARN("refused a task stream on the worker's socket: {}",
                     in.empty() ? "no cluster token" : "wrong cluster token");
     return;
   }
+  socket->set_read_timeout(std::chrono::milliseconds(0));
   // One thread does everything: it reads a batch when it has nothing to run, and while
   // it writes results into a full socket it takes the batches the caller sends meanwhile
   // (write_reading), so neither side waits on the other. A call costs no thread hand-off.

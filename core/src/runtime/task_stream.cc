@@ -60,12 +60,11 @@ class SocketTransport final : public StreamTransport {
 }  // namespace
 
 std::unique_ptr<StreamTransport> connect_task_transport(ChannelCache& channels, const std::string& worker_address,
-                                                        bool force_grpc) {
-  std::string path = force_grpc ? std::string() : task_socket_path(worker_address);
-  if (!path.empty()) {
+                                                        const std::string& task_address, bool force_grpc) {
+  if (!force_grpc && !task_address.empty()) {
     std::string error;
     // The first frame is the cluster token (the worker hangs up on anything else).
-    if (auto socket = FrameSocket::connect_unix(path, &error); socket && socket->write(cluster_token()))
+    if (auto socket = FrameSocket::connect(task_address, &error); socket && socket->write(cluster_token()))
       return std::make_unique<SocketTransport>(std::move(socket));
     // Fall through: the gRPC stream reports the failure (or works) the usual way.
   }

@@ -18,8 +18,8 @@ namespace gantry::internal {
 
 class ChannelCache;
 
-/// How batches travel on one task stream: a framed Unix socket to a same-node worker,
-/// or a gRPC PushTasks stream.
+/// How batches travel on one task stream: a framed socket (Unix or TCP), or a gRPC
+/// PushTasks stream.
 class StreamTransport {
  public:
   virtual ~StreamTransport() = default;
@@ -31,11 +31,11 @@ class StreamTransport {
   virtual void cancel() = 0;
 };
 
-/// The transport to a worker: its framed task socket when it is on this node (the path
-/// given by `task_socket_path`), else its gRPC PushTasks stream.
-/// `force_grpc` (GANTRY_TASK_TRANSPORT=grpc) uses the gRPC stream even on the same node.
+/// The transport to a worker: its framed task endpoint (`task_address`, a Unix socket on
+/// one node or a TCP port between nodes) when it has one, else its gRPC PushTasks stream.
+/// `force_grpc` (GANTRY_TASK_TRANSPORT=grpc) always uses the gRPC stream.
 std::unique_ptr<StreamTransport> connect_task_transport(ChannelCache& channels, const std::string& worker_address,
-                                                        bool force_grpc);
+                                                        const std::string& task_address, bool force_grpc);
 
 
 /// One long-lived task stream from a caller to a worker. Results are read by a reader

@@ -31,7 +31,7 @@ size_t TaskSubmitter::num_tasks() const {
 }
 
 void TaskSubmitter::submit(proto::TaskSpec spec, std::vector<ObjectId> arg_refs, ResourceSet resources,
-                           int max_retries, bool retry_exceptions) {
+                           proto::SchedulingStrategy strategy, int max_retries, bool retry_exceptions) {
   TaskId id = TaskId::from_binary(spec.task_id());
   config_.refs->add_submitted(arg_refs);
   // Owned arguments still being computed: the task waits here, not on a worker, so a
@@ -45,7 +45,11 @@ void TaskSubmitter::submit(proto::TaskSpec spec, std::vector<ObjectId> arg_refs,
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto task = std::make_unique<Task>();
+    // Leases serve one shape: resources and where they may be.
     task->key = resources.to_string();
+    if (strategy.kind() != proto::SchedulingStrategy::DEFAULT)
+      task->key += " " + std::to_string(strategy.kind()) + ":" + UniqueId::from_binary(strategy.node_id()).hex() +
+                   (strategy.soft() ? "~" : "");
     task->retries_left = max_retries;
     task->retry_exceptions = retry_exceptions;
     task->unresolved = static_cast<int>(pending.size()) + 1;  // +1 released below
@@ -56,6 +60,7 @@ void TaskSubmitter::submit(proto::TaskSpec spec, std::vector<ObjectId> arg_refs,
       it->second.key = task->key;
       it->second.resources = std::move(resources);
       it->second.description = "task " + spec.function();
+      it->second.strategy = std::move(strategy);
     }
     task->spec = std::move(spec);
     tasks_.emplace(id, std::move(task));
@@ -80,7 +85,7 @@ void TaskSubmitter::on_dependency_ready(const TaskId& id) {
 }
 
 size_t TaskSubmitter::pipeline_depth_locked(const KeyState& ks) const {
-  if (ks.avg_task_us < 0) return 1;
+  if (ks.avg_task_us < 0 || ks.strategy.kind() == proto::SchedulingStrategy::SPREAD) return 1;
   double depth = kPipelineTargetUs / std::max(ks.avg_task_us, 1.0);
   return static_cast<size_t>(std::clamp(depth, 1.0, static_cast<double>(kMaxPipelineDepth)));
 }
@@ -121,7 +126,9 @@ void TaskSubmitter::dispatch_locked(KeyState& ks, AfterUnlock& after) {
   if (!ks.queue.empty() && ks.pending_lease_requests == 0) request_lease_locked(ks, after);
 }
 
-void TaskSubmitter::request_lease_locked(KeyState& ks, AfterUnlock& after) {
+void TaskSubmitter::request_lease_locked(KeyState& ks, AfterUnlock& after,
+                                        std::shared_ptr<proto::NodeAgent::Stub> agent, bool spilled) {
+  if (!agent) agent = config_.agent;
   ++ks.pending_lease_requests;
   ++calls_in_flight_;
   auto call = std::make_shared<LeaseCall>();
@@ -129,21 +136,23 @@ void TaskSubmitter::request_lease_locked(KeyState& ks, AfterUnlock& after) {
   call->request.set_owner_address(config_.self_address);
   call->request.set_job_id(config_.job_id);
   call->request.set_description(ks.description);
+  *call->request.mutable_strategy() = ks.strategy;
+  call->request.set_spilled(spilled);
   lease_calls_.emplace(call.get(), call);
   std::string key = ks.key;
-  after.calls.push_back([this, call, key] {
-    config_.agent->async()->RequestLease(&call->ctx, &call->request, &call->reply,
-                                         [this, call, key](grpc::Status s) {
-                                           on_lease(key, s, call->reply);
-                                           std::lock_guard<std::mutex> lock(mu_);
-                                           lease_calls_.erase(call.get());
-                                           --calls_in_flight_;
-                                           cv_.notify_all();
-                                         });
+  after.calls.push_back([this, call, key, agent] {
+    agent->async()->RequestLease(&call->ctx, &call->request, &call->reply, [this, call, key, agent](grpc::Status s) {
+      on_lease(key, agent, s, call->reply);
+      std::lock_guard<std::mutex> lock(mu_);
+      lease_calls_.erase(call.get());
+      --calls_in_flight_;
+      cv_.notify_all();
+    });
   });
 }
 
-void TaskSubmitter::on_lease(const std::string& key, const grpc::Status& status, const proto::LeaseReply& reply) {
+void TaskSubmitter::on_lease(const std::string& key, const std::shared_ptr<proto::NodeAgent::Stub>& agent,
+                             const grpc::Status& status, const proto::LeaseReply& reply) {
   AfterUnlock after;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -153,8 +162,14 @@ void TaskSubmitter::on_lease(const std::string& key, const grpc::Status& status,
     if (stopping_ || (granted && ks.queue.empty())) {
       if (granted) {
         uint64_t lease = reply.lease_id();
-        after.calls.push_back([this, lease] { return_lease(lease, false); });
+        after.calls.push_back([this, agent, lease] { return_lease(agent, lease, false); });
       }
+    } else if (status.ok() && !reply.spillback_address().empty() && !reply.has_error()) {
+      // This node cannot take it now but another can: ask that node's agent.
+      GANTRY_LOG_DEBUG("{} spills to node {} at {}", ks.description,
+                       UniqueId::from_binary(reply.spillback_node_id()).short_hex(), reply.spillback_address());
+      request_lease_locked(ks, after, proto::NodeAgent::NewStub(config_.channels->get(reply.spillback_address())),
+                           /*spilled=*/true);
     } else if (!status.ok()) {
       fail_queue_locked(ks,
                         make_error(proto::ErrorInfo::INTERNAL,
@@ -165,27 +180,28 @@ void TaskSubmitter::on_lease(const std::string& key, const grpc::Status& status,
     } else {
       auto w = std::make_unique<LeasedWorker>();
       w->lease_id = reply.lease_id();
+      w->agent = agent;
       w->address = reply.worker_address();
       w->pid = reply.worker_pid();
       w->idle_since = std::chrono::steady_clock::now();
-      uint64_t lease = w->lease_id;
+      uint64_t handle = next_handle_++;
       w->stream = std::make_shared<TaskStream>(
-          connect_task_transport(*config_.channels, w->address, config_.force_grpc_streams),
-          [this, key, lease](proto::ResultBatch& batch) { on_results(key, lease, batch); },
-          [this, key, lease](const std::string& why) { on_broken(key, lease, why); });
-      ks.workers.emplace(lease, std::move(w));
+          connect_task_transport(*config_.channels, w->address, reply.task_address(), config_.force_grpc_streams),
+          [this, key, handle](proto::ResultBatch& batch) { on_results(key, handle, batch); },
+          [this, key, handle](const std::string& why) { on_broken(key, handle, why); });
+      ks.workers.emplace(handle, std::move(w));
       dispatch_locked(ks, after);
     }
   }
   finish(after);
 }
 
-void TaskSubmitter::on_results(const std::string& key, uint64_t lease_id, proto::ResultBatch& batch) {
+void TaskSubmitter::on_results(const std::string& key, uint64_t handle, proto::ResultBatch& batch) {
   AfterUnlock after;
   {
     std::lock_guard<std::mutex> lock(mu_);
     KeyState& ks = keys_[key];
-    auto wit = ks.workers.find(lease_id);
+    auto wit = ks.workers.find(handle);
     LeasedWorker* w = wit == ks.workers.end() ? nullptr : wit->second.get();
     for (auto& result : *batch.mutable_results()) {
       TaskId id = TaskId::from_binary(result.task_id());
@@ -208,19 +224,24 @@ void TaskSubmitter::on_results(const std::string& key, uint64_t lease_id, proto:
       after.done.push_back({ObjectId::from_binary(task.spec.return_id()), std::move(stored), std::move(task.arg_refs)});
       tasks_.erase(it);
     }
+    // A spread task's lease serves that task only: the next one is placed afresh.
+    if (w != nullptr && w->in_flight.empty() && ks.strategy.kind() == proto::SchedulingStrategy::SPREAD) {
+      drop_worker_locked(ks, handle, false, after);
+      w = nullptr;
+    }
     if (!stopping_) dispatch_locked(ks, after);
     if (w != nullptr && w->in_flight.empty()) w->idle_since = std::chrono::steady_clock::now();
   }
   finish(after);
 }
 
-void TaskSubmitter::on_broken(const std::string& key, uint64_t lease_id, const std::string& why) {
+void TaskSubmitter::on_broken(const std::string& key, uint64_t handle, const std::string& why) {
   AfterUnlock after;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) return;
     KeyState& ks = keys_[key];
-    auto wit = ks.workers.find(lease_id);
+    auto wit = ks.workers.find(handle);
     if (wit == ks.workers.end()) return;
     LeasedWorker& w = *wit->second;
     // Re-run in submission order ahead of newer work.
@@ -252,7 +273,7 @@ void TaskSubmitter::on_broken(const std::string& key, uint64_t lease_id, const s
       }
     }
     w.in_flight.clear();
-    drop_worker_locked(ks, lease_id, true, after);
+    drop_worker_locked(ks, handle, true, after);
     dispatch_locked(ks, after);
   }
   finish(after);
@@ -277,16 +298,19 @@ void TaskSubmitter::fail_queue_locked(KeyState& ks, const proto::ErrorInfo& erro
   }
 }
 
-void TaskSubmitter::drop_worker_locked(KeyState& ks, uint64_t lease_id, bool failed, AfterUnlock& after) {
-  auto it = ks.workers.find(lease_id);
+void TaskSubmitter::drop_worker_locked(KeyState& ks, uint64_t handle, bool failed, AfterUnlock& after) {
+  auto it = ks.workers.find(handle);
   if (it == ks.workers.end()) return;
   it->second->stream->close();
   retired_streams_.push_back(std::move(it->second->stream));
+  uint64_t lease_id = it->second->lease_id;
+  std::shared_ptr<proto::NodeAgent::Stub> agent = it->second->agent;
   ks.workers.erase(it);
-  after.calls.push_back([this, lease_id, failed] { return_lease(lease_id, failed); });
+  after.calls.push_back([this, agent, lease_id, failed] { return_lease(agent, lease_id, failed); });
 }
 
-void TaskSubmitter::return_lease(uint64_t lease_id, bool failed) {
+void TaskSubmitter::return_lease(const std::shared_ptr<proto::NodeAgent::Stub>& agent, uint64_t lease_id,
+                                 bool failed) {
   struct ReturnCall {
     grpc::ClientContext ctx;
     proto::ReturnLeaseRequest request;
@@ -300,7 +324,7 @@ void TaskSubmitter::return_lease(uint64_t lease_id, bool failed) {
     std::lock_guard<std::mutex> lock(mu_);
     ++calls_in_flight_;
   }
-  config_.agent->async()->ReturnLease(&call->ctx, &call->request, &call->reply, [this, call](grpc::Status) {
+  agent->async()->ReturnLease(&call->ctx, &call->request, &call->reply, [this, call, agent](grpc::Status) {
     std::lock_guard<std::mutex> lock(mu_);
     --calls_in_flight_;
     cv_.notify_all();

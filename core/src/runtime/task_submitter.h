@@ -54,8 +54,8 @@ class TaskSubmitter {
 
   /// Queues a task. `spec.args` hold inline values or refs; `arg_refs` are the refs among
   /// them, already counted by the caller's ObjectRefs, and pinned here until the task ends.
-  void submit(proto::TaskSpec spec, std::vector<ObjectId> arg_refs, ResourceSet resources, int max_retries,
-              bool retry_exceptions);
+  void submit(proto::TaskSpec spec, std::vector<ObjectId> arg_refs, ResourceSet resources,
+              proto::SchedulingStrategy strategy, int max_retries, bool retry_exceptions);
   /// Cancels streams and lease requests; tasks still queued are dropped. Idempotent.
   void stop();
   size_t num_tasks() const;
@@ -77,7 +77,8 @@ class TaskSubmitter {
     int unresolved = 0;
   };
   struct LeasedWorker {
-    uint64_t lease_id = 0;
+    uint64_t lease_id = 0;  // the granting agent's
+    std::shared_ptr<proto::NodeAgent::Stub> agent;  // which granted it (spillback: another node's)
     std::string address;
     int pid = 0;
     std::shared_ptr<TaskStream> stream;
@@ -88,7 +89,9 @@ class TaskSubmitter {
     std::string key;
     ResourceSet resources;
     std::string description;
+    proto::SchedulingStrategy strategy;
     std::deque<TaskId> queue;
+    // By a handle of ours: lease ids of different agents may coincide.
     std::unordered_map<uint64_t, std::unique_ptr<LeasedWorker>> workers;
     int pending_lease_requests = 0;
     double avg_task_us = -1;  // moving average of execution time; <0 unknown
@@ -106,17 +109,20 @@ class TaskSubmitter {
   void dispatch_locked(KeyState& ks, AfterUnlock& after);
   size_t pipeline_depth_locked(const KeyState& ks) const;
   bool resolve_args_locked(Task& task, AfterUnlock& after);
-  void request_lease_locked(KeyState& ks, AfterUnlock& after);
+  // Asks `agent` (null: this node's) for a lease; `spilled`: another agent sent us there.
+  void request_lease_locked(KeyState& ks, AfterUnlock& after,
+                            std::shared_ptr<proto::NodeAgent::Stub> agent = nullptr, bool spilled = false);
   void fail_task_locked(const TaskId& id, proto::ErrorInfo error, AfterUnlock& after);
   void fail_queue_locked(KeyState& ks, const proto::ErrorInfo& error, AfterUnlock& after);
-  void drop_worker_locked(KeyState& ks, uint64_t lease_id, bool failed, AfterUnlock& after);
+  void drop_worker_locked(KeyState& ks, uint64_t handle, bool failed, AfterUnlock& after);
 
   void on_dependency_ready(const TaskId& id);
-  void on_lease(const std::string& key, const grpc::Status& status, const proto::LeaseReply& reply);
-  void on_results(const std::string& key, uint64_t lease_id, proto::ResultBatch& batch);
-  void on_broken(const std::string& key, uint64_t lease_id, const std::string& why);
+  void on_lease(const std::string& key, const std::shared_ptr<proto::NodeAgent::Stub>& agent,
+                const grpc::Status& status, const proto::LeaseReply& reply);
+  void on_results(const std::string& key, uint64_t handle, proto::ResultBatch& batch);
+  void on_broken(const std::string& key, uint64_t handle, const std::string& why);
   void finish(AfterUnlock& after);
-  void return_lease(uint64_t lease_id, bool failed);
+  void return_lease(const std::shared_ptr<proto::NodeAgent::Stub>& agent, uint64_t lease_id, bool failed);
   void housekeeping_loop();
 
   SubmitterConfig config_;
@@ -127,6 +133,7 @@ class TaskSubmitter {
   std::vector<std::shared_ptr<TaskStream>> retired_streams_;  // destroyed off the lock
   std::unordered_map<LeaseCall*, std::shared_ptr<LeaseCall>> lease_calls_;
   uint64_t next_sequence_ = 0;  // submission order, for re-running lost tasks in order
+  uint64_t next_handle_ = 1;    // keys of KeyState::workers
   int calls_in_flight_ = 0;  // lease requests and returns whose callbacks hold `this`
   bool stopping_ = false;
   std::thread housekeeper_;

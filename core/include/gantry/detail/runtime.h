@@ -126,6 +126,8 @@ class Runtime {
   virtual std::optional<ActorId> get_named_actor(const std::string& name,
                                                  const std::string& class_key) = 0;
   virtual void kill_actor(const ActorId& actor, bool no_restart) = 0;
+  /// The cluster's nodes, in the order they joined.
+  virtual std::vector<NodeInfo> nodes() = 0;
 
   /// This process's address, which owners and borrowers use to reach it.
   virtual const std::string& address() const = 0;

@@ -1,0 +1,56 @@
+#pragma once
+
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include <grpcpp/grpcpp.h>
+
+#include "agent/cluster_view.h"
+#include "gantry/agent.grpc.pb.h"
+#include "gantry/ids.h"
+#include "object_store/object_store.h"
+#include "rpc/grpc_util.h"
+
+namespace gantry::internal {
+
+/// Moves large objects between nodes. `pull` copies an object of another node's store
+/// into this node's, as a secondary copy its readers then map; the other node's agent
+/// serves the bytes (`serve_read`) in chunks, each with a CRC-32C the reader checks. The
+/// bytes go from the sender's mapping straight into the receiver's file, so neither side
+/// holds more than one chunk beyond the object itself. Thread-safe; concurrent pulls of
+/// one object share one transfer.
+class ObjectTransfer {
+ public:
+  static constexpr size_t kChunkBytes = 4 << 20;
+
+  ObjectTransfer(ObjectStore& store, ClusterView& view, ChannelCache& channels, UniqueId self);
+
+  /// Makes the object at `location` (another node's) present here. On success the reply
+  /// names the local file; else its error is OBJECT_LOST (the holding node is dead or no
+  /// longer has it) or another kind, naming the object and the node.
+  proto::PullObjectReply pull(const proto::ShmLocation& location);
+  /// Streams object `req.id()` of this node's store.
+  grpc::Status serve_read(grpc::ServerContext* ctx, const proto::ReadObjectRequest& req,
+                          grpc::ServerWriter<proto::ObjectChunk>* writer);
+
+ private:
+  proto::PullObjectReply transfer(const proto::ShmLocation& location);
+
+  ObjectStore& store_;
+  ClusterView& view_;
+  ChannelCache& channels_;
+  const UniqueId self_;
+
+  struct InFlight {
+    bool done = false;
+    proto::PullObjectReply reply;
+  };
+  std::mutex mu_;  // guards in_flight_
+  std::condition_variable cv_;
+  std::unordered_map<ObjectId, std::shared_ptr<InFlight>> in_flight_;
+};
+
+}  // namespace gantry::internal
