@@ -59,6 +59,13 @@ double total(const std::vector<double>& v) {
 }
 GANTRY_REMOTE(total);
 
+std::vector<double> scale(const std::vector<double>& v, double factor) {
+  std::vector<double> out(v);
+  for (double& x : out) x *= factor;
+  return out;
+}
+GANTRY_REMOTE(scale);
+
 class Tally {
  public:
   static Tally* create(int start) { return new Tally(start); }
@@ -468,6 +475,66 @@ TEST_F(ClusterTest, SchedulingStrategiesPlaceWorkWhereAsked) {
     spread_actors.insert(t.task(&Tally::node).remote().get());
   }
   EXPECT_EQ(spread_actors.size(), 2u);
+  gantry::shutdown();
+}
+
+TEST_F(ClusterTest, TasksOfAKilledNodeRunAgainOnAnother) {
+  std::string flags = " --node-ip-address 127.0.0.1 --num-cpus 1 --resources '{\"W\": 1}'";
+  CommandResult first = run(cli("start --address " + address_ + flags));
+  ASSERT_EQ(first.code, 0) << first.out;
+  CommandResult second = run(cli("start --address " + address_ + flags));
+  ASSERT_EQ(second.code, 0) << second.out;
+  gantry::init({.temp_dir = temp_.string(), .address = address_});
+  // One on each node (each has one W); then the first node dies mid-task.
+  auto a = gantry::task(busy_where).options({.resources = {{"W", 1}}}).remote(2000);
+  auto b = gantry::task(busy_where).options({.resources = {{"W", 1}}}).remote(2000);
+  std::this_thread::sleep_for(std::chrono::milliseconds(700));
+  ASSERT_EQ(::kill(node_pid(first.out), SIGKILL), 0);
+  EXPECT_EQ(short_id(a.get()), joined_id(second.out));
+  EXPECT_EQ(short_id(b.get()), joined_id(second.out));
+  gantry::shutdown();
+}
+
+TEST_F(ClusterTest, ObjectsOfADeadNodeAreRebuiltFromLineageOrReportedLost) {
+  std::string flags = " --node-ip-address 127.0.0.1 --num-cpus 1";
+  CommandResult x = run(cli("start --address " + address_ + flags + " --resources '{\"R\": 1, \"L\": 1}'"));
+  ASSERT_EQ(x.code, 0) << x.out;
+  CommandResult y = run(cli("start --address " + address_ + flags + " --resources '{\"R\": 1}'"));
+  ASSERT_EQ(y.code, 0) << y.out;
+  std::string x_id = joined_id(x.out);
+  gantry::init({.temp_dir = temp_.string(), .address = address_});
+  std::string x_full;
+  for (const auto& n : gantry::nodes())
+    if (short_id(n.node_id) == x_id) x_full = n.node_id;
+  ASSERT_FALSE(x_full.empty());
+
+  const int n = 1 << 18;  // 2 MiB: kept in X's store
+  // Made from inline arguments: the owner can run it again elsewhere.
+  auto rebuildable = gantry::task(ramp)
+                         .options({.resources = {{"R", 1}},
+                                   .scheduling = gantry::SchedulingStrategy::node_affinity(x_full, /*soft=*/true)})
+                         .remote(n, 3.0);
+  // Made from another object: no lineage kept, so its loss is final.
+  auto base = gantry::put(ramp(n, 1.0));
+  auto lost = gantry::task(scale).options({.resources = {{"L", 1}}}).remote(base, 2.0);
+  std::vector<gantry::ObjectRef<std::vector<double>>> both = {rebuildable, lost};
+  auto [ready, pending] = gantry::wait(both, 2, std::chrono::seconds(30));
+  ASSERT_EQ(ready.size(), 2u);
+
+  ASSERT_EQ(::kill(node_pid(x.out), SIGKILL), 0);
+  std::string status = run_until(cli("status"), std::regex(x_id + " +dead"), std::chrono::seconds(10));
+  ASSERT_TRUE(std::regex_search(status, std::regex(x_id + " +dead"))) << status;
+
+  std::vector<double> rebuilt = rebuildable.get();
+  ASSERT_EQ(rebuilt.size(), static_cast<size_t>(n));
+  EXPECT_EQ(rebuilt[1000], 3000.0);
+  try {
+    lost.get();
+    ADD_FAILURE() << "an object whose only copy died was read";
+  } catch (const gantry::ObjectLostError& e) {
+    EXPECT_NE(std::string(e.what()).find(lost.id().hex()), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("node " + x_id), std::string::npos) << e.what();
+  }
   gantry::shutdown();
 }
 

@@ -39,9 +39,9 @@ bool ClusterView::refresh_locked(std::string* error) {
   return true;
 }
 
-std::vector<ClusterView::Node> ClusterView::nodes(std::string* error) {
+std::vector<ClusterView::Node> ClusterView::nodes(std::string* error, bool fresh) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (!fetched_once_ || std::chrono::steady_clock::now() - fetched_ >= max_age_) refresh_locked(error);
+  if (fresh || !fetched_once_ || std::chrono::steady_clock::now() - fetched_ >= max_age_) refresh_locked(error);
   return nodes_;
 }
 

@@ -29,9 +29,9 @@ class ClusterView {
 
   ClusterView(std::shared_ptr<proto::Head::Stub> head, std::chrono::milliseconds max_age);
 
-  /// The nodes in joining order; asks the head first when the copy is stale. When the head
-  /// cannot be reached the old copy is kept (and `error`, if given, says why).
-  std::vector<Node> nodes(std::string* error = nullptr);
+  /// The nodes in joining order; asks the head first when the copy is stale (or `fresh`).
+  /// When the head cannot be reached the old copy is kept (and `error`, if given, says why).
+  std::vector<Node> nodes(std::string* error = nullptr, bool fresh = false);
   /// One node, asking the head again when it is not known yet.
   std::optional<Node> find(const UniqueId& id);
   /// Work of `request` was sent to `id`: count it as taken there until the next refresh,

@@ -279,7 +279,22 @@ bool NodeAgent::place_here(const proto::LeaseRequest& req, const ResourceSet& re
     if (placement.kind == Placement::Kind::kDefault && resources_.available().contains(request)) return true;
   }
   std::string error;
-  std::vector<ClusterView::Node> nodes = view_->nodes(&error);
+  // A request nothing in our copy can hold asks the head again: a node may have joined
+  // since.
+  for (bool fresh : {false, true}) {
+    std::vector<ClusterView::Node> nodes = view_->nodes(&error, fresh);
+    std::optional<bool> here = place_on(req, request, placement, nodes, reply, /*last_try=*/fresh);
+    if (!here) continue;
+    if (reply->has_error() && !error.empty())
+      reply->mutable_error()->set_message(reply->error().message() + " (" + error + ")");
+    return *here;
+  }
+  return false;
+}
+
+std::optional<bool> NodeAgent::place_on(const proto::LeaseRequest& req, const ResourceSet& request,
+                                        const Placement& placement, const std::vector<ClusterView::Node>& nodes,
+                                        proto::LeaseReply* reply, bool last_try) {
   std::vector<NodeCandidate> candidates;
   int local = -1;
   std::lock_guard<std::mutex> lock(mu_);
@@ -288,7 +303,7 @@ bool NodeAgent::place_here(const proto::LeaseRequest& req, const ResourceSet& re
     c.id = n.id;
     c.shape = n.shape.get();
     c.available = n.available;
-    c.alive = n.alive;
+    c.alive = n.alive && n.id != UniqueId::from_binary(req.unreachable_node_id());
     if (n.id == config_.node_id) {
       // Our own figures are live; the head's are a health check old.
       local = static_cast<int>(candidates.size());
@@ -309,10 +324,10 @@ bool NodeAgent::place_here(const proto::LeaseRequest& req, const ResourceSet& re
   NodeChoice choice = choose_node(candidates, request, placement, local, &spread_cursor_);
   if (choice.index == local) return true;
   if (choice.index < 0) {
+    if (!last_try) return std::nullopt;
     std::string message = "cannot schedule " + req.description() + " with " + request.to_string() + ": it " +
                           choice.why;
     if (placement.kind != Placement::Kind::kNodeAffinity) message += ", and no node of the cluster can ever satisfy it";
-    if (!error.empty()) message += " (" + error + ")";
     *reply->mutable_error() = make_error(proto::ErrorInfo::INFEASIBLE, message);
     return false;
   }

@@ -120,6 +120,10 @@ class NodeAgent final : public proto::NodeAgent::Service {
   // Where a lease request that did not come from another node should go: this node
   // (true), another node (`reply` names it), or nowhere (`reply` has the error).
   bool place_here(const proto::LeaseRequest& req, const ResourceSet& request, proto::LeaseReply* reply);
+  // place_here's decision over one copy of the node table; nullopt when no node fits and
+  // this is not the `last_try` (the table may be stale).
+  std::optional<bool> place_on(const proto::LeaseRequest& req, const ResourceSet& request, const Placement& placement,
+                               const std::vector<ClusterView::Node>& nodes, proto::LeaseReply* reply, bool last_try);
   void on_worker_exit(const UniqueId& worker_id, pid_t pid, const std::string& reason);
 
   NodeAgentConfig config_;

@@ -101,6 +101,15 @@ CoreWorker::CoreWorker(CoreWorkerConfig config)
   sc.store = &store_;
   sc.refs = &refs_;
   sc.complete = complete;
+  sc.keep_lineage = [this](const proto::TaskSpec& spec, const ResourceSet& resources,
+                           const proto::SchedulingStrategy& strategy, int retries) {
+    std::lock_guard<std::mutex> lock(lineage_mu_);
+    Lineage& l = lineage_[ObjectId::from_binary(spec.return_id())];
+    l.spec = spec;
+    l.resources = resources;
+    l.strategy = strategy;
+    l.retries = retries;
+  };
   sc.inline_threshold = config_.inline_threshold;
   sc.force_grpc_streams = config_.force_grpc_streams;
   tasks_ = std::make_unique<TaskSubmitter>(sc);
@@ -273,12 +282,34 @@ void CoreWorker::set_blocked(bool blocked) {
   agent_->NotifyWorkerBlocked(&ctx, req, &reply);
 }
 
+bool CoreWorker::rebuild(const ObjectId& id, const std::string& lost_node) {
+  ValuePtr current = store_.get_if_ready(id);
+  if (!current || !current->has_shm() || current->shm().node_id() != lost_node) return false;
+  Lineage l;
+  {
+    std::lock_guard<std::mutex> lock(lineage_mu_);
+    auto it = lineage_.find(id);
+    constexpr int kMaxRebuilds = 3;
+    if (it == lineage_.end() || it->second.rebuilds >= kMaxRebuilds) return false;
+    ++it->second.rebuilds;
+    l = it->second;
+  }
+  if (!store_.reset_pending(id)) return false;
+  GANTRY_LOG_INFO("object {} was lost with node {}; running {} again to rebuild it", id.hex(),
+                  lost_node.substr(0, 8), l.spec.function());
+  l.spec.set_attempt(l.spec.attempt() + 1);
+  tasks_->submit(std::move(l.spec), {}, std::move(l.resources), std::move(l.strategy), l.retries, false);
+  return true;
+}
+
 ValuePtr CoreWorker::fetch_from_owner(const ObjectId& id, const std::string& owner,
-                                      std::optional<std::chrono::milliseconds> timeout) {
+                                      std::optional<std::chrono::milliseconds> timeout,
+                                      const std::string& lost_node) {
   auto stub = proto::WorkerService::NewStub(channels_.get(owner));
   proto::GetObjectRequest req;
   req.set_id(id.binary());
   req.set_timeout_ms(timeout ? timeout->count() : -1);
+  req.set_lost_node_id(lost_node);
   proto::GetObjectReply reply;
   grpc::ClientContext ctx;
   if (timeout) ctx.set_deadline(std::chrono::system_clock::now() + *timeout + std::chrono::seconds(5));
@@ -295,23 +326,39 @@ ValuePtr CoreWorker::fetch_from_owner(const ObjectId& id, const std::string& own
 
 std::shared_ptr<detail::Buffer> CoreWorker::get(const ObjectId& id, const std::string& owner,
                                                 std::optional<std::chrono::milliseconds> timeout) {
-  ValuePtr value;
-  if (owner == config_.listen_address) {
-    value = store_.get_if_ready(id);
-    if (!value) {
-      std::optional<std::chrono::steady_clock::time_point> deadline;
-      if (timeout) deadline = std::chrono::steady_clock::now() + *timeout;
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+  if (timeout) deadline = std::chrono::steady_clock::now() + *timeout;
+  std::string lost_node;  // set when the value we had sat on a node that died
+  while (true) {
+    ValuePtr value;
+    if (owner == config_.listen_address) {
+      value = store_.get_if_ready(id);
+      if (!value) {
+        BlockedScope blocked(*this);
+        value = store_.wait(id, deadline);
+      }
+    } else {
       BlockedScope blocked(*this);
-      value = store_.wait(id, deadline);
+      std::optional<std::chrono::milliseconds> left;
+      if (deadline)
+        left = std::max(std::chrono::milliseconds(0), std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                          *deadline - std::chrono::steady_clock::now()));
+      // Telling the owner about the loss makes it rebuild the object before it answers.
+      value = fetch_from_owner(id, owner, left, lost_node);
     }
-  } else {
-    BlockedScope blocked(*this);
-    value = fetch_from_owner(id, owner, timeout);
+    if (!value)
+      throw GetTimeoutError("object " + id.hex() + " was not ready within " + ms_text(*timeout) +
+                            "; wait longer, or use gantry::wait to poll");
+    try {
+      return to_buffer(value, id);
+    } catch (const ObjectLostError&) {
+      // Its node died. The owner runs the task that made it again when it can; else
+      // (or if the same node is reported twice) the loss stands.
+      if (!value->has_shm() || value->shm().node_id() == lost_node) throw;
+      lost_node = value->shm().node_id();
+      if (owner == config_.listen_address && !rebuild(id, lost_node)) throw;
+    }
   }
-  if (!value)
-    throw GetTimeoutError("object " + id.hex() + " was not ready within " + ms_text(*timeout) +
-                          "; wait longer, or use gantry::wait to poll");
-  return to_buffer(value, id);
 }
 
 std::vector<bool> CoreWorker::wait(const std::vector<std::pair<ObjectId, std::string>>& ids, size_t num_returns,
@@ -575,6 +622,10 @@ std::shared_ptr<detail::Buffer> CoreWorker::resolve_arg(const proto::TaskArg& ar
 }
 
 void CoreWorker::on_free(const ObjectId& id) {
+  {
+    std::lock_guard<std::mutex> lock(lineage_mu_);
+    lineage_.erase(id);
+  }
   ValuePtr value = store_.erase(id);
   if (value && value->has_shm()) delete_shm(id);
   std::vector<std::shared_ptr<detail::RefState>> contained;
@@ -690,6 +741,7 @@ grpc::Status CoreWorker::GetObject(grpc::ServerContext* ctx, const proto::GetObj
   if (id.is_nil()) return {grpc::StatusCode::INVALID_ARGUMENT, "object id must be 16 bytes"};
   if (!store_.contains(id)) return grpc::Status::OK;  // known = false
   reply->set_known(true);
+  if (!req->lost_node_id().empty()) rebuild(id, req->lost_node_id());
   std::optional<std::chrono::steady_clock::time_point> deadline;
   if (req->timeout_ms() >= 0) deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(req->timeout_ms());
   try {

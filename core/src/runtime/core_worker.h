@@ -111,7 +111,7 @@ class CoreWorker final : public detail::Runtime, public proto::WorkerService::Se
   /// Maps a large object, copying it to this node first when it lives on another.
   std::shared_ptr<detail::Buffer> map_shm(const proto::ShmLocation& location);
   ValuePtr fetch_from_owner(const ObjectId& id, const std::string& owner,
-                            std::optional<std::chrono::milliseconds> timeout);
+                            std::optional<std::chrono::milliseconds> timeout, const std::string& lost_node = {});
   void on_free(const ObjectId& id);
   void on_borrow(const ObjectId& id, const std::string& owner, bool add);
   void complete(const ObjectId& id, ValuePtr value);
@@ -160,6 +160,20 @@ class CoreWorker final : public detail::Runtime, public proto::WorkerService::Se
   /// included); `wait`: until the owner has applied it.
   void update_borrowers(const std::string& owner, const std::vector<ObjectId>& ids, const std::string& borrower,
                         bool add, bool wait);
+  // Lineage: how to rebuild large task results whose node may die (see keep_lineage).
+  struct Lineage {
+    proto::TaskSpec spec;
+    ResourceSet resources;
+    proto::SchedulingStrategy strategy;
+    int retries = 0;
+    int rebuilds = 0;
+  };
+  std::mutex lineage_mu_;  // guards lineage_
+  std::unordered_map<ObjectId, Lineage> lineage_;
+  /// Runs the task that made `id` again when its value sits on `lost_node` (hex) and it
+  /// has lineage left; false when it cannot be rebuilt.
+  bool rebuild(const ObjectId& id, const std::string& lost_node);
+
   std::atomic<bool> stopped_{false};
 };
 

@@ -34,6 +34,14 @@ bool MemoryStore::put(const ObjectId& id, ValuePtr value) {
   return true;
 }
 
+bool MemoryStore::reset_pending(const ObjectId& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = entries_.find(id);
+  if (it == entries_.end()) return false;
+  it->second.value = nullptr;
+  return true;
+}
+
 void MemoryStore::put_new(const ObjectId& id, ValuePtr value) {
   {
     std::lock_guard<std::mutex> lock(mu_);

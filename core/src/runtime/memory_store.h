@@ -51,6 +51,8 @@ class MemoryStore {
   /// Returns false when the id is unknown.
   bool on_ready(const ObjectId& id, ReadyCallback callback);
   /// Forgets the object and returns its value, if it had one.
+  /// Makes a ready object pending again (its value is being rebuilt); false if unknown.
+  bool reset_pending(const ObjectId& id);
   ValuePtr erase(const ObjectId& id);
   size_t size() const;
   /// Wakes every waiter and makes later waits throw gantry::Error (shutdown).

@@ -127,7 +127,8 @@ void TaskSubmitter::dispatch_locked(KeyState& ks, AfterUnlock& after) {
 }
 
 void TaskSubmitter::request_lease_locked(KeyState& ks, AfterUnlock& after,
-                                        std::shared_ptr<proto::NodeAgent::Stub> agent, bool spilled) {
+                                        std::shared_ptr<proto::NodeAgent::Stub> agent, const std::string& spilled_to,
+                                        const std::string& unreachable) {
   if (!agent) agent = config_.agent;
   ++ks.pending_lease_requests;
   ++calls_in_flight_;
@@ -137,12 +138,14 @@ void TaskSubmitter::request_lease_locked(KeyState& ks, AfterUnlock& after,
   call->request.set_job_id(config_.job_id);
   call->request.set_description(ks.description);
   *call->request.mutable_strategy() = ks.strategy;
-  call->request.set_spilled(spilled);
+  call->request.set_spilled(!spilled_to.empty());
+  call->request.set_unreachable_node_id(unreachable);
   lease_calls_.emplace(call.get(), call);
   std::string key = ks.key;
-  after.calls.push_back([this, call, key, agent] {
-    agent->async()->RequestLease(&call->ctx, &call->request, &call->reply, [this, call, key, agent](grpc::Status s) {
-      on_lease(key, agent, s, call->reply);
+  after.calls.push_back([this, call, key, agent, spilled_to] {
+    agent->async()->RequestLease(&call->ctx, &call->request, &call->reply,
+                                 [this, call, key, agent, spilled_to](grpc::Status s) {
+      on_lease(key, agent, spilled_to, s, call->reply);
       std::lock_guard<std::mutex> lock(mu_);
       lease_calls_.erase(call.get());
       --calls_in_flight_;
@@ -152,7 +155,8 @@ void TaskSubmitter::request_lease_locked(KeyState& ks, AfterUnlock& after,
 }
 
 void TaskSubmitter::on_lease(const std::string& key, const std::shared_ptr<proto::NodeAgent::Stub>& agent,
-                             const grpc::Status& status, const proto::LeaseReply& reply) {
+                             const std::string& spilled_to, const grpc::Status& status,
+                             const proto::LeaseReply& reply) {
   AfterUnlock after;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -169,7 +173,12 @@ void TaskSubmitter::on_lease(const std::string& key, const std::shared_ptr<proto
       GANTRY_LOG_DEBUG("{} spills to node {} at {}", ks.description,
                        UniqueId::from_binary(reply.spillback_node_id()).short_hex(), reply.spillback_address());
       request_lease_locked(ks, after, proto::NodeAgent::NewStub(config_.channels->get(reply.spillback_address())),
-                           /*spilled=*/true);
+                           reply.spillback_node_id());
+    } else if (!status.ok() && !spilled_to.empty() && status.error_code() != grpc::StatusCode::CANCELLED) {
+      // The node we were sent to is gone (its death not noticed yet): place it again.
+      GANTRY_LOG_INFO("{}: node {} did not answer ({}); placing it again", ks.description,
+                      UniqueId::from_binary(spilled_to).short_hex(), status.error_message());
+      request_lease_locked(ks, after, nullptr, {}, spilled_to);
     } else if (!status.ok()) {
       fail_queue_locked(ks,
                         make_error(proto::ErrorInfo::INTERNAL,
@@ -218,6 +227,11 @@ void TaskSubmitter::on_results(const std::string& key, uint64_t handle, proto::R
         task.spec.set_attempt(task.spec.attempt() + 1);
         ks.queue.push_front(id);
         continue;
+      }
+      if (value.has_shm() && task.arg_refs.empty() && config_.keep_lineage) {
+        bool self_contained = true;
+        for (const auto& arg : task.spec.args()) self_contained &= arg.has_inline_data();
+        if (self_contained) config_.keep_lineage(task.spec, ks.resources, ks.strategy, task.retries_left);
       }
       auto stored = std::make_shared<proto::ObjectValue>();
       stored->Swap(result.mutable_value());

@@ -26,6 +26,11 @@ namespace gantry::internal {
 /// How a finished task's value reaches its owner's tables.
 using CompleteCallback = std::function<void(const ObjectId& id, ValuePtr value)>;
 
+/// A finished task whose large result could be rebuilt by running it again (all its
+/// arguments are inline): its spec and how it was scheduled.
+using LineageCallback = std::function<void(const proto::TaskSpec& spec, const ResourceSet& resources,
+                                           const proto::SchedulingStrategy& strategy, int retries)>;
+
 struct SubmitterConfig {
   std::string self_address;
   std::string job_id;  // binary; named in every lease request
@@ -34,6 +39,7 @@ struct SubmitterConfig {
   MemoryStore* store = nullptr;      // not owned
   ReferenceCounter* refs = nullptr;  // not owned
   CompleteCallback complete;
+  LineageCallback keep_lineage;  // called under the submitter's lock, before `complete`
   size_t inline_threshold = 100 * 1024;
   std::chrono::milliseconds lease_linger{100};
   bool force_grpc_streams = false;
@@ -109,16 +115,18 @@ class TaskSubmitter {
   void dispatch_locked(KeyState& ks, AfterUnlock& after);
   size_t pipeline_depth_locked(const KeyState& ks) const;
   bool resolve_args_locked(Task& task, AfterUnlock& after);
-  // Asks `agent` (null: this node's) for a lease; `spilled`: another agent sent us there.
-  void request_lease_locked(KeyState& ks, AfterUnlock& after,
-                            std::shared_ptr<proto::NodeAgent::Stub> agent = nullptr, bool spilled = false);
+  // Asks this node's agent for a lease, or with `spilled_to` (a node id, binary) the
+  // agent `agent` of the node this node's agent sent us to. `unreachable`: a node that
+  // did not answer such a request, which this node's agent must not pick again.
+  void request_lease_locked(KeyState& ks, AfterUnlock& after, std::shared_ptr<proto::NodeAgent::Stub> agent = nullptr,
+                            const std::string& spilled_to = {}, const std::string& unreachable = {});
   void fail_task_locked(const TaskId& id, proto::ErrorInfo error, AfterUnlock& after);
   void fail_queue_locked(KeyState& ks, const proto::ErrorInfo& error, AfterUnlock& after);
   void drop_worker_locked(KeyState& ks, uint64_t handle, bool failed, AfterUnlock& after);
 
   void on_dependency_ready(const TaskId& id);
   void on_lease(const std::string& key, const std::shared_ptr<proto::NodeAgent::Stub>& agent,
-                const grpc::Status& status, const proto::LeaseReply& reply);
+                const std::string& spilled_to, const grpc::Status& status, const proto::LeaseReply& reply);
   void on_results(const std::string& key, uint64_t handle, proto::ResultBatch& batch);
   void on_broken(const std::string& key, uint64_t handle, const std::string& why);
   void finish(AfterUnlock& after);
