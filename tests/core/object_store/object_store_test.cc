@@ -80,6 +80,34 @@ TEST(ObjectStore, RemovedFilesAreReusedBySimilarSizesAndEvictedForRoom) {
   EXPECT_EQ(store.used(), 9100u);
 }
 
+TEST(ObjectStore, SecondaryCopiesAreFoundWhenSealedAndEvictedLeastRecentlyUsedFirst) {
+  ObjectStore store(test_dir(), 1000);
+  ObjectId a = ObjectId::generate(), b = ObjectId::generate(), c = ObjectId::generate();
+  auto ra = store.reserve(a, 400, /*secondary=*/true);
+  ASSERT_TRUE(ra.error.empty()) << ra.error;
+  std::ofstream(ra.path) << "a";
+  EXPECT_EQ(store.find(a), "") << "a copy being written is not there yet";
+  store.seal_secondary(a);
+  EXPECT_EQ(store.find(a), ra.path);
+  auto rb = store.reserve(b, 400, /*secondary=*/true);
+  std::ofstream(rb.path) << "b";
+  store.seal_secondary(b);
+  EXPECT_EQ(store.find(a), ra.path);  // a is now the more recently used
+  EXPECT_EQ(store.num_secondary(), 2u);
+  // A primary object that needs room evicts b (least recently used), and keeps a.
+  auto rc = store.reserve(c, 500);
+  ASSERT_TRUE(rc.error.empty()) << rc.error;
+  EXPECT_EQ(store.find(b), "");
+  EXPECT_FALSE(std::filesystem::exists(rb.path));
+  EXPECT_EQ(store.find(a), ra.path);
+  EXPECT_EQ(store.used(), 900u);
+  // Removing a secondary copy unlinks it rather than keeping the file for reuse.
+  store.remove(a);
+  EXPECT_FALSE(std::filesystem::exists(ra.path));
+  EXPECT_EQ(store.pooled(), 0u);
+  EXPECT_EQ(store.used(), 500u);
+}
+
 TEST(MappedFile, ReaderSeesWriterBytesAndSurvivesUnlink) {
   ObjectStore store(test_dir(), 1 << 24);
   ObjectId id = ObjectId::generate();

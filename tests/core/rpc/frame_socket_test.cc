@@ -110,5 +110,48 @@ TEST(FrameSocketTest, WriteReadingStopsWhenTheHandlerRefuses) {
   peer.join();
 }
 
+TEST(FrameSocketTest, TcpListenerServesFramesOnThePortItNames) {
+  std::unique_ptr<FrameListener> listener = FrameListener::tcp("127.0.0.1");
+  ASSERT_EQ(listener->endpoint().rfind("tcp:127.0.0.1:", 0), 0u) << listener->endpoint();
+  std::thread server([&] {
+    auto socket = listener->accept();
+    ASSERT_TRUE(socket);
+    std::string frame;
+    while (socket->read(&frame)) ASSERT_TRUE(socket->write("echo:" + frame));
+  });
+  std::string error;
+  auto client = FrameSocket::connect(listener->endpoint(), &error);
+  ASSERT_TRUE(client) << error;
+  std::string got;
+  ASSERT_TRUE(client->write(frame_of(200'000, 'z')));
+  ASSERT_TRUE(client->read(&got));
+  EXPECT_EQ(got, "echo:" + frame_of(200'000, 'z'));
+  client->shutdown_write();
+  server.join();
+  EXPECT_FALSE(FrameSocket::connect("tcp:nohost", &error));
+  EXPECT_NE(error.find("tcp:host:port"), std::string::npos) << error;
+  EXPECT_FALSE(FrameSocket::connect("udp:1.2.3.4:5", &error));
+}
+
+TEST(FrameSocketTest, ReadRefusesFramesOverTheGivenLimit) {
+  SocketPair p;
+  ASSERT_TRUE(p.a->write(frame_of(5000, 'q')));
+  std::string got;
+  EXPECT_FALSE(p.b->read(&got, 4096));
+  EXPECT_NE(p.b->error().find("over the limit"), std::string::npos) << p.b->error();
+}
+
+TEST(SplitHostPort, AcceptsHostsAndBracketedIpv6AndRefusesTheRest) {
+  std::string host;
+  int port = 0;
+  ASSERT_TRUE(split_host_port("10.0.0.5:6380", &host, &port));
+  EXPECT_EQ(host, "10.0.0.5");
+  EXPECT_EQ(port, 6380);
+  ASSERT_TRUE(split_host_port("[::1]:80", &host, &port));
+  EXPECT_EQ(host, "::1");
+  for (const char* bad : {"", "host", ":80", "host:", "host:x1", "host:99999", "::1:80", "unix:/tmp/s"})
+    EXPECT_FALSE(split_host_port(bad, &host, &port)) << bad;
+}
+
 }  // namespace
 }  // namespace gantry::internal
