@@ -126,10 +126,15 @@ void TaskSubmitter::dispatch_locked(KeyState& ks, AfterUnlock& after) {
   if (!ks.queue.empty() && ks.pending_lease_requests == 0) request_lease_locked(ks, after);
 }
 
-void TaskSubmitter::request_lease_locked(KeyState& ks, AfterUnlock& after,
-                                        std::shared_ptr<proto::NodeAgent::Stub> agent, const std::string& spilled_to,
-                                        const std::string& unreachable) {
-  if (!agent) agent = config_.agent;
+proto::NodeAgent::Stub* TaskSubmitter::agent_at_locked(const std::string& address) {
+  auto& stub = agents_[address];
+  if (!stub) stub = proto::NodeAgent::NewStub(config_.channels->get(address));
+  return stub.get();
+}
+
+void TaskSubmitter::request_lease_locked(KeyState& ks, AfterUnlock& after, proto::NodeAgent::Stub* agent,
+                                        const std::string& spilled_to, const std::string& unreachable) {
+  if (agent == nullptr) agent = config_.agent.get();
   ++ks.pending_lease_requests;
   ++calls_in_flight_;
   auto call = std::make_shared<LeaseCall>();
@@ -154,7 +159,7 @@ void TaskSubmitter::request_lease_locked(KeyState& ks, AfterUnlock& after,
   });
 }
 
-void TaskSubmitter::on_lease(const std::string& key, const std::shared_ptr<proto::NodeAgent::Stub>& agent,
+void TaskSubmitter::on_lease(const std::string& key, proto::NodeAgent::Stub* agent,
                              const std::string& spilled_to, const grpc::Status& status,
                              const proto::LeaseReply& reply) {
   AfterUnlock after;
@@ -172,8 +177,7 @@ void TaskSubmitter::on_lease(const std::string& key, const std::shared_ptr<proto
       // This node cannot take it now but another can: ask that node's agent.
       GANTRY_LOG_DEBUG("{} spills to node {} at {}", ks.description,
                        UniqueId::from_binary(reply.spillback_node_id()).short_hex(), reply.spillback_address());
-      request_lease_locked(ks, after, proto::NodeAgent::NewStub(config_.channels->get(reply.spillback_address())),
-                           reply.spillback_node_id());
+      request_lease_locked(ks, after, agent_at_locked(reply.spillback_address()), reply.spillback_node_id());
     } else if (!status.ok() && !spilled_to.empty() && status.error_code() != grpc::StatusCode::CANCELLED) {
       // The node we were sent to is gone (its death not noticed yet): place it again.
       GANTRY_LOG_INFO("{}: node {} did not answer ({}); placing it again", ks.description,
@@ -318,13 +322,12 @@ void TaskSubmitter::drop_worker_locked(KeyState& ks, uint64_t handle, bool faile
   it->second->stream->close();
   retired_streams_.push_back(std::move(it->second->stream));
   uint64_t lease_id = it->second->lease_id;
-  std::shared_ptr<proto::NodeAgent::Stub> agent = it->second->agent;
+  proto::NodeAgent::Stub* agent = it->second->agent;
   ks.workers.erase(it);
   after.calls.push_back([this, agent, lease_id, failed] { return_lease(agent, lease_id, failed); });
 }
 
-void TaskSubmitter::return_lease(const std::shared_ptr<proto::NodeAgent::Stub>& agent, uint64_t lease_id,
-                                 bool failed) {
+void TaskSubmitter::return_lease(proto::NodeAgent::Stub* agent, uint64_t lease_id, bool failed) {
   struct ReturnCall {
     grpc::ClientContext ctx;
     proto::ReturnLeaseRequest request;
@@ -338,7 +341,7 @@ void TaskSubmitter::return_lease(const std::shared_ptr<proto::NodeAgent::Stub>& 
     std::lock_guard<std::mutex> lock(mu_);
     ++calls_in_flight_;
   }
-  agent->async()->ReturnLease(&call->ctx, &call->request, &call->reply, [this, call, agent](grpc::Status) {
+  agent->async()->ReturnLease(&call->ctx, &call->request, &call->reply, [this, call](grpc::Status) {
     std::lock_guard<std::mutex> lock(mu_);
     --calls_in_flight_;
     cv_.notify_all();

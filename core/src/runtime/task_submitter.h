@@ -84,7 +84,7 @@ class TaskSubmitter {
   };
   struct LeasedWorker {
     uint64_t lease_id = 0;  // the granting agent's
-    std::shared_ptr<proto::NodeAgent::Stub> agent;  // which granted it (spillback: another node's)
+    proto::NodeAgent::Stub* agent = nullptr;  // which granted it (spillback: another node's); in agents_
     std::string address;
     int pid = 0;
     std::shared_ptr<TaskStream> stream;
@@ -118,19 +118,22 @@ class TaskSubmitter {
   // Asks this node's agent for a lease, or with `spilled_to` (a node id, binary) the
   // agent `agent` of the node this node's agent sent us to. `unreachable`: a node that
   // did not answer such a request, which this node's agent must not pick again.
-  void request_lease_locked(KeyState& ks, AfterUnlock& after, std::shared_ptr<proto::NodeAgent::Stub> agent = nullptr,
+  void request_lease_locked(KeyState& ks, AfterUnlock& after, proto::NodeAgent::Stub* agent = nullptr,
                             const std::string& spilled_to = {}, const std::string& unreachable = {});
+  // The stub for another node's agent, kept until this submitter is destroyed: callbacks
+  // hold plain pointers, so no channel is ever released on a gRPC callback thread.
+  proto::NodeAgent::Stub* agent_at_locked(const std::string& address);
   void fail_task_locked(const TaskId& id, proto::ErrorInfo error, AfterUnlock& after);
   void fail_queue_locked(KeyState& ks, const proto::ErrorInfo& error, AfterUnlock& after);
   void drop_worker_locked(KeyState& ks, uint64_t handle, bool failed, AfterUnlock& after);
 
   void on_dependency_ready(const TaskId& id);
-  void on_lease(const std::string& key, const std::shared_ptr<proto::NodeAgent::Stub>& agent,
+  void on_lease(const std::string& key, proto::NodeAgent::Stub* agent,
                 const std::string& spilled_to, const grpc::Status& status, const proto::LeaseReply& reply);
   void on_results(const std::string& key, uint64_t handle, proto::ResultBatch& batch);
   void on_broken(const std::string& key, uint64_t handle, const std::string& why);
   void finish(AfterUnlock& after);
-  void return_lease(const std::shared_ptr<proto::NodeAgent::Stub>& agent, uint64_t lease_id, bool failed);
+  void return_lease(proto::NodeAgent::Stub* agent, uint64_t lease_id, bool failed);
   void housekeeping_loop();
 
   SubmitterConfig config_;
@@ -142,6 +145,7 @@ class TaskSubmitter {
   std::unordered_map<LeaseCall*, std::shared_ptr<LeaseCall>> lease_calls_;
   uint64_t next_sequence_ = 0;  // submission order, for re-running lost tasks in order
   uint64_t next_handle_ = 1;    // keys of KeyState::workers
+  std::unordered_map<std::string, std::shared_ptr<proto::NodeAgent::Stub>> agents_;  // by address
   int calls_in_flight_ = 0;  // lease requests and returns whose callbacks hold `this`
   bool stopping_ = false;
   std::thread housekeeper_;
