@@ -96,9 +96,6 @@ struct ActorOptions {
   int max_task_retries = 0;
   /// Where it runs; see SchedulingStrategy.
   SchedulingStrategy scheduling{};
-  /// A detached actor outlives the driver that made it, until `gantry::kill`. It must
-  /// have a name: later drivers find it with `gantry::get_actor<T>(name)`.
-  bool detached = false;
 };
 
 /// One node of the cluster, as `gantry::nodes()` lists it.

@@ -485,9 +485,6 @@ ActorId CoreWorker::create_actor(const std::string& factory, const std::string& 
   if (stopped_) throw Error("gantry is shut down");
   ResourceSet resources = resources_of(options.num_cpus, options.num_gpus, options.memory, options.resources,
                                        "actor " + class_key);
-  if (options.detached && options.name.empty())
-    throw Error("invalid options for actor " + class_key + ": a detached actor needs a name, by which later "
-                "drivers find it with gantry::get_actor");
   ActorId id = ActorId::generate();
   proto::ActorSpec spec;
   spec.set_actor_id(id.binary());
@@ -500,7 +497,6 @@ ActorId CoreWorker::create_actor(const std::string& factory, const std::string& 
   spec.set_owner_address(config_.listen_address);
   spec.set_job_id(config_.job_id.binary());
   *spec.mutable_strategy() = strategy_of(options.scheduling, "actor " + class_key);
-  spec.set_detached(options.detached);
   std::vector<ObjectId> refs;
   std::vector<std::shared_ptr<detail::RefState>> keep;
   for (auto& a : args) {
