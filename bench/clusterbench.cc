@@ -111,7 +111,8 @@ bool read_all(int fd, char* p, size_t n) {
 
 // Messages of kMessageBytes echoed back, kTaskBatch in flight at a time: per second.
 double tcp_messages_per_second(double seconds) {
-  auto [client, server] = tcp_pair();
+  std::pair<int, int> fds = tcp_pair();  // not a structured binding: lambdas capture it
+  int client = fds.first, server = fds.second;
   std::thread echo([fd = server] {
     std::vector<char> m(kMessageBytes);
     while (read_all(fd, m.data(), m.size()) && write_all(fd, m.data(), m.size())) {
@@ -136,7 +137,8 @@ double tcp_messages_per_second(double seconds) {
 
 // kObjectBytes written by one thread and read into a buffer by another: GB/s.
 double tcp_gigabytes_per_second(double seconds) {
-  auto [client, server] = tcp_pair();
+  std::pair<int, int> fds = tcp_pair();
+  int client = fds.first, server = fds.second;
   std::vector<char> source(kObjectBytes, 's'), sink(kObjectBytes);
   int64_t bytes = 0;
   auto start = Clock::now();
