@@ -263,16 +263,7 @@ grpc::Status NodeAgent::RequestLease(grpc::ServerContext* ctx, const proto::Leas
 }
 
 bool NodeAgent::place_here(const proto::LeaseRequest& req, const ResourceSet& request, proto::LeaseReply* reply) {
-  Placement placement;
-  switch (req.strategy().kind()) {
-    case proto::SchedulingStrategy::SPREAD: placement.kind = Placement::Kind::kSpread; break;
-    case proto::SchedulingStrategy::NODE_AFFINITY:
-      placement.kind = Placement::Kind::kNodeAffinity;
-      placement.node = UniqueId::from_binary(req.strategy().node_id());
-      placement.soft = req.strategy().soft();
-      break;
-    default: break;
-  }
+  Placement placement = from_proto(req.strategy());
   {
     // The common case needs no one else: default placement that fits here now.
     std::lock_guard<std::mutex> lock(mu_);

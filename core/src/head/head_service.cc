@@ -104,13 +104,7 @@ const HeadService::Node* HeadService::pick_node_locked(const ResourceSet& resour
   std::vector<const Node*> order = nodes_in_order_locked();
   std::vector<NodeCandidate> candidates;
   for (const Node* node : order) candidates.push_back({node->id, node->shape.get(), node->available, node->alive});
-  Placement placement;
-  if (strategy.kind() == proto::SchedulingStrategy::SPREAD) placement.kind = Placement::Kind::kSpread;
-  if (strategy.kind() == proto::SchedulingStrategy::NODE_AFFINITY) {
-    placement.kind = Placement::Kind::kNodeAffinity;
-    placement.node = UniqueId::from_binary(strategy.node_id());
-    placement.soft = strategy.soft();
-  }
+  Placement placement = from_proto(strategy);
   uint64_t scratch_cursor = spread_cursor_;
   NodeChoice choice = choose_node(candidates, resources, placement, /*local=*/-1, take ? &spread_cursor_ : &scratch_cursor);
   if (choice.index < 0) {

@@ -38,16 +38,17 @@ void tune_tcp(int fd) {
   ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
 }
 
-// Resolves a numeric host and port; false with `error` set when it is not one.
+}  // namespace
+
 bool numeric_address(const std::string& host, int port, sockaddr_storage* out, socklen_t* len, std::string* error) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV;
+  hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
   addrinfo* found = nullptr;
   std::string service = std::to_string(port);
   if (int rc = ::getaddrinfo(host.c_str(), service.c_str(), &hints, &found); rc != 0 || found == nullptr) {
-    *error = "cannot resolve " + host + ": " + ::gai_strerror(rc);
+    *error = "'" + host + "' is not a numeric IP address (" + ::gai_strerror(rc) + ")";
     return false;
   }
   std::memcpy(out, found->ai_addr, found->ai_addrlen);
@@ -56,7 +57,15 @@ bool numeric_address(const std::string& host, int port, sockaddr_storage* out, s
   return true;
 }
 
-}  // namespace
+std::string bound_address(int fd, const std::string& host) {
+  sockaddr_storage addr{};
+  socklen_t len = sizeof addr;
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) return {};
+  int port = addr.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port)
+                                        : ntohs(reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
+  bool v6 = host.find(':') != std::string::npos;
+  return (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
+}
 
 bool split_host_port(const std::string& address, std::string* host, int* port) {
   size_t colon = address.rfind(':');
@@ -277,13 +286,11 @@ std::unique_ptr<FrameListener> FrameListener::tcp(const std::string& host) {
   std::unique_ptr<FrameListener> listener(new FrameListener());
   listener->fd_ = ::socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (listener->fd_ < 0) throw Error("cannot create a socket: " + std::string(std::strerror(errno)));
+  std::string bound;
   if (::bind(listener->fd_, reinterpret_cast<sockaddr*>(&addr), len) != 0 || ::listen(listener->fd_, 128) != 0 ||
-      ::getsockname(listener->fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0)
+      (bound = bound_address(listener->fd_, host)).empty())
     throw Error("cannot listen for task streams on " + host + ": " + std::strerror(errno));
-  int port = addr.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port)
-                                        : ntohs(reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
-  bool v6 = host.find(':') != std::string::npos;
-  listener->endpoint_ = "tcp:" + (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
+  listener->endpoint_ = "tcp:" + bound;
   return listener;
 }
 

@@ -1,6 +1,8 @@
 #pragma once
 
 #include <cstddef>
+#include <sys/socket.h>
+
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -95,6 +97,12 @@ class FrameListener {
 /// The framed task socket a worker serves beside its gRPC address ("unix:/d/w-X.sock"
 /// serves "/d/w-X.tasks"), or empty when the address is not a Unix socket.
 std::string task_socket_path(const std::string& worker_address);
+
+/// Resolves a numeric IP `host` and `port` into `out`; false with `error` set when `host`
+/// is not an IP address.
+bool numeric_address(const std::string& host, int port, sockaddr_storage* out, socklen_t* len, std::string* error);
+/// "host:port" of the port socket `fd` is bound to (IPv6 hosts in brackets); empty on error.
+std::string bound_address(int fd, const std::string& host);
 
 /// Splits "host:port" (IPv6 hosts in brackets, "[::1]:80") into its parts; false when it
 /// is not of that form.

@@ -1,7 +1,5 @@
 #include "rpc/grpc_util.h"
 
-#include <netdb.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -12,6 +10,7 @@
 
 #include "gantry/errors.h"
 #include "rpc/auth.h"
+#include "rpc/frame_socket.h"
 
 namespace gantry::internal {
 
@@ -81,31 +80,33 @@ void throw_error(const proto::ErrorInfo& e) {
 
 std::string unix_address(const std::string& path) { return "unix:" + path; }
 
+Placement from_proto(const proto::SchedulingStrategy& strategy) {
+  Placement placement;
+  switch (strategy.kind()) {
+    case proto::SchedulingStrategy::SPREAD: placement.kind = Placement::Kind::kSpread; break;
+    case proto::SchedulingStrategy::NODE_AFFINITY:
+      placement.kind = Placement::Kind::kNodeAffinity;
+      placement.node = UniqueId::from_binary(strategy.node_id());
+      placement.soft = strategy.soft();
+      break;
+    default: break;
+  }
+  return placement;
+}
+
 PortReservation::PortReservation(const std::string& host) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
-  addrinfo* found = nullptr;
-  if (int rc = ::getaddrinfo(host.c_str(), "0", &hints, &found); rc != 0 || found == nullptr)
-    throw Error("cannot serve on '" + host + "': not a numeric IP address (" + ::gai_strerror(rc) + ")");
   sockaddr_storage addr{};
-  socklen_t len = found->ai_addrlen;
-  std::memcpy(&addr, found->ai_addr, len);
-  ::freeaddrinfo(found);
+  socklen_t len = 0;
+  std::string error;
+  if (!numeric_address(host, 0, &addr, &len, &error)) throw Error("cannot serve on " + error);
   fd_ = ::socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   int one = 1;
   if (fd_ < 0 || ::setsockopt(fd_, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 ||
-      ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
-      ::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+      ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), len) != 0 || (address_ = bound_address(fd_, host)).empty()) {
     std::string why = std::strerror(errno);
     if (fd_ >= 0) ::close(fd_);
     throw Error("cannot get a TCP port on " + host + ": " + why);
   }
-  int port = addr.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port)
-                                        : ntohs(reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
-  bool v6 = host.find(':') != std::string::npos;
-  address_ = (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
 }
 
 PortReservation::~PortReservation() {

@@ -9,6 +9,7 @@
 #include <unordered_map>
 
 #include "gantry/common.pb.h"
+#include "scheduler/node_choice.h"
 #include "scheduler/resource_set.h"
 
 namespace gantry::internal {
@@ -42,6 +43,9 @@ proto::ErrorInfo make_error(proto::ErrorInfo::Kind kind, const std::string& mess
 
 /// "unix:" + path.
 std::string unix_address(const std::string& path);
+
+/// The scheduler's form of a task's or actor's strategy.
+Placement from_proto(const proto::SchedulingStrategy& strategy);
 
 /// A TCP port on `host` held for a gRPC server about to be built: bound with SO_REUSEPORT
 /// (as gRPC binds its own) but not listening, so no other program takes it meanwhile and
