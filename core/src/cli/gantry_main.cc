@@ -141,6 +141,7 @@ void on_stop_signal(int) { g_stop = 1; }
 // Runs head (with --head) and node agent until SIGTERM or SIGINT. `ready` is called once
 // they serve, with the lines to print; it may fork-detach the caller.
 int run_node(const StartOptions& o, const std::function<void(const std::string&)>& ready) {
+  keep_grpc_for_process();
   NodeShape shape = make_node_shape(o.num_cpus, o.num_gpus, parse_resources(o.resources));
   std::string session = create_session_dir(o.temp_dir);
   setup_logging(o.log_level, session + "/logs/gantry.log", o.head ? "head" : "agent");
@@ -656,6 +657,8 @@ int run(int argc, char** argv) {
       parse_resources(start.resources);  // a bad value is a usage error, before anything starts
       return start_command(start);
     }
+    // Not before `start`: that forks, and gRPC's threads must not exist across a fork.
+    keep_grpc_for_process();
     if (stop_cmd->parsed()) return stop_command(stop_temp_dir, grace_s);
     if (status_cmd->parsed()) return status_command(status_address, status_temp_dir);
     if (submit_cmd->parsed()) return job_submit(job);

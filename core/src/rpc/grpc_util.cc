@@ -1,5 +1,7 @@
 #include "rpc/grpc_util.h"
 
+#include <grpcpp/generic/generic_stub.h>
+
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -22,6 +24,30 @@ std::shared_ptr<grpc::Channel> make_channel(const std::string& address) {
   // unrelated callers of one worker contend on one HTTP/2 connection.
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   return make_authenticated_channel(address, args);
+}
+
+void keep_grpc_for_process() {
+  static const bool kept = [] {
+    grpc_init();
+    // A channel that is never destroyed, with one callback call made on it: the call
+    // creates the channel's reference to gRPC's callback queue, which is then never
+    // released. Nothing listens at the address; the call fails at once.
+    struct Pin {
+      std::shared_ptr<grpc::Channel> channel =
+          grpc::CreateChannel("unix:/nonexistent/gantry-pin", grpc::InsecureChannelCredentials());
+      grpc::GenericStub stub{channel};
+      grpc::ClientContext ctx;
+      grpc::ByteBuffer request, reply;
+    };
+    auto* pin = new Pin;  // intentionally never freed
+    grpc::Slice empty;
+    pin->request = grpc::ByteBuffer(&empty, 1);
+    pin->ctx.set_deadline(std::chrono::system_clock::now());
+    pin->stub.UnaryCall(&pin->ctx, "/gantry.Pin/Pin", grpc::StubOptions(), &pin->request, &pin->reply,
+                        [](grpc::Status) {});
+    return true;
+  }();
+  (void)kept;
 }
 
 std::shared_ptr<grpc::Channel> ChannelCache::get(const std::string& address) {

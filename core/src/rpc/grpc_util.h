@@ -18,6 +18,15 @@ namespace gantry::internal {
 /// (no message size limit).
 std::shared_ptr<grpc::Channel> make_channel(const std::string& address);
 
+/// Keeps gRPC's global state for the rest of the process: the library itself and the
+/// completion queue on which gRPC runs client callbacks. Call before the first channel.
+///
+/// Without this, the last channel of a process can be destroyed inside a callback (a
+/// finished call's ClientContext holds its channel), on the very thread that polls that
+/// queue. gRPC then shuts the queue down and frees it under its own poller, which aborts
+/// the program (`grpc_cq_internal_unref: prior > 0`). Idempotent and thread-safe.
+void keep_grpc_for_process();
+
 /// Shared channels, one per address. Thread-safe.
 class ChannelCache {
  public:

@@ -203,11 +203,9 @@ void join_cluster(std::string address, const InitOptions& options, const std::ve
 }  // namespace
 
 void init(int argc, char** argv, InitOptions options) {
-  // gRPC stays initialised for the rest of the process. Otherwise the last channel of a
-  // shutdown() tears it down on a background thread, which can still run when main
-  // returns and abort the exiting program (seen as exit 134 after a joined driver ended).
-  static const bool grpc_kept = (grpc_init(), true);
-  (void)grpc_kept;
+  // gRPC stays set up for the rest of the process: a channel released on a gRPC thread
+  // after shutdown() must not tear it down under that thread (see keep_grpc_for_process).
+  internal::keep_grpc_for_process();
   std::vector<std::string> args = argc > 0 && argv != nullptr ? args_from(argc, argv) : args_from_proc();
   internal::ProcessEnv env = internal::ProcessEnv::read();
   if (env.worker_mode) run_worker(env);
