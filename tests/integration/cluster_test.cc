@@ -378,7 +378,7 @@ TEST_F(ClusterTest, JobSubmitRunsAProgramAsADriverAndKeepsItsOutput) {
   EXPECT_TRUE(std::regex_search(jobs, std::regex("FINISHED .*cluster_test"))) << jobs;
   std::string nodes = run(cli("list nodes")).out;
   EXPECT_NE(nodes.find("127.0.0.1:"), std::string::npos) << nodes;
-  EXPECT_EQ(run(cli("list placement-groups")).code, 2);
+  EXPECT_EQ(run(cli("list gizmos")).code, 2);
 }
 
 TEST_F(ClusterTest, ListActorsShowsNamedActors) {
@@ -492,6 +492,67 @@ TEST_F(ClusterTest, TasksOfAKilledNodeRunAgainOnAnother) {
   ASSERT_EQ(::kill(node_pid(first.out), SIGKILL), 0);
   EXPECT_EQ(short_id(a.get()), joined_id(second.out));
   EXPECT_EQ(short_id(b.get()), joined_id(second.out));
+  gantry::shutdown();
+}
+
+TEST_F(ClusterTest, PlacementGroupsSpanNodesAndSurviveANodesDeath) {
+  using namespace std::chrono_literals;
+  std::string flags = " --node-ip-address 127.0.0.1 --num-cpus 1 --resources '{\"P\": 1}'";
+  CommandResult first = run(cli("start --address " + address_ + flags));
+  ASSERT_EQ(first.code, 0) << first.out;
+  CommandResult second = run(cli("start --address " + address_ + flags));
+  ASSERT_EQ(second.code, 0) << second.out;
+  gantry::init({.temp_dir = temp_.string(), .address = address_});
+  using gantry::SchedulingStrategy;
+  // Two nodes have a P each: STRICT_SPREAD of two P bundles takes both; of three, none.
+  EXPECT_THROW(gantry::create_placement_group({.bundles = {{{"P", 1}}, {{"P", 1}}, {{"P", 1}}},
+                                               .strategy = gantry::PlacementStrategy::kStrictSpread}),
+               gantry::InfeasibleError);
+  auto pg = gantry::create_placement_group({.bundles = {{{"P", 1}, {"CPU", 1}}, {{"P", 1}, {"CPU", 1}}},
+                                            .strategy = gantry::PlacementStrategy::kStrictSpread,
+                                            .name = "pair"});
+  ASSERT_TRUE(pg.wait(20s));
+  auto in = [&](int bundle) {
+    return gantry::task(busy_where)
+        .options({.num_cpus = 1, .resources = {{"P", 1}}, .scheduling = SchedulingStrategy::placement_group(pg, bundle)})
+        .remote(0)
+        .get(30s);
+  };
+  std::string at0 = in(0), at1 = in(1);
+  EXPECT_NE(at0, at1);
+  std::set<std::string> p_nodes{joined_id(first.out), joined_id(second.out)};
+  EXPECT_TRUE(p_nodes.count(short_id(at0)) && p_nodes.count(short_id(at1))) << at0 << " " << at1;
+  // An actor in a bundle lives on that bundle's node.
+  auto tally = gantry::actor(Tally::create)
+                   .options({.num_cpus = 1, .scheduling = SchedulingStrategy::placement_group(pg, 1)})
+                   .remote(0);
+  EXPECT_EQ(tally.task(&Tally::node).remote().get(30s), at1);
+  std::string listed = run(cli("list placement-groups --address " + address_)).out;
+  EXPECT_NE(listed.find(pg.id()), std::string::npos) << listed;
+  EXPECT_NE(listed.find("STRICT_SPREAD"), std::string::npos) << listed;
+  EXPECT_NE(listed.find("CREATED"), std::string::npos) << listed;
+  EXPECT_NE(listed.find("pair"), std::string::npos) << listed;
+
+  // The node holding bundle 0 dies: the bundle moves to a new node with a P.
+  bool first_held_0 = short_id(at0) == joined_id(first.out);
+  CommandResult& doomed = first_held_0 ? first : second;
+  ASSERT_EQ(::kill(node_pid(doomed.out), SIGKILL), 0);
+  CommandResult third = run(cli("start --address " + address_ + flags));
+  ASSERT_EQ(third.code, 0) << third.out;
+  auto deadline = std::chrono::steady_clock::now() + 30s;
+  std::string moved;
+  while (std::chrono::steady_clock::now() < deadline) {
+    try {
+      moved = in(0);
+      if (short_id(moved) == joined_id(third.out)) break;
+    } catch (const gantry::Error&) {
+      // its old node's lease fails while the head notices the death
+    }
+    std::this_thread::sleep_for(200ms);
+  }
+  EXPECT_EQ(short_id(moved), joined_id(third.out));
+  gantry::remove_placement_group(pg);
+  EXPECT_THROW(tally.task(&Tally::node).remote().get(30s), gantry::ActorDiedError);
   gantry::shutdown();
 }
 

@@ -337,6 +337,81 @@ TEST_F(Runtime, GpuIdsAreDisjointUnderConcurrencyAndFractionsPack) {
   EXPECT_EQ(two.ids.size(), 2u);
 }
 
+TEST_F(Runtime, PlacementGroupsReserveBundlesAndWorkRunsInThem) {
+  start({.num_cpus = 4, .num_gpus = 4});
+  using gantry::SchedulingStrategy;
+  auto pg = gantry::create_placement_group({.bundles = {{{"CPU", 1}, {"GPU", 2}}, {{"CPU", 1}, {"GPU", 1}}},
+                                            .strategy = gantry::PlacementStrategy::kStrictPack,
+                                            .name = "training"});
+  ASSERT_TRUE(pg.wait(20s));
+  EXPECT_EQ(pg.id().size(), 32u);
+  auto found = gantry::get_placement_group("training");
+  ASSERT_TRUE(found.has_value());
+  EXPECT_EQ(found->id(), pg.id());
+  EXPECT_EQ(found->bundles().size(), 2u);
+
+  // Work in a bundle gets that bundle's devices; work outside gets what is left.
+  auto in0 = gantry::task(gpu_view).options({.num_cpus = 1, .num_gpus = 2,
+                                             .scheduling = SchedulingStrategy::placement_group(pg, 0)}).remote(0).get(20s);
+  auto in1 = gantry::task(gpu_view).options({.num_cpus = 1, .num_gpus = 1,
+                                             .scheduling = SchedulingStrategy::placement_group(pg, 1)}).remote(0).get(20s);
+  auto outside = gantry::task(gpu_view).options({.num_cpus = 1, .num_gpus = 1}).remote(0).get(20s);
+  ASSERT_EQ(in0.ids.size(), 2u);
+  ASSERT_EQ(in1.ids.size(), 1u);
+  ASSERT_EQ(outside.ids.size(), 1u);
+  std::set<int> all{in0.ids[0], in0.ids[1], in1.ids[0], outside.ids[0]};
+  EXPECT_EQ(all.size(), 4u) << "bundle devices overlap each other or the rest of the node";
+  // Any bundle with room, when no index is given.
+  auto any = gantry::task(gpu_view).options({.num_cpus = 1, .num_gpus = 1,
+                                             .scheduling = SchedulingStrategy::placement_group(pg)}).remote(0).get(20s);
+  ASSERT_EQ(any.ids.size(), 1u);
+  EXPECT_TRUE(any.ids[0] != outside.ids[0]);
+
+  // More than a bundle holds, a bundle that does not exist: InfeasibleError, at once.
+  auto t0 = std::chrono::steady_clock::now();
+  EXPECT_THROW(gantry::task(gpu_view).options({.num_cpus = 1, .num_gpus = 2,
+                                               .scheduling = SchedulingStrategy::placement_group(pg, 1)}).remote(0).get(20s),
+               gantry::InfeasibleError);
+  EXPECT_THROW(gantry::task(gpu_view).options({.num_cpus = 1, .scheduling = SchedulingStrategy::placement_group(pg, 7)})
+                   .remote(0).get(20s),
+               gantry::InfeasibleError);
+  EXPECT_THROW(gantry::actor(Counter::create).options({.num_gpus = 3, .scheduling = SchedulingStrategy::placement_group(pg)})
+                   .remote(0),
+               gantry::InfeasibleError);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 10s);
+
+  // Groups no cluster shape can hold fail at once; bad bundles are errors.
+  EXPECT_THROW(gantry::create_placement_group({.bundles = {{{"CPU", 1}}, {{"CPU", 1}}},
+                                               .strategy = gantry::PlacementStrategy::kStrictSpread}),
+               gantry::InfeasibleError);
+  EXPECT_THROW(gantry::create_placement_group({.bundles = {{{"GPU", 5}}}}), gantry::InfeasibleError);
+  EXPECT_THROW(gantry::create_placement_group({.bundles = {{}}}), gantry::Error);
+  EXPECT_THROW(gantry::create_placement_group({.bundles = {{{"GPU", 1.5}}}}), gantry::Error);
+  EXPECT_THROW(gantry::create_placement_group({.bundles = {{{"CPU", 1}}}, .name = "training"}), gantry::Error);
+
+  // A group that does not fit next to the first waits for it, all or nothing.
+  auto big = gantry::create_placement_group({.bundles = {{{"CPU", 2}}, {{"CPU", 2}}}});
+  EXPECT_FALSE(big.wait(1500ms));
+  // An actor in the waiting group starts once the group is created.
+  auto counter = gantry::actor(Counter::create)
+                     .options({.num_cpus = 1, .scheduling = SchedulingStrategy::placement_group(big, 1)})
+                     .remote(10);
+  gantry::remove_placement_group(pg);
+  EXPECT_FALSE(gantry::get_placement_group("training").has_value());
+  ASSERT_TRUE(big.wait(20s));
+  EXPECT_EQ(counter.task(&Counter::increment).remote().get(20s), 11);
+  // Removing the group stops what runs in it.
+  gantry::remove_placement_group(big);
+  gantry::remove_placement_group(big);  // harmless
+  EXPECT_FALSE(big.wait(0ms));
+  EXPECT_THROW(counter.task(&Counter::increment).remote().get(20s), gantry::ActorDiedError);
+  EXPECT_THROW(gantry::task(gpu_view).options({.scheduling = SchedulingStrategy::placement_group(big)}).remote(0).get(20s),
+               gantry::InfeasibleError);
+  // Its resources are the node's again.
+  auto four = gantry::task(gpu_view).options({.num_cpus = 4, .num_gpus = 4}).remote(0).get(20s);
+  EXPECT_EQ(four.ids.size(), 4u);
+}
+
 TEST_F(Runtime, RuntimeContextDescribesTheTask) {
   start({.num_cpus = 2, .resources = {{"special", 2}}});
   auto driver = gantry::runtime_context();

@@ -25,6 +25,7 @@
 #include "gantry/ids.h"
 #include "gantry/object_ref.h"
 #include "gantry/options.h"
+#include "gantry/placement_group.h"
 
 namespace gantry {
 

@@ -8,6 +8,8 @@
 
 namespace gantry {
 
+class PlacementGroup;
+
 /// How `gantry::init` starts or joins a cluster.
 ///
 ///     gantry::init(argc, argv, {.num_cpus = 4, .num_gpus = 2});
@@ -46,15 +48,45 @@ struct SchedulingStrategy {
     /// that node is dead or can never hold the request: with `soft`, wherever kDefault
     /// would put it; else the submission fails with gantry::InfeasibleError.
     kNodeAffinity,
+    /// In a bundle of a placement group: bundle `bundle_index`, or any bundle of the
+    /// group with room when it is -1. The work uses the bundle's reserved resources, not
+    /// the node's. It waits while the group is not created yet; a request larger than
+    /// the bundle, or a removed group, fails with gantry::InfeasibleError.
+    kPlacementGroup,
   };
   Kind kind = Kind::kDefault;
   std::string node_id{};
   bool soft = false;
+  std::string placement_group_id{};  ///< hex, PlacementGroup::id()
+  int bundle_index = -1;
 
   static SchedulingStrategy spread() { return {Kind::kSpread, {}, false}; }
   static SchedulingStrategy node_affinity(std::string node_id, bool soft = false) {
     return {Kind::kNodeAffinity, std::move(node_id), soft};
   }
+  static SchedulingStrategy placement_group(const PlacementGroup& group, int bundle_index = -1);
+};
+
+/// How a placement group's bundles are laid out over nodes.
+enum class PlacementStrategy {
+  kPack,          ///< on as few nodes as possible; more when one cannot hold them all
+  kSpread,        ///< on as many nodes as possible; nodes are shared when there are too few
+  kStrictPack,    ///< all on one node, or the group waits (or is infeasible)
+  kStrictSpread,  ///< each on a different node, or the group waits (or is infeasible)
+};
+
+/// The resources of one bundle, e.g. {{"CPU", 1}, {"GPU", 1}}.
+using Bundle = std::map<std::string, double>;
+
+/// What `gantry::create_placement_group` reserves.
+///
+///     auto pg = gantry::create_placement_group({.bundles = {{{"CPU", 1}}, {{"CPU", 1}}},
+///                                               .strategy = gantry::PlacementStrategy::kStrictSpread});
+struct PlacementGroupOptions {
+  std::vector<Bundle> bundles{};
+  PlacementStrategy strategy = PlacementStrategy::kPack;
+  /// A name makes the group findable with `gantry::get_placement_group(name)`.
+  std::string name{};
 };
 
 /// Resources and retry policy of one task. Fields are in declaration order so designated

@@ -159,8 +159,7 @@ void NodeAgent::try_grant_locked() {
 
   for (auto it = pending_.begin(); it != pending_.end();) {
     PendingLease& p = **it;
-    if (!p.allocation) p.allocation = resources_.allocate(p.resources);
-    if (!p.allocation) {
+    if (!p.allocation && !allocate_locked(p)) {
       ++it;
       continue;
     }
@@ -193,7 +192,7 @@ void NodeAgent::try_grant_locked() {
     bool for_actor = p.request.for_actor();
     w->state = for_actor ? WorkerState::kActor : WorkerState::kLeased;
     w->lease_id = lease_id;
-    leases_.emplace(lease_id, Lease{w->id, *p.allocation, for_actor});
+    leases_.emplace(lease_id, Lease{w->id, *p.allocation, for_actor, p.bundle});
     p.reply.set_granted(true);
     p.reply.set_lease_id(lease_id);
     p.reply.set_worker_address(w->address);
@@ -219,15 +218,21 @@ grpc::Status NodeAgent::RequestLease(grpc::ServerContext* ctx, const proto::Leas
   }
   UniqueId job_id = UniqueId::from_binary(req->job_id());
   if (job_id.is_nil()) return {grpc::StatusCode::INVALID_ARGUMENT, "a lease request must name its job (16 bytes)"};
-  if (!req->spilled() && !place_here(*req, request, reply)) return grpc::Status::OK;
+  if (!req->spilled() && !place_here(ctx, *req, request, reply)) return grpc::Status::OK;
+  Placement placement = from_proto(req->strategy());
   if (std::string why = ensure_job(job_id); !why.empty()) {
     *reply->mutable_error() = make_error(proto::ErrorInfo::INTERNAL, why);
     return grpc::Status::OK;
   }
   std::unique_lock<std::mutex> lock(mu_);
   if (stopping_) return {grpc::StatusCode::UNAVAILABLE, "node agent is stopping"};
-  std::string why = resources_.infeasible_reason(request);
-  if (!why.empty()) {
+  if (placement.kind == Placement::Kind::kPlacementGroup) {
+    if (std::string why = bundle_infeasible_locked(placement, request); !why.empty()) {
+      *reply->mutable_error() = make_error(proto::ErrorInfo::INFEASIBLE, "cannot schedule " + req->description() +
+                                                                             " with " + request.to_string() + ": it " + why);
+      return grpc::Status::OK;
+    }
+  } else if (std::string why = resources_.infeasible_reason(request); !why.empty()) {
     *reply->mutable_error() = make_error(
         proto::ErrorInfo::INFEASIBLE,
         "cannot schedule " + req->description() + " with " + request.to_string() + ": it " + why +
@@ -238,6 +243,7 @@ grpc::Status NodeAgent::RequestLease(grpc::ServerContext* ctx, const proto::Leas
   pending->request = *req;
   pending->job_id = job_id;
   pending->resources = request;
+  pending->placement = placement;
   pending_.push_back(pending);
   try_grant_locked();
   while (!pending->done) {
@@ -247,7 +253,7 @@ grpc::Status NodeAgent::RequestLease(grpc::ServerContext* ctx, const proto::Leas
           pending_.erase(it);
           break;
         }
-      if (pending->allocation) resources_.release(*pending->allocation);
+      if (pending->allocation) give_back_locked(pending->bundle, *pending->allocation);
       if (!last_start_failure_.empty() && !stopping_) {
         *reply->mutable_error() = make_error(proto::ErrorInfo::INTERNAL, last_start_failure_);
         try_grant_locked();
@@ -262,8 +268,10 @@ grpc::Status NodeAgent::RequestLease(grpc::ServerContext* ctx, const proto::Leas
   return grpc::Status::OK;
 }
 
-bool NodeAgent::place_here(const proto::LeaseRequest& req, const ResourceSet& request, proto::LeaseReply* reply) {
+bool NodeAgent::place_here(grpc::ServerContext* ctx, const proto::LeaseRequest& req, const ResourceSet& request,
+                           proto::LeaseReply* reply) {
   Placement placement = from_proto(req.strategy());
+  if (placement.kind == Placement::Kind::kPlacementGroup) return place_in_group(ctx, req, request, placement, reply);
   {
     // The common case needs no one else: default placement that fits here now.
     std::lock_guard<std::mutex> lock(mu_);
@@ -334,6 +342,12 @@ void NodeAgent::release_lease_locked(uint64_t lease_id) {
   if (it == leases_.end()) return;
   Allocation allocation = it->second.allocation;
   auto w = workers_.find(it->second.worker_id);
+  if (it->second.bundle) {
+    // Leases in a bundle lend nothing while blocked (see NotifyWorkerBlocked).
+    give_back_locked(it->second.bundle, allocation);
+    leases_.erase(it);
+    return;
+  }
   if (w != workers_.end() && w->second.blocked) {
     // Its CPUs were already lent back while it was blocked.
     allocation.resources.set(kCpu, FixedPoint());
@@ -389,6 +403,8 @@ grpc::Status NodeAgent::NotifyWorkerBlocked(grpc::ServerContext* ctx, const prot
   if (w == workers_.end() || w->second.lease_id == 0) return grpc::Status::OK;
   auto lease = leases_.find(w->second.lease_id);
   if (lease == leases_.end() || w->second.blocked == req->blocked()) return grpc::Status::OK;
+  // A bundle's CPUs are the group's: lending them to the node would break its reservation.
+  if (lease->second.bundle) return grpc::Status::OK;
   ResourceSet cpus = cpu_part(lease->second.allocation.resources);
   if (cpus.empty()) return grpc::Status::OK;
   w->second.blocked = req->blocked();
@@ -516,7 +532,7 @@ grpc::Status NodeAgent::JobFinished(grpc::ServerContext* ctx, const proto::JobRe
   // Requests of the job still waiting get nothing now.
   for (auto& p : pending_)
     if (p->job_id == job_id && !p->done) {
-      if (p->allocation) resources_.release(*p->allocation);
+      if (p->allocation) give_back_locked(p->bundle, *p->allocation);
       p->allocation.reset();
       *p->reply.mutable_error() = make_error(proto::ErrorInfo::INTERNAL, "job " + job_id.hex() + " has finished");
       p->done = true;
@@ -535,6 +551,191 @@ grpc::Status NodeAgent::JobFinished(grpc::ServerContext* ctx, const proto::JobRe
       if (workers_.count(id)) pool_->signal(id, SIGKILL);
   }
   GANTRY_LOG_INFO("job {} finished: stopped {} worker(s)", job_id.short_hex(), stopping.size());
+  return grpc::Status::OK;
+}
+
+bool NodeAgent::place_in_group(grpc::ServerContext* ctx, const proto::LeaseRequest& req, const ResourceSet& request,
+                               const Placement& placement, proto::LeaseReply* reply) {
+  const std::string group = "placement group " + placement.group.hex();
+  auto fail = [&](proto::ErrorInfo::Kind kind, const std::string& why) {
+    *reply->mutable_error() =
+        make_error(kind, "cannot schedule " + req.description() + " with " + request.to_string() + " in " + group + ": " + why);
+    return false;
+  };
+  proto::GetPlacementGroupReply found;
+  while (true) {
+    // A group that is still being placed holds its work here until it is created.
+    proto::PlacementGroupRequest ask;
+    ask.set_group_id(placement.group.binary());
+    ask.set_wait(true);
+    ask.set_timeout_ms(1000);
+    grpc::ClientContext c;
+    c.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    found.Clear();
+    grpc::Status s = head_->GetPlacementGroup(&c, ask, &found);
+    if (!s.ok()) return fail(proto::ErrorInfo::INTERNAL, "the head cannot be asked about it: " + s.error_message());
+    if (!found.found()) return fail(proto::ErrorInfo::INFEASIBLE, "there is no such group");
+    auto state = found.info().state();
+    if (state == proto::PlacementGroupInfo::REMOVED) return fail(proto::ErrorInfo::INFEASIBLE, "the group was removed");
+    if (state == proto::PlacementGroupInfo::CREATED) break;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stopping_) return fail(proto::ErrorInfo::INTERNAL, "the node agent is stopping");
+    }
+    if (ctx->IsCancelled()) return fail(proto::ErrorInfo::INTERNAL, "the request was cancelled");
+  }
+  const proto::PlacementGroupInfo& info = found.info();
+  int n = info.spec().bundles_size();
+  if (placement.bundle >= n)
+    return fail(proto::ErrorInfo::INFEASIBLE, "it asks for bundle " + std::to_string(placement.bundle) +
+                                                  " but the group has " + std::to_string(n));
+  std::vector<int> fitting;
+  std::string held;
+  for (int i = 0; i < n; ++i) {
+    if (placement.bundle >= 0 && i != placement.bundle) continue;
+    ResourceSet bundle = from_proto(info.spec().bundles(i));
+    if (bundle.contains(request) && i < info.bundle_node_ids_size()) fitting.push_back(i);
+    held += (held.empty() ? "" : ", ") + bundle.to_string();
+  }
+  if (fitting.empty())
+    return fail(proto::ErrorInfo::INFEASIBLE, placement.bundle >= 0
+                                                  ? "bundle " + std::to_string(placement.bundle) + " holds only " + held
+                                                  : "no bundle holds that much (they hold " + held + ")");
+  for (int i : fitting)
+    if (UniqueId::from_binary(info.bundle_node_ids(i)) == config_.node_id) return true;
+  int chosen;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    chosen = fitting[spread_cursor_++ % fitting.size()];
+  }
+  reply->set_spillback_address(info.bundle_agent_addresses(chosen));
+  reply->set_spillback_node_id(info.bundle_node_ids(chosen));
+  return false;
+}
+
+bool NodeAgent::allocate_locked(PendingLease& p) {
+  if (p.placement.kind != Placement::Kind::kPlacementGroup) {
+    p.allocation = resources_.allocate(p.resources);
+    return p.allocation.has_value();
+  }
+  for (auto& [key, ledger] : bundles_) {
+    if (key.first != p.placement.group || (p.placement.bundle >= 0 && key.second != p.placement.bundle)) continue;
+    if (std::optional<Allocation> a = ledger.allocate(p.resources)) {
+      p.allocation = std::move(a);
+      p.bundle = key;
+      return true;
+    }
+  }
+  return false;
+}
+
+void NodeAgent::give_back_locked(const std::optional<BundleKey>& bundle, const Allocation& allocation) {
+  if (!bundle) {
+    resources_.release(allocation);
+    return;
+  }
+  // A removed bundle took its whole reservation back already.
+  auto it = bundles_.find(*bundle);
+  if (it != bundles_.end()) it->second.release(allocation);
+}
+
+std::string NodeAgent::bundle_infeasible_locked(const Placement& placement, const ResourceSet& request) const {
+  std::string why;
+  for (const auto& [key, ledger] : bundles_) {
+    if (key.first != placement.group || (placement.bundle >= 0 && key.second != placement.bundle)) continue;
+    why = ledger.infeasible_reason(request);
+    if (why.empty()) return {};
+  }
+  if (why.empty())
+    return "finds no " + (placement.bundle >= 0 ? "bundle " + std::to_string(placement.bundle) : std::string("bundle")) +
+           " of placement group " + placement.group.hex() + " on node " + config_.node_id.short_hex() +
+           " (the group was removed, or moved after a node died)";
+  return why;
+}
+
+grpc::Status NodeAgent::ReserveBundles(grpc::ServerContext* ctx, const proto::ReserveBundlesRequest* req,
+                                       proto::ReserveBundlesReply* reply) {
+  GANTRY_REQUIRE_TOKEN(ctx);
+  UniqueId group = UniqueId::from_binary(req->group_id());
+  if (group.is_nil()) return {grpc::StatusCode::INVALID_ARGUMENT, "placement group id must be 16 bytes"};
+  if (req->bundle_indexes_size() != req->bundles_size())
+    return {grpc::StatusCode::INVALID_ARGUMENT, "a bundle index is needed for every bundle"};
+  std::vector<ResourceSet> wanted;
+  try {
+    for (const auto& b : req->bundles()) wanted.push_back(from_proto(b));
+  } catch (const std::exception& e) {
+    return {grpc::StatusCode::INVALID_ARGUMENT, std::string("bad bundle resources: ") + e.what()};
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stopping_) return {grpc::StatusCode::UNAVAILABLE, "node agent is stopping"};
+  // All or nothing: on the first bundle that does not fit, give back what was taken.
+  std::vector<std::pair<BundleKey, Allocation>> taken;
+  for (int i = 0; i < req->bundle_indexes_size(); ++i) {
+    BundleKey key{group, req->bundle_indexes(i)};
+    if (key.second < 0) return {grpc::StatusCode::INVALID_ARGUMENT, "bundle indexes must not be negative"};
+    if (bundles_.count(key)) continue;  // reserved by an earlier try of the same request
+    std::optional<Allocation> a = resources_.allocate(wanted[static_cast<size_t>(i)]);
+    if (!a) {
+      for (const auto& [k, allocation] : taken) resources_.release(allocation);
+      reply->set_reserved(false);
+      reply->set_reason("node " + config_.node_id.short_hex() + " has no room for bundle " +
+                        std::to_string(key.second) + " " + wanted[static_cast<size_t>(i)].to_string() +
+                        " now (free: " + resources_.available().to_string() + ")");
+      return grpc::Status::OK;
+    }
+    taken.emplace_back(key, std::move(*a));
+  }
+  for (auto& [key, allocation] : taken) bundles_.emplace(key, BundleLedger(std::move(allocation)));
+  reply->set_reserved(true);
+  GANTRY_LOG_INFO("reserved {} bundle(s) of placement group {}", taken.size(), group.short_hex());
+  return grpc::Status::OK;
+}
+
+grpc::Status NodeAgent::ReleaseBundles(grpc::ServerContext* ctx, const proto::ReleaseBundlesRequest* req, proto::Empty*) {
+  GANTRY_REQUIRE_TOKEN(ctx);
+  UniqueId group = UniqueId::from_binary(req->group_id());
+  std::unordered_set<int> only(req->bundle_indexes().begin(), req->bundle_indexes().end());
+  auto selected = [&](const BundleKey& key) { return key.first == group && (only.empty() || only.count(key.second)); };
+  std::lock_guard<std::mutex> lock(mu_);
+  // Work waiting for the group's bundles gets nothing now (a partial release undoes a
+  // failed reservation, which no work can have seen).
+  for (auto& p : pending_)
+    if (req->bundle_indexes().empty() && !p->done && p->placement.kind == Placement::Kind::kPlacementGroup &&
+        p->placement.group == group) {
+      if (p->allocation) give_back_locked(p->bundle, *p->allocation);
+      p->allocation.reset();
+      *p->reply.mutable_error() = make_error(
+          proto::ErrorInfo::INFEASIBLE, "cannot schedule " + p->request.description() + ": placement group " +
+                                            group.hex() + (req->reason().empty() ? " was removed" : " " + req->reason()));
+      p->done = true;
+    }
+  pending_.erase(std::remove_if(pending_.begin(), pending_.end(), [](const auto& p) { return p->done; }),
+                 pending_.end());
+  // Work running in the group stops; its leases die with it.
+  int stopped = 0;
+  for (const auto& [lease_id, lease] : leases_) {
+    if (!lease.bundle || !selected(*lease.bundle)) continue;
+    auto w = workers_.find(lease.worker_id);
+    if (w == workers_.end() || w->second.state == WorkerState::kDead) continue;
+    w->second.state = WorkerState::kDead;
+    pool_->signal(w->first, SIGKILL);
+    ++stopped;
+  }
+  int released = 0;
+  for (auto it = bundles_.begin(); it != bundles_.end();) {
+    if (!selected(it->first)) {
+      ++it;
+      continue;
+    }
+    resources_.release(it->second.reserved());
+    it = bundles_.erase(it);
+    ++released;
+  }
+  if (released > 0)
+    GANTRY_LOG_INFO("released {} bundle(s) of placement group {}, stopping {} worker(s) in them", released,
+                    group.short_hex(), stopped);
+  cv_.notify_all();
+  try_grant_locked();
   return grpc::Status::OK;
 }
 

@@ -18,6 +18,7 @@
 #include "gantry/ids.h"
 #include "object_store/object_store.h"
 #include "rpc/grpc_util.h"
+#include "scheduler/bundles.h"
 #include "scheduler/node_choice.h"
 #include "scheduler/node_resources.h"
 
@@ -81,6 +82,10 @@ class NodeAgent final : public proto::NodeAgent::Service {
                           proto::PullObjectReply* reply) override;
   grpc::Status ReadObject(grpc::ServerContext* ctx, const proto::ReadObjectRequest* req,
                           grpc::ServerWriter<proto::ObjectChunk>* writer) override;
+  grpc::Status ReserveBundles(grpc::ServerContext* ctx, const proto::ReserveBundlesRequest* req,
+                              proto::ReserveBundlesReply* reply) override;
+  grpc::Status ReleaseBundles(grpc::ServerContext* ctx, const proto::ReleaseBundlesRequest* req,
+                              proto::Empty* reply) override;
 
  private:
   enum class WorkerState { kStarting, kIdle, kLeased, kActor, kDead };
@@ -95,16 +100,21 @@ class NodeAgent final : public proto::NodeAgent::Service {
     uint64_t lease_id = 0;
     bool blocked = false;  // in get()/wait(): its CPUs are lent back to the node
   };
+  // A placement group's bundle reserved on this node: (group, bundle index).
+  using BundleKey = std::pair<UniqueId, int>;
   struct Lease {
     UniqueId worker_id;
     Allocation allocation;
     bool for_actor = false;
+    std::optional<BundleKey> bundle;  // allocated from this bundle, not from the node
   };
   struct PendingLease {
     proto::LeaseRequest request;
     UniqueId job_id;
     ResourceSet resources;
+    Placement placement;
     std::optional<Allocation> allocation;  // reserved while a worker starts
+    std::optional<BundleKey> bundle;       // where `allocation` came from, in a group
     bool done = false;
     proto::LeaseReply reply;
   };
@@ -119,7 +129,20 @@ class NodeAgent final : public proto::NodeAgent::Service {
   void release_lease_locked(uint64_t lease_id);
   // Where a lease request that did not come from another node should go: this node
   // (true), another node (`reply` names it), or nowhere (`reply` has the error).
-  bool place_here(const proto::LeaseRequest& req, const ResourceSet& request, proto::LeaseReply* reply);
+  bool place_here(grpc::ServerContext* ctx, const proto::LeaseRequest& req, const ResourceSet& request,
+                  proto::LeaseReply* reply);
+  // place_here for work in a placement group: waits (asking the head) until the group is
+  // created, then picks the node of a bundle that can hold the request.
+  bool place_in_group(grpc::ServerContext* ctx, const proto::LeaseRequest& req, const ResourceSet& request,
+                      const Placement& placement, proto::LeaseReply* reply);
+  // Allocates for `p` from the node, or from its group's bundles here; records which.
+  bool allocate_locked(PendingLease& p);
+  // Gives an allocation back to the bundle it came from (if the bundle still exists) or
+  // to the node.
+  void give_back_locked(const std::optional<BundleKey>& bundle, const Allocation& allocation);
+  // Why a request in a placement group cannot run in its bundle(s) on this node; empty
+  // when it can.
+  std::string bundle_infeasible_locked(const Placement& placement, const ResourceSet& request) const;
   // place_here's decision over one copy of the node table; nullopt when no node fits and
   // this is not the `last_try` (the table may be stale).
   std::optional<bool> place_on(const proto::LeaseRequest& req, const ResourceSet& request, const Placement& placement,
@@ -142,6 +165,7 @@ class NodeAgent final : public proto::NodeAgent::Service {
   std::unordered_map<UniqueId, WorkerLaunchSpec> jobs_;  // jobs whose workers may start here
   std::unordered_set<UniqueId> finished_jobs_;           // never start workers for these again
   std::deque<std::shared_ptr<PendingLease>> pending_;
+  std::map<BundleKey, BundleLedger> bundles_;
   uint64_t next_lease_id_ = 1;
   int consecutive_start_failures_ = 0;
   std::string last_start_failure_;

@@ -574,6 +574,29 @@ int list_command(const std::string& what, const std::string& address_flag, const
       std::printf("%-34s %-10s %-20s %-16s %-8d %d\n", UniqueId::from_binary(a.actor_id()).hex().c_str(),
                   kStates[std::clamp<int>(a.state(), 0, 3)], a.class_name().c_str(),
                   a.name().empty() ? "-" : a.name().c_str(), a.pid(), a.num_restarts());
+  } else if (what == "placement-groups") {
+    proto::ListPlacementGroupsReply groups;
+    grpc::Status s = head->ListPlacementGroups(&ctx, proto::Empty(), &groups);
+    if (!s.ok()) call_failed("cannot list placement groups", address, s);
+    static const char* kStates[] = {"PENDING", "CREATED", "REMOVED", "RESCHEDULING"};
+    static const char* kStrategies[] = {"PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"};
+    std::printf("%-34s %-12s %-13s %-16s %s\n", "PLACEMENT GROUP ID", "STATE", "STRATEGY", "NAME", "BUNDLES (resources @ node)");
+    for (const auto& g : groups.groups()) {
+      std::string bundles;
+      for (int i = 0; i < g.spec().bundles_size(); ++i) {
+        std::string res;
+        for (const auto& [name, q] : g.spec().bundles(i).quantities())
+          res += (res.empty() ? "" : ",") + name + "=" + amount(g.spec().bundles(i), name);
+        std::string node = i < g.bundle_node_ids_size() && !g.bundle_node_ids(i).empty()
+                               ? UniqueId::from_binary(g.bundle_node_ids(i)).short_hex()
+                               : "-";
+        bundles += (bundles.empty() ? "" : " ") + std::to_string(i) + ":{" + res + "}@" + node;
+      }
+      std::printf("%-34s %-12s %-13s %-16s %s\n", UniqueId::from_binary(g.spec().group_id()).hex().c_str(),
+                  kStates[std::clamp<int>(g.state(), 0, 3)], kStrategies[std::clamp<int>(g.spec().strategy(), 0, 3)],
+                  g.spec().name().empty() ? "-" : g.spec().name().c_str(), bundles.c_str());
+      if (!g.message().empty()) std::printf("%-34s %s\n", "", g.message().c_str());
+    }
   } else {
     proto::ListJobsReply jobs;
     grpc::Status s = head->ListJobs(&ctx, proto::Empty(), &jobs);
@@ -640,8 +663,8 @@ int run(int argc, char** argv) {
   jstop_cmd->add_option("id", job.id, "the job id")->required();
 
   std::string list_what, list_address, list_temp_dir;
-  auto* list_cmd = app.add_subcommand("list", "list the cluster's nodes, actors or drivers' jobs");
-  list_cmd->add_option("what", list_what, "nodes, actors or jobs")->required()->check(CLI::IsMember({"nodes", "actors", "jobs"}));
+  auto* list_cmd = app.add_subcommand("list", "list the cluster's nodes, actors, placement groups or drivers' jobs");
+  list_cmd->add_option("what", list_what, "nodes, actors, placement-groups or jobs")->required()->check(CLI::IsMember({"nodes", "actors", "placement-groups", "jobs"}));
   list_cmd->add_option("--address", list_address, "the head's HOST:PORT (default: GANTRY_ADDRESS, else the head started on this machine)");
   list_cmd->add_option("--temp-dir", list_temp_dir, "where this machine's sessions are (to find the address and token)");
 

@@ -45,6 +45,7 @@ void HeadService::start() {
   server_ = builder.BuildAndStart();
   if (!server_) throw Error("head cannot listen on " + address_);
   if (health_.enabled) health_thread_ = std::thread([this] { health_loop(); });
+  group_thread_ = std::thread([this] { group_loop(); });
 }
 
 void HeadService::stop() {
@@ -54,8 +55,9 @@ void HeadService::stop() {
     stopping_ = true;
     cv_.notify_all();
   }
-  // No new health probes after this.
+  // No new health probes or group placements after this.
   if (health_thread_.joinable()) health_thread_.join();
+  if (group_thread_.joinable()) group_thread_.join();
   {
     // Placement and probe callbacks reference `this`; wait for them (their calls fail
     // fast once the agents are gone).
@@ -93,6 +95,8 @@ grpc::Status HeadService::RegisterNode(grpc::ServerContext* ctx, const proto::Re
   node.available = node.shape->total();
   node.last_seen = std::chrono::steady_clock::now();
   nodes_[id] = std::move(node);
+  groups_changed_ = true;  // a group waiting for room may fit now
+  cv_.notify_all();
   return grpc::Status::OK;
 }
 
@@ -142,7 +146,15 @@ grpc::Status HeadService::CreateActor(grpc::ServerContext* ctx, const proto::Act
     }
   }
   std::string why;
-  if (pick_node_locked(resources, spec->strategy(), &why, /*take=*/false) == nullptr) {
+  if (spec->strategy().kind() == proto::SchedulingStrategy::PLACEMENT_GROUP) {
+    bool wait = false;
+    int bundle = -1;
+    if (pick_bundle_node_locked(resources, spec->strategy(), &why, &wait, &bundle, /*take=*/false) == nullptr && !wait) {
+      *reply->mutable_error() = make_error(proto::ErrorInfo::INFEASIBLE, "cannot place actor " + actor_label(*spec) +
+                                                                              " with " + resources.to_string() + ": it " + why);
+      return grpc::Status::OK;
+    }
+  } else if (pick_node_locked(resources, spec->strategy(), &why, /*take=*/false) == nullptr) {
     std::string message = "cannot place actor " + actor_label(*spec) + " with " + resources.to_string() + ": it " + why;
     if (spec->strategy().kind() != proto::SchedulingStrategy::NODE_AFFINITY)
       message += ", and no node of the cluster can ever satisfy it";
@@ -167,12 +179,27 @@ grpc::Status HeadService::CreateActor(grpc::ServerContext* ctx, const proto::Act
 std::function<void()> HeadService::place_actor_locked(Actor& actor) {
   std::string why;
   ResourceSet resources = from_proto(actor.spec.resources());
-  const Node* node = pick_node_locked(resources, actor.spec.strategy(), &why);
+  proto::SchedulingStrategy strategy = actor.spec.strategy();
+  const Node* node = nullptr;
+  actor.waiting_for_group = false;
+  if (strategy.kind() == proto::SchedulingStrategy::PLACEMENT_GROUP) {
+    bool wait = false;
+    int bundle = -1;
+    node = pick_bundle_node_locked(resources, strategy, &why, &wait, &bundle, /*take=*/true);
+    if (wait) {
+      actor.waiting_for_group = true;  // placed when the group is created (place_waiting_groups)
+      return {};
+    }
+    strategy.set_bundle_index(bundle);
+  } else {
+    node = pick_node_locked(resources, strategy, &why);
+  }
   if (node == nullptr) {
     mark_dead_locked(actor, make_error(proto::ErrorInfo::INFEASIBLE, "cannot place actor: it " + why));
     return {};
   }
   auto call = std::make_shared<LeaseCall>();
+  if (strategy.kind() == proto::SchedulingStrategy::PLACEMENT_GROUP) *call->request.mutable_strategy() = strategy;
   *call->request.mutable_resources() = actor.spec.resources();
   call->request.set_for_actor(true);
   call->request.set_actor_id(actor.spec.actor_id());
@@ -447,10 +474,29 @@ void HeadService::health_loop() {
                         std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(now - node.last_seen).count()) +
                         " ms and is considered dead";
       GANTRY_LOG_WARN("{}", why);
+      // Its bundles are placed again elsewhere.
+      for (auto& [group_id, group] : groups_) {
+        auto& info = group.info;
+        if (info.state() == proto::PlacementGroupInfo::REMOVED) continue;
+        bool lost = false;
+        for (int i = 0; i < info.bundle_node_ids_size(); ++i)
+          if (UniqueId::from_binary(info.bundle_node_ids(i)) == id) {
+            info.set_bundle_node_ids(i, "");
+            info.set_bundle_agent_addresses(i, "");
+            lost = true;
+          }
+        if (!lost) continue;
+        info.set_state(proto::PlacementGroupInfo::RESCHEDULING);
+        info.set_message("bundles on dead node " + id.short_hex() + " are being placed again");
+        groups_changed_ = true;
+        GANTRY_LOG_WARN("placement group {} lost bundles on node {}; placing them again", group_id.short_hex(),
+                        id.short_hex());
+      }
       for (auto& [actor_id, actor] : actors_)
         if (actor.node_agent == node.agent_address && actor.info.state() != proto::ActorInfo::DEAD)
           actor_failed_locked(actor, why, starts);
     }
+    if (groups_changed_) cv_.notify_all();
     if (!starts.empty()) {
       lock.unlock();
       for (auto& start : starts) start();
@@ -515,6 +561,7 @@ grpc::Status HeadService::FinishJob(grpc::ServerContext* ctx, const proto::JobRe
   GANTRY_REQUIRE_TOKEN(ctx);
   UniqueId id = UniqueId::from_binary(req->job_id());
   std::vector<std::shared_ptr<proto::NodeAgent::Stub>> agents;
+  std::vector<Release> releases;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = jobs_.find(id);
@@ -529,8 +576,13 @@ grpc::Status HeadService::FinishJob(grpc::ServerContext* ctx, const proto::JobRe
         mark_dead_locked(actor, make_error(proto::ErrorInfo::ACTOR_DIED, "its job " + id.hex() + " finished"));
       }
     for (const auto& [node_id, node] : nodes_) agents.push_back(node.agent);
+    // So do its placement groups.
+    for (auto& [group_id, group] : groups_)
+      if (group.info.spec().job_id() == req->job_id() && group.info.state() != proto::PlacementGroupInfo::REMOVED)
+        remove_group_locked(group, "its job " + id.hex() + " finished", releases);
     GANTRY_LOG_INFO("job {} finished", id.short_hex());
   }
+  send_releases(releases);
   // Every node stops the job's workers; reply when all have (or gave up), so the driver
   // can keep serving their last output until then.
   struct Pending {

@@ -60,6 +60,13 @@ class HeadService final : public proto::Head::Service {
   grpc::Status ListJobs(grpc::ServerContext*, const proto::Empty*, proto::ListJobsReply*) override;
   grpc::Status ListNodes(grpc::ServerContext*, const proto::Empty*, proto::ListNodesReply*) override;
   grpc::Status GetClusterView(grpc::ServerContext*, const proto::Empty*, proto::ClusterView*) override;
+  // Placement groups (placement_groups.cc).
+  grpc::Status CreatePlacementGroup(grpc::ServerContext*, const proto::PlacementGroupSpec*,
+                                    proto::CreatePlacementGroupReply*) override;
+  grpc::Status GetPlacementGroup(grpc::ServerContext*, const proto::PlacementGroupRequest*,
+                                 proto::GetPlacementGroupReply*) override;
+  grpc::Status RemovePlacementGroup(grpc::ServerContext*, const proto::PlacementGroupRequest*, proto::Empty*) override;
+  grpc::Status ListPlacementGroups(grpc::ServerContext*, const proto::Empty*, proto::ListPlacementGroupsReply*) override;
 
  private:
   struct Node {
@@ -81,6 +88,16 @@ class HeadService final : public proto::Head::Service {
     std::string node_agent;  // agent address of the node it runs on
     bool killed = false;     // killed with no_restart: stays dead
     uint64_t placement = 0;  // generation of the placement attempt in flight
+    bool waiting_for_group = false;  // its placement group is not created yet
+  };
+  struct Group {
+    proto::PlacementGroupInfo info;
+    uint64_t order = 0;  // creation order: earlier groups are placed first
+  };
+  // A ReleaseBundles call to make once mu_ is released.
+  struct Release {
+    std::shared_ptr<proto::NodeAgent::Stub> agent;
+    proto::ReleaseBundlesRequest request;
   };
 
   // Needs mu_ held. Prepares placing (or re-placing) `actor`; the returned function starts
@@ -103,6 +120,21 @@ class HeadService final : public proto::Head::Service {
   void kill_worker(const std::string& agent_address, const UniqueId& worker_id);
   std::vector<const Node*> nodes_in_order_locked() const;
 
+  // Placement groups (placement_groups.cc). group_loop places groups waiting for room on
+  // its own thread: it plans over the nodes' current free resources, reserves on each
+  // node (all or nothing: a refusal undoes the others), then marks the group created.
+  void group_loop();
+  void place_waiting_groups();
+  // The node of the bundle an actor in a group runs in; null with `why` when none can
+  // hold it, or with `*wait` when the group is not created yet. `take` advances the
+  // round robin over the group's bundles.
+  const Node* pick_bundle_node_locked(const ResourceSet& resources, const proto::SchedulingStrategy& strategy,
+                                      std::string* why, bool* wait, int* bundle, bool take);
+  // Marks the group removed; the agents' releases go to `releases`, placements of
+  // actors that waited for it fail.
+  void remove_group_locked(Group& group, const std::string& why, std::vector<Release>& releases);
+  static void send_releases(const std::vector<Release>& releases);
+
   const std::string address_;
   const HealthCheckConfig health_;
   std::vector<grpc::Service*> extra_services_;
@@ -119,6 +151,11 @@ class HeadService final : public proto::Head::Service {
   std::map<UniqueId, proto::JobSpec> jobs_;
   uint64_t next_registration_ = 1;
   uint64_t spread_cursor_ = 0;
+  std::map<UniqueId, Group> groups_;
+  std::unordered_map<std::string, UniqueId> named_groups_;  // live groups only
+  uint64_t next_group_order_ = 1;
+  bool groups_changed_ = false;  // wakes group_loop: a group, node or free resources changed
+  std::thread group_thread_;
   bool stopping_ = false;
   int calls_in_flight_ = 0;  // async placement calls holding `this`
 };

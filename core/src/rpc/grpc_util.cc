@@ -115,6 +115,11 @@ Placement from_proto(const proto::SchedulingStrategy& strategy) {
       placement.node = UniqueId::from_binary(strategy.node_id());
       placement.soft = strategy.soft();
       break;
+    case proto::SchedulingStrategy::PLACEMENT_GROUP:
+      placement.kind = Placement::Kind::kPlacementGroup;
+      placement.group = UniqueId::from_binary(strategy.placement_group_id());
+      placement.bundle = strategy.bundle_index();
+      break;
     default: break;
   }
   return placement;

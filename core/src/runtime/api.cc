@@ -263,6 +263,31 @@ RuntimeContext runtime_context() { return detail::runtime().context(); }
 
 std::vector<NodeInfo> nodes() { return detail::runtime().nodes(); }
 
+SchedulingStrategy SchedulingStrategy::placement_group(const PlacementGroup& group, int bundle_index) {
+  SchedulingStrategy s;
+  s.kind = Kind::kPlacementGroup;
+  s.placement_group_id = group.id();
+  s.bundle_index = bundle_index;
+  return s;
+}
+
+bool PlacementGroup::wait(std::chrono::milliseconds timeout) const {
+  return detail::runtime().wait_placement_group(id_, timeout);
+}
+
+PlacementGroup create_placement_group(PlacementGroupOptions options) {
+  std::string id = detail::runtime().create_placement_group(options);
+  return PlacementGroup(std::move(id), std::move(options));
+}
+
+void remove_placement_group(const PlacementGroup& group) { detail::runtime().remove_placement_group(group.id()); }
+
+std::optional<PlacementGroup> get_placement_group(const std::string& name) {
+  auto found = detail::runtime().find_placement_group(name);
+  if (!found) return std::nullopt;
+  return PlacementGroup(std::move(found->first), std::move(found->second));
+}
+
 namespace detail {
 
 Runtime& runtime() {

@@ -450,6 +450,19 @@ proto::SchedulingStrategy strategy_of(const SchedulingStrategy& s, const std::st
       out.set_soft(s.soft);
       break;
     }
+    case SchedulingStrategy::Kind::kPlacementGroup: {
+      UniqueId group = UniqueId::from_hex(s.placement_group_id);
+      if (group.is_nil())
+        throw Error("invalid options for " + what + ": placement_group needs a group id of 32 hex digits, as "
+                    "PlacementGroup::id() gives it, not '" + s.placement_group_id + "'");
+      if (s.bundle_index < -1)
+        throw Error("invalid options for " + what + ": bundle_index must be -1 (any bundle) or a bundle's index, not " +
+                    std::to_string(s.bundle_index));
+      out.set_kind(proto::SchedulingStrategy::PLACEMENT_GROUP);
+      out.set_placement_group_id(group.binary());
+      out.set_bundle_index(s.bundle_index);
+      break;
+    }
   }
   return out;
 }
@@ -588,6 +601,92 @@ std::vector<NodeInfo> CoreWorker::nodes() {
     out.push_back(std::move(info));
   }
   return out;
+}
+
+namespace {
+
+PlacementGroupOptions options_of(const proto::PlacementGroupSpec& spec) {
+  PlacementGroupOptions options;
+  options.name = spec.name();
+  options.strategy = static_cast<PlacementStrategy>(spec.strategy());
+  for (const auto& b : spec.bundles()) options.bundles.push_back(from_proto(b).to_doubles());
+  return options;
+}
+
+}  // namespace
+
+std::string CoreWorker::create_placement_group(const PlacementGroupOptions& options) {
+  proto::PlacementGroupSpec spec;
+  UniqueId id = UniqueId::generate();
+  spec.set_group_id(id.binary());
+  spec.set_name(options.name);
+  static_assert(static_cast<int>(PlacementStrategy::kStrictSpread) == proto::PlacementGroupSpec::STRICT_SPREAD);
+  spec.set_strategy(static_cast<proto::PlacementGroupSpec::Strategy>(options.strategy));
+  spec.set_job_id(config_.job_id.binary());
+  for (size_t i = 0; i < options.bundles.size(); ++i) {
+    try {
+      *spec.add_bundles() = to_proto(ResourceSet::from_doubles(options.bundles[i]));
+    } catch (const std::invalid_argument& e) {
+      throw Error("invalid placement group: bundle " + std::to_string(i) + ": " + e.what());
+    }
+  }
+  proto::CreatePlacementGroupReply reply;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  grpc::Status s = head_->CreatePlacementGroup(&ctx, spec, &reply);
+  if (s.error_code() == grpc::StatusCode::INVALID_ARGUMENT || s.error_code() == grpc::StatusCode::ALREADY_EXISTS)
+    throw Error("invalid placement group: " + s.error_message());
+  if (!s.ok()) throw Error("cannot create a placement group: the head answered " + s.error_message());
+  if (reply.has_error()) throw_error(reply.error());
+  return id.hex();
+}
+
+bool CoreWorker::wait_placement_group(const std::string& id, std::chrono::milliseconds timeout) {
+  UniqueId group = UniqueId::from_hex(id);
+  if (group.is_nil()) throw Error("PlacementGroup::wait on an empty handle");
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (true) {
+    // The head holds each call at most a few seconds, so a long wait survives timeouts
+    // of the channel and the driver still notices shutdown.
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    proto::PlacementGroupRequest req;
+    req.set_group_id(group.binary());
+    req.set_wait(left.count() > 0);
+    req.set_timeout_ms(std::clamp<int64_t>(left.count(), 0, 5000));
+    proto::GetPlacementGroupReply reply;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    grpc::Status s = head_->GetPlacementGroup(&ctx, req, &reply);
+    if (!s.ok()) throw Error("cannot wait for placement group " + id + ": the head answered " + s.error_message());
+    if (!reply.found()) throw Error("placement group " + id + " does not exist");
+    auto state = reply.info().state();
+    if (state == proto::PlacementGroupInfo::CREATED) return true;
+    if (state == proto::PlacementGroupInfo::REMOVED || std::chrono::steady_clock::now() >= deadline) return false;
+  }
+}
+
+void CoreWorker::remove_placement_group(const std::string& id) {
+  UniqueId group = UniqueId::from_hex(id);
+  if (group.is_nil()) throw Error("remove_placement_group on an empty handle");
+  proto::PlacementGroupRequest req;
+  req.set_group_id(group.binary());
+  proto::Empty reply;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  grpc::Status s = head_->RemovePlacementGroup(&ctx, req, &reply);
+  if (!s.ok()) throw Error("cannot remove placement group " + id + ": the head answered " + s.error_message());
+}
+
+std::optional<std::pair<std::string, PlacementGroupOptions>> CoreWorker::find_placement_group(const std::string& name) {
+  proto::PlacementGroupRequest req;
+  req.set_name(name);
+  proto::GetPlacementGroupReply reply;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  grpc::Status s = head_->GetPlacementGroup(&ctx, req, &reply);
+  if (!s.ok()) throw Error("cannot look up placement group '" + name + "': the head answered " + s.error_message());
+  if (!reply.found() || reply.info().state() == proto::PlacementGroupInfo::REMOVED) return std::nullopt;
+  return std::make_pair(UniqueId::from_binary(reply.info().spec().group_id()).hex(), options_of(reply.info().spec()));
 }
 
 RuntimeContext CoreWorker::context() const {

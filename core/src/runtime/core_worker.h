@@ -73,6 +73,10 @@ class CoreWorker final : public detail::Runtime, public proto::WorkerService::Se
   std::optional<ActorId> get_named_actor(const std::string& name, const std::string& class_key) override;
   void kill_actor(const ActorId& actor, bool no_restart) override;
   std::vector<NodeInfo> nodes() override;
+  std::string create_placement_group(const PlacementGroupOptions& options) override;
+  bool wait_placement_group(const std::string& id, std::chrono::milliseconds timeout) override;
+  void remove_placement_group(const std::string& id) override;
+  std::optional<std::pair<std::string, PlacementGroupOptions>> find_placement_group(const std::string& name) override;
   const std::string& address() const override { return config_.listen_address; }
   RuntimeContext context() const override;
   size_t inline_threshold() const override { return config_.inline_threshold; }

@@ -47,7 +47,10 @@ void TaskSubmitter::submit(proto::TaskSpec spec, std::vector<ObjectId> arg_refs,
     auto task = std::make_unique<Task>();
     // Leases serve one shape: resources and where they may be.
     task->key = resources.to_string();
-    if (strategy.kind() != proto::SchedulingStrategy::DEFAULT)
+    if (strategy.kind() == proto::SchedulingStrategy::PLACEMENT_GROUP)
+      task->key += " pg:" + UniqueId::from_binary(strategy.placement_group_id()).hex() + "/" +
+                   std::to_string(strategy.bundle_index());
+    else if (strategy.kind() != proto::SchedulingStrategy::DEFAULT)
       task->key += " " + std::to_string(strategy.kind()) + ":" + UniqueId::from_binary(strategy.node_id()).hex() +
                    (strategy.soft() ? "~" : "");
     task->retries_left = max_retries;

@@ -18,6 +18,13 @@ GpuAllocator::GpuAllocator(int num_devices) {
                                 std::to_string(num_devices));
   }
   free_.assign(num_devices, kWholeDevice);
+  capacity_ = free_;
+}
+
+GpuAllocator::GpuAllocator(std::vector<FixedPoint> capacities) : free_(capacities), capacity_(std::move(capacities)) {
+  for (FixedPoint c : capacity_)
+    if (c <= FixedPoint() || c > kWholeDevice)
+      throw std::invalid_argument("a GPU device's capacity must be in (0, 1], got " + c.to_string());
 }
 
 bool GpuAllocator::is_valid_request(FixedPoint amount) {
@@ -75,10 +82,11 @@ void GpuAllocator::release(const std::vector<GpuShare>& shares) {
     returned[s.device] += s.amount;
   }
   for (const auto& [device, amount] : returned) {
-    if (free_[device] + amount > kWholeDevice) {
+    if (free_[device] + amount > capacity_[device]) {
       throw std::logic_error("releasing " + amount.to_string() + " of GPU " +
                              std::to_string(device) + " which has " + free_[device].to_string() +
-                             " free would exceed its capacity of 1 (released twice?)");
+                             " free would exceed its capacity of " + capacity_[device].to_string() +
+                             " (released twice?)");
     }
   }
   for (const auto& [device, amount] : returned) free_[device] += amount;

@@ -26,6 +26,10 @@ class GpuAllocator {
   /// A node with `num_devices` completely free devices. Throws std::invalid_argument when
   /// `num_devices` is negative.
   explicit GpuAllocator(int num_devices);
+  /// Devices 0..n-1 whose free capacities start at `capacities` (each in (0, 1]): a
+  /// placement-group bundle holding half of a device is a device of capacity 0.5. Throws
+  /// std::invalid_argument for a capacity outside (0, 1].
+  explicit GpuAllocator(std::vector<FixedPoint> capacities);
 
   int num_devices() const { return static_cast<int>(free_.size()); }
 
@@ -53,7 +57,8 @@ class GpuAllocator {
   FixedPoint available(int device) const;
 
  private:
-  std::vector<FixedPoint> free_;  // free capacity per device id, each in [0, 1]
+  std::vector<FixedPoint> free_;      // free capacity per device id, each in [0, capacity]
+  std::vector<FixedPoint> capacity_;  // per device id, each in (0, 1]
 };
 
 }  // namespace gantry::internal

@@ -63,6 +63,8 @@ NodeChoice choose_node(const std::vector<NodeCandidate>& nodes, const ResourceSe
       if (placement.soft) return choose_default(nodes, request, local);
       return {-1, why};
     }
+    case Placement::Kind::kPlacementGroup:
+      return {-1, "is placed by its placement group, not by node choice"};
   }
   return {-1, "has an unknown scheduling strategy"};
 }

@@ -12,10 +12,12 @@ namespace gantry::internal {
 
 /// How work picks its node (TaskOptions::scheduling, ActorOptions::scheduling).
 struct Placement {
-  enum class Kind { kDefault, kSpread, kNodeAffinity };
+  enum class Kind { kDefault, kSpread, kNodeAffinity, kPlacementGroup };
   Kind kind = Kind::kDefault;
   UniqueId node;      // kNodeAffinity only
   bool soft = false;  // kNodeAffinity: run elsewhere when that node cannot
+  UniqueId group;     // kPlacementGroup: the group, and its bundle (-1: any)
+  int bundle = -1;
 };
 
 /// One node as a scheduler sees it: its totals (for feasibility) and what was free when
@@ -40,7 +42,8 @@ struct NodeChoice {
 ///     over those that can ever hold it when none has room.
 ///   kNodeAffinity: that node if alive and able to ever hold it; else, when soft, as
 ///     kDefault; else none, saying why.
-/// Dead nodes are never chosen.
+/// Dead nodes are never chosen. kPlacementGroup is not decided here (the bundle's node
+/// is); it gets index -1.
 NodeChoice choose_node(const std::vector<NodeCandidate>& nodes, const ResourceSet& request,
                        const Placement& placement, int local, uint64_t* spread_cursor);
 

@@ -23,6 +23,15 @@ NodeResources::NodeResources(ResourceSet total, int num_gpu_devices)
   }
 }
 
+NodeResources::NodeResources(ResourceSet total, std::vector<FixedPoint> gpu_capacities)
+    : total_(std::move(total)), available_(total_), gpus_(gpu_capacities) {
+  FixedPoint sum;
+  for (FixedPoint c : gpu_capacities) sum += c;
+  if (total_.get(kGpu) != sum)
+    throw std::invalid_argument("total " + total_.to_string() + " has GPU: " + total_.get(kGpu).to_string() +
+                                " but its devices hold " + sum.to_string());
+}
+
 std::string NodeResources::infeasible_reason(const ResourceSet& request) const {
   // Report every problem, not just the first: the user fixes them all in one go.
   std::string reason;

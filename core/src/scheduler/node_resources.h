@@ -30,6 +30,9 @@ class NodeResources {
   /// A node offering `total`, all of it free. `total`'s GPU quantity must equal
   /// `num_gpu_devices`; throws std::invalid_argument otherwise.
   NodeResources(ResourceSet total, int num_gpu_devices);
+  /// A ledger over part of a node (a placement-group bundle): GPU devices 0..n-1 with the
+  /// given capacities, whose sum must equal `total`'s GPU quantity.
+  NodeResources(ResourceSet total, std::vector<FixedPoint> gpu_capacities);
 
   /// Empty when `request` could be granted on this node when it is idle; otherwise a
   /// sentence naming each problem, e.g. "asks for GPU: 3 but the node has GPU: 2",

@@ -128,6 +128,12 @@ class Runtime {
   virtual void kill_actor(const ActorId& actor, bool no_restart) = 0;
   /// The cluster's nodes, in the order they joined.
   virtual std::vector<NodeInfo> nodes() = 0;
+  /// Placement groups (see gantry/placement_group.h); ids are hex.
+  virtual std::string create_placement_group(const PlacementGroupOptions& options) = 0;
+  virtual bool wait_placement_group(const std::string& id, std::chrono::milliseconds timeout) = 0;
+  virtual void remove_placement_group(const std::string& id) = 0;
+  /// The id and options of the live group named `name`.
+  virtual std::optional<std::pair<std::string, PlacementGroupOptions>> find_placement_group(const std::string& name) = 0;
 
   /// This process's address, which owners and borrowers use to reach it.
   virtual const std::string& address() const = 0;
