@@ -202,6 +202,41 @@ TEST_F(ClusterTest, DriverJoinsByAddressAndItsWorkersStopWithIt) {
   EXPECT_TRUE(std::regex_search(after, std::regex(" 0 \\(0 idle\\)"))) << after;
 }
 
+TEST_F(ClusterTest, DetachedActorsOutliveTheirDriverUntilKilled) {
+  gantry::init({.temp_dir = temp_.string(), .address = address_});
+  auto keeper = gantry::actor(Tally::create).options({.name = "keeper", .max_restarts = 1, .detached = true}).remote(100);
+  auto temporary = gantry::actor(Tally::create).options({.name = "temporary"}).remote(0);
+  EXPECT_EQ(keeper.task(&Tally::bump).remote().get(), 101);
+  EXPECT_EQ(temporary.task(&Tally::bump).remote().get(), 1);
+  gantry::shutdown();
+
+  // A later driver (another job) finds the detached actor with its state; the other
+  // actor ended with its job.
+  gantry::init({.temp_dir = temp_.string(), .address = address_});
+  EXPECT_FALSE(gantry::get_actor<Tally>("temporary").has_value());
+  auto found = gantry::get_actor<Tally>("keeper");
+  ASSERT_TRUE(found.has_value());
+  EXPECT_EQ(found->task(&Tally::bump).remote().get(), 102);
+  // Its process dies after its job ended: it restarts (max_restarts = 1) from its factory.
+  gantry::kill(*found, /*no_restart=*/false);
+  auto restarted = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  int value = -1;
+  while (value < 0 && std::chrono::steady_clock::now() < restarted) {
+    try {
+      value = found->task(&Tally::bump).remote().get();
+    } catch (const gantry::ActorDiedError&) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the call raced the kill
+    }
+  }
+  EXPECT_EQ(value, 101);
+  std::string listed = run(cli("list actors")).out;
+  EXPECT_TRUE(std::regex_search(listed, std::regex("ALIVE .*Tally +keeper .* detached"))) << listed;
+  gantry::kill(*found);
+  EXPECT_THROW(found->task(&Tally::bump).remote().get(), gantry::ActorDiedError);
+  EXPECT_FALSE(gantry::get_actor<Tally>("keeper").has_value());
+  gantry::shutdown();
+}
+
 // A joined driver is not its workers' parent: their lines come to it over RPC.
 TEST_F(ClusterTest, WorkerOutputReachesTheJoinedDriversTerminal) {
   std::string capture = (temp_ / "driver_stdout.txt").string();
@@ -333,7 +368,7 @@ TEST_F(ClusterTest, DeadNodeIsDetectedAndItsActorsRestartElsewhere) {
   EXPECT_EQ(after.substr(0, 4) + after.substr(16, 4), second_id);
   EXPECT_EQ(tally.task(&Tally::bump).remote().get(), 1);
   std::string actors = run(cli("list actors")).out;
-  EXPECT_TRUE(std::regex_search(actors, std::regex("ALIVE .* 1\\n"))) << actors;
+  EXPECT_TRUE(std::regex_search(actors, std::regex("ALIVE .* 1 +job\\n"))) << actors;
   gantry::shutdown();
 }
 

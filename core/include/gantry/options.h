@@ -126,6 +126,11 @@ struct ActorOptions {
   int max_restarts = 0;
   /// Times a method call in flight when the actor died is re-sent after a restart.
   int max_task_retries = 0;
+  /// Outlives the driver that created it: it stays (and restarts within max_restarts)
+  /// after that driver's job ends, until `gantry::kill`. Give it a name so later drivers
+  /// find it with `gantry::get_actor`. Its factory's arguments should be values, not
+  /// ObjectRefs, as their owner goes with the driver.
+  bool detached = false;
   /// Where it runs; see SchedulingStrategy.
   SchedulingStrategy scheduling{};
 };

@@ -79,11 +79,11 @@ void NodeAgent::start() {
   for (int i = 0; i < config_.prestart_workers; ++i) start_worker_locked(config_.prestart_job, {});
 }
 
-std::string NodeAgent::ensure_job(const UniqueId& job_id) {
+std::string NodeAgent::ensure_job(const UniqueId& job_id, bool finished_ok) {
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (finished_jobs_.count(job_id) && !finished_ok) return "job " + job_id.hex() + " has finished";
     if (jobs_.count(job_id)) return {};
-    if (finished_jobs_.count(job_id)) return "job " + job_id.hex() + " has finished";
   }
   proto::JobRequest req;
   req.set_job_id(job_id.binary());
@@ -92,7 +92,7 @@ std::string NodeAgent::ensure_job(const UniqueId& job_id) {
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
   grpc::Status s = head_->GetJob(&ctx, req, &job);
   if (!s.ok()) return "cannot start workers for job " + job_id.hex() + ": the head says: " + s.error_message();
-  if (job.state() == proto::JobSpec::FINISHED) return "job " + job_id.hex() + " has finished";
+  if (job.state() == proto::JobSpec::FINISHED && !finished_ok) return "job " + job_id.hex() + " has finished";
   WorkerLaunchSpec spec;
   spec.executable = job.executable();
   spec.argv.assign(job.argv().begin(), job.argv().end());
@@ -191,6 +191,7 @@ void NodeAgent::try_grant_locked() {
     uint64_t lease_id = next_lease_id_++;
     bool for_actor = p.request.for_actor();
     w->state = for_actor ? WorkerState::kActor : WorkerState::kLeased;
+    w->detached = for_actor && p.request.detached();
     w->lease_id = lease_id;
     leases_.emplace(lease_id, Lease{w->id, *p.allocation, for_actor, p.bundle});
     p.reply.set_granted(true);
@@ -220,7 +221,7 @@ grpc::Status NodeAgent::RequestLease(grpc::ServerContext* ctx, const proto::Leas
   if (job_id.is_nil()) return {grpc::StatusCode::INVALID_ARGUMENT, "a lease request must name its job (16 bytes)"};
   if (!req->spilled() && !place_here(ctx, *req, request, reply)) return grpc::Status::OK;
   Placement placement = from_proto(req->strategy());
-  if (std::string why = ensure_job(job_id); !why.empty()) {
+  if (std::string why = ensure_job(job_id, req->detached()); !why.empty()) {
     *reply->mutable_error() = make_error(proto::ErrorInfo::INTERNAL, why);
     return grpc::Status::OK;
   }
@@ -523,9 +524,10 @@ grpc::Status NodeAgent::JobFinished(grpc::ServerContext* ctx, const proto::JobRe
   jobs_.erase(job_id);
   finished_jobs_.insert(job_id);
   // SIGTERM first: a worker then sends the driver the output it still holds, and exits.
+  // Detached actors stay.
   std::vector<UniqueId> stopping;
   for (auto& [id, w] : workers_)
-    if (w.job_id == job_id && w.state != WorkerState::kDead) {
+    if (w.job_id == job_id && w.state != WorkerState::kDead && !w.detached) {
       pool_->signal(id, SIGTERM);
       stopping.push_back(id);
     }

@@ -99,6 +99,7 @@ class NodeAgent final : public proto::NodeAgent::Service {
     WorkerState state = WorkerState::kStarting;
     uint64_t lease_id = 0;
     bool blocked = false;  // in get()/wait(): its CPUs are lent back to the node
+    bool detached = false;  // hosts a detached actor: outlives its job
   };
   // A placement group's bundle reserved on this node: (group, bundle index).
   using BundleKey = std::pair<UniqueId, int>;
@@ -125,7 +126,8 @@ class NodeAgent final : public proto::NodeAgent::Service {
   void start_worker_locked(const UniqueId& job_id, const std::vector<int>& gpu_ids);
   // Makes sure the job's launch spec is known, asking the head the first time. Empty when
   // it is, else why not. Takes mu_ itself; call without it.
-  std::string ensure_job(const UniqueId& job_id);
+  // A detached actor's job may have finished (`finished_ok`): its spec still starts it.
+  std::string ensure_job(const UniqueId& job_id, bool finished_ok = false);
   void release_lease_locked(uint64_t lease_id);
   // Where a lease request that did not come from another node should go: this node
   // (true), another node (`reply` names it), or nowhere (`reply` has the error).

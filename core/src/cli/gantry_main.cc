@@ -569,11 +569,13 @@ int list_command(const std::string& what, const std::string& address_flag, const
     grpc::Status s = head->ListActors(&ctx, proto::Empty(), &actors);
     if (!s.ok()) call_failed("cannot list actors", address, s);
     static const char* kStates[] = {"PENDING", "ALIVE", "RESTARTING", "DEAD"};
-    std::printf("%-34s %-10s %-20s %-16s %-8s %s\n", "ACTOR ID", "STATE", "CLASS", "NAME", "PID", "RESTARTS");
+    std::printf("%-34s %-10s %-20s %-16s %-8s %-9s %s\n", "ACTOR ID", "STATE", "CLASS", "NAME", "PID", "RESTARTS",
+                "LIFETIME");
     for (const auto& a : actors.actors())
-      std::printf("%-34s %-10s %-20s %-16s %-8d %d\n", UniqueId::from_binary(a.actor_id()).hex().c_str(),
+      std::printf("%-34s %-10s %-20s %-16s %-8d %-9d %s\n", UniqueId::from_binary(a.actor_id()).hex().c_str(),
                   kStates[std::clamp<int>(a.state(), 0, 3)], a.class_name().c_str(),
-                  a.name().empty() ? "-" : a.name().c_str(), a.pid(), a.num_restarts());
+                  a.name().empty() ? "-" : a.name().c_str(), a.pid(), a.num_restarts(),
+                  a.detached() ? "detached" : "job");
   } else if (what == "placement-groups") {
     proto::ListPlacementGroupsReply groups;
     grpc::Status s = head->ListPlacementGroups(&ctx, proto::Empty(), &groups);

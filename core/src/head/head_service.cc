@@ -168,6 +168,7 @@ grpc::Status HeadService::CreateActor(grpc::ServerContext* ctx, const proto::Act
   actor.info.set_class_name(spec->class_name());
   actor.info.set_name(spec->name());
   actor.info.set_max_task_retries(spec->max_task_retries());
+  actor.info.set_detached(spec->detached());
   if (!spec->name().empty()) named_actors_[spec->name()] = id;
   auto start = place_actor_locked(actor);
   lock.unlock();
@@ -207,6 +208,7 @@ std::function<void()> HeadService::place_actor_locked(Actor& actor) {
   call->request.set_job_id(actor.spec.job_id());
   call->request.set_description("actor " + actor_label(actor.spec));
   call->request.set_spilled(true);  // placed here: the agent must not send it on
+  call->request.set_detached(actor.spec.detached());
   ActorId id = ActorId::from_binary(actor.spec.actor_id());
   uint64_t placement = ++actor.placement;
   std::string agent_address = node->agent_address;
@@ -569,9 +571,11 @@ grpc::Status HeadService::FinishJob(grpc::ServerContext* ctx, const proto::JobRe
     if (it->second.state() == proto::JobSpec::FINISHED) return grpc::Status::OK;
     it->second.set_state(proto::JobSpec::FINISHED);
     it->second.set_end_time_ms(unix_time_ms());
-    // The job's actors go with it (their processes are the job's workers).
+    // The job's actors go with it (their processes are the job's workers), except
+    // detached ones.
     for (auto& [actor_id, actor] : actors_)
-      if (actor.spec.job_id() == req->job_id() && actor.info.state() != proto::ActorInfo::DEAD) {
+      if (actor.spec.job_id() == req->job_id() && !actor.spec.detached() &&
+          actor.info.state() != proto::ActorInfo::DEAD) {
         actor.killed = true;
         mark_dead_locked(actor, make_error(proto::ErrorInfo::ACTOR_DIED, "its job " + id.hex() + " finished"));
       }

@@ -507,6 +507,7 @@ ActorId CoreWorker::create_actor(const std::string& factory, const std::string& 
   *spec.mutable_resources() = to_proto(resources);
   spec.set_max_restarts(options.max_restarts);
   spec.set_max_task_retries(options.max_task_retries);
+  spec.set_detached(options.detached);
   spec.set_owner_address(config_.listen_address);
   spec.set_job_id(config_.job_id.binary());
   *spec.mutable_strategy() = strategy_of(options.scheduling, "actor " + class_key);
