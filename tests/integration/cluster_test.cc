@@ -425,6 +425,31 @@ TEST_F(ClusterTest, ListActorsShowsNamedActors) {
   gantry::shutdown();
 }
 
+TEST_F(ClusterTest, ListTasksAndObjectsAskEveryOwner) {
+  gantry::init({.temp_dir = temp_.string(), .address = address_});
+  EXPECT_EQ(gantry::task(add).remote(1, 2).get(), 3);
+  auto big = gantry::put(std::vector<double>(1 << 18, 1.0));  // 2 MiB: shared memory
+  auto small = gantry::put(7);
+  // They run on several workers at once: the quick `add` of the same shape must not make
+  // them queue on one.
+  std::vector<gantry::ObjectRef<std::string>> busy;
+  for (int i = 0; i < 4; ++i) busy.push_back(gantry::task(busy_where).options({.num_cpus = 1}).remote(1500));
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  std::string tasks = run(cli("list tasks --address " + address_)).out;
+  std::set<std::string> workers;
+  std::regex submitted("SUBMITTED +busy_where +(\\S+)");
+  for (auto it = std::sregex_iterator(tasks.begin(), tasks.end(), submitted); it != std::sregex_iterator(); ++it)
+    workers.insert((*it)[1].str());
+  EXPECT_GE(workers.size(), 2u) << tasks;
+  EXPECT_TRUE(std::regex_search(tasks, std::regex("\\badd +1 +0"))) << tasks;
+  std::string objects = run(cli("list objects --address " + address_)).out;
+  EXPECT_TRUE(std::regex_search(objects, std::regex(big.id().hex() + " +SHARED_MEMORY +2097[0-9]{3} "))) << objects;
+  EXPECT_TRUE(std::regex_search(objects, std::regex(small.id().hex() + " +INLINE "))) << objects;
+  EXPECT_EQ(run(cli("list tasks --limit 0 --address " + address_)).code, 2);
+  for (auto& r : busy) r.get();
+  gantry::shutdown();
+}
+
 TEST_F(ClusterTest, WorkSpillsToANodeWithRoomAndObjectsCrossBetweenNodes) {
   CommandResult node =
       run(cli("start --address " + address_ + " --node-ip-address 127.0.0.1 --num-cpus 2 --resources '{\"S\": 2}'"));

@@ -496,7 +496,10 @@ grpc::Status NodeAgent::GetNodeStats(grpc::ServerContext* ctx, const proto::Empt
   reply->set_store_capacity(store_->capacity());
   reply->set_num_gpus(config_.num_gpus);
   int idle = 0;
-  for (const auto& [id, w] : workers_) idle += w.state == WorkerState::kIdle;
+  for (const auto& [id, w] : workers_) {
+    idle += w.state == WorkerState::kIdle;
+    if (!w.address.empty() && w.state != WorkerState::kDead) reply->add_worker_addresses(w.address);
+  }
   reply->set_num_workers(static_cast<int>(workers_.size()));
   reply->set_num_idle_workers(idle);
   for (const auto& p : pending_) *reply->add_pending_demand() = to_proto(p->resources);

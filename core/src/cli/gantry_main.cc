@@ -30,6 +30,7 @@
 #include "head/job_supervisor.h"
 #include "rpc/auth.h"
 #include "rpc/grpc_util.h"
+#include "cli/list_owned.h"
 #include "runtime/cluster_client.h"
 #include "runtime/local_cluster.h"
 
@@ -665,8 +666,10 @@ int run(int argc, char** argv) {
   jstop_cmd->add_option("id", job.id, "the job id")->required();
 
   std::string list_what, list_address, list_temp_dir;
-  auto* list_cmd = app.add_subcommand("list", "list the cluster's nodes, actors, placement groups or drivers' jobs");
-  list_cmd->add_option("what", list_what, "nodes, actors, placement-groups or jobs")->required()->check(CLI::IsMember({"nodes", "actors", "placement-groups", "jobs"}));
+  int list_limit = 100;
+  auto* list_cmd = app.add_subcommand("list", "list the cluster's nodes, actors, tasks, objects, placement groups or drivers' jobs");
+  list_cmd->add_option("what", list_what, "nodes, actors, tasks, objects, placement-groups or jobs")->required()->check(CLI::IsMember({"nodes", "actors", "tasks", "objects", "placement-groups", "jobs"}));
+  list_cmd->add_option("--limit", list_limit, "at most this many tasks or objects")->capture_default_str()->check(CLI::PositiveNumber);
   list_cmd->add_option("--address", list_address, "the head's HOST:PORT (default: GANTRY_ADDRESS, else the head started on this machine)");
   list_cmd->add_option("--temp-dir", list_temp_dir, "where this machine's sessions are (to find the address and token)");
 
@@ -690,6 +693,8 @@ int run(int argc, char** argv) {
     if (jlist_cmd->parsed()) return job_list(job);
     if (logs_cmd->parsed()) return job_logs(job);
     if (jstop_cmd->parsed()) return job_stop(job);
+    if (list_cmd->parsed() && (list_what == "tasks" || list_what == "objects"))
+      return list_owned_command(list_what, resolve_cluster(list_address, list_temp_dir), list_limit);
     if (list_cmd->parsed()) return list_command(list_what, list_address, list_temp_dir);
   } catch (const std::invalid_argument& e) {
     std::cerr << "gantry: " << e.what() << "\n";

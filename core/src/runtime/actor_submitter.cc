@@ -138,6 +138,8 @@ void ActorSubmitter::on_results(const ActorId& id, uint64_t generation, proto::R
       auto it = st.in_flight.find(s->second);
       st.seq_of.erase(s);
       if (it == st.in_flight.end()) continue;
+      auto& count = st.counts[it->second.spec.function()];
+      ++(result.value().has_error() ? count.second : count.first);
       auto value = std::make_shared<proto::ObjectValue>();
       value->Swap(result.mutable_value());
       after.done.push_back({ObjectId::from_binary(it->second.spec.return_id()), std::move(value),
@@ -217,6 +219,37 @@ void ActorSubmitter::stop() {
     for (auto& [id, st] : actors_) st.stream.reset();
   }
   streams.clear();
+}
+
+void ActorSubmitter::describe(size_t limit, proto::OwnedState* out) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::map<std::string, std::pair<int64_t, int64_t>> counts;
+  auto add = [&](const ActorState& st, const Call& call, const char* state) {
+    if (static_cast<size_t>(out->tasks_size()) >= limit) {
+      out->set_truncated(true);
+      return;
+    }
+    proto::TaskStateInfo* t = out->add_tasks();
+    t->set_task_id(call.spec.task_id());
+    t->set_name(call.spec.function());
+    t->set_state(state);
+    t->set_actor_id(st.id.binary());
+    if (*state == 'S') t->set_worker_address(st.address);
+  };
+  for (const auto& [id, st] : actors_) {
+    for (const auto& [seq, call] : st.in_flight) add(st, call, "SUBMITTED");
+    for (const Call& call : st.queue) add(st, call, "PENDING_ACTOR");
+    for (const auto& [method, c] : st.counts) {
+      counts[method].first += c.first;
+      counts[method].second += c.second;
+    }
+  }
+  for (const auto& [method, c] : counts) {
+    proto::TaskCount* tc = out->add_counts();
+    tc->set_name(method);
+    tc->set_finished(c.first);
+    tc->set_failed(c.second);
+  }
 }
 
 }  // namespace gantry::internal

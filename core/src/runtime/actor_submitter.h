@@ -42,6 +42,9 @@ class ActorSubmitter {
   void set_max_task_retries(const ActorId& actor, int max_task_retries);
   void submit(const ActorId& actor, proto::TaskSpec spec, std::vector<ObjectId> arg_refs);
   void stop();
+  /// Calls not answered yet (at most `limit` in `out`) and, per method, how many
+  /// finished and failed; see TaskSubmitter::describe.
+  void describe(size_t limit, proto::OwnedState* out) const;
 
  private:
   struct Call {
@@ -63,6 +66,7 @@ class ActorSubmitter {
     proto::ErrorInfo death;
     int max_task_retries = 0;
     uint64_t next_sequence = 0;
+    std::map<std::string, std::pair<int64_t, int64_t>> counts;  // method -> finished, failed
   };
   struct AfterUnlock {
     std::vector<TaskSubmitter::Completion> done;
@@ -80,7 +84,7 @@ class ActorSubmitter {
   void finish(AfterUnlock& after);
 
   ActorSubmitterConfig config_;
-  std::mutex mu_;  // guards everything below
+  mutable std::mutex mu_;  // guards everything below
   std::condition_variable cv_;
   std::unordered_map<ActorId, ActorState> actors_;
   std::vector<std::shared_ptr<TaskStream>> retired_;

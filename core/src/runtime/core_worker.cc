@@ -876,4 +876,45 @@ grpc::Status CoreWorker::PrintOutput(grpc::ServerContext* ctx, const proto::Outp
   return grpc::Status::OK;
 }
 
+grpc::Status CoreWorker::ListOwned(grpc::ServerContext* ctx, const proto::ListOwnedRequest* req,
+                                  proto::OwnedState* reply) {
+  GANTRY_REQUIRE_TOKEN(ctx);
+  size_t limit = req->limit() > 0 ? static_cast<size_t>(req->limit()) : 1000;
+  reply->set_owner_address(config_.listen_address);
+  reply->set_job_id(config_.job_id.binary());
+  reply->set_pid(::getpid());
+  if (req->tasks()) {
+    if (tasks_) tasks_->describe(limit, reply);
+    if (actors_) actors_->describe(limit, reply);
+  }
+  if (req->objects()) {
+    std::vector<ReferenceCounter::OwnedRef> owned = refs_.owned(limit + 1);
+    if (owned.size() > limit) {
+      owned.pop_back();
+      reply->set_truncated(true);
+    }
+    for (const auto& ref : owned) {
+      proto::ObjectStateInfo* o = reply->add_objects();
+      o->set_object_id(ref.id.binary());
+      o->set_local_refs(ref.local);
+      o->set_submitted_refs(ref.submitted);
+      o->set_borrowers(static_cast<int32_t>(ref.borrowers));
+      ValuePtr value = store_.get_if_ready(ref.id);
+      if (!value) {
+        o->set_location("PENDING");
+      } else if (value->has_shm()) {
+        o->set_location("SHARED_MEMORY");
+        o->set_size(value->shm().size());
+        o->set_node_id(value->shm().node_id());
+      } else if (value->has_error()) {
+        o->set_location("ERROR");
+      } else {
+        o->set_location("INLINE");
+        o->set_size(value->inline_data().size());
+      }
+    }
+  }
+  return grpc::Status::OK;
+}
+
 }  // namespace gantry::internal

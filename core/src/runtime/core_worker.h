@@ -89,6 +89,7 @@ class CoreWorker final : public detail::Runtime, public proto::WorkerService::Se
   grpc::Status GetObject(grpc::ServerContext* ctx, const proto::GetObjectRequest* req,
                          proto::GetObjectReply* reply) override;
   grpc::Status PrintOutput(grpc::ServerContext* ctx, const proto::OutputText* req, proto::Empty* reply) override;
+  grpc::Status ListOwned(grpc::ServerContext* ctx, const proto::ListOwnedRequest* req, proto::OwnedState* reply) override;
   grpc::Status UpdateBorrowers(grpc::ServerContext* ctx, const proto::BorrowUpdate* req,
                                proto::Empty* reply) override;
 

@@ -115,4 +115,15 @@ size_t ReferenceCounter::num_tracked() const {
   return refs_.size();
 }
 
+std::vector<ReferenceCounter::OwnedRef> ReferenceCounter::owned(size_t limit) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<OwnedRef> out;
+  for (const auto& [id, ref] : refs_) {
+    if (!ref.owned) continue;
+    if (out.size() >= limit) break;
+    out.push_back({id, ref.local, ref.submitted, ref.borrowers.size()});
+  }
+  return out;
+}
+
 }  // namespace gantry::internal

@@ -39,6 +39,16 @@ class ReferenceCounter {
   bool is_owned(const ObjectId& id) const;
   size_t num_tracked() const;
 
+  /// One object this process owns, for listing.
+  struct OwnedRef {
+    ObjectId id;
+    int64_t local = 0;
+    int64_t submitted = 0;
+    size_t borrowers = 0;
+  };
+  /// Up to `limit` of the objects this process owns.
+  std::vector<OwnedRef> owned(size_t limit) const;
+
  private:
   struct Ref {
     bool owned = false;

@@ -30,6 +30,44 @@ size_t TaskSubmitter::num_tasks() const {
   return tasks_.size();
 }
 
+void TaskSubmitter::describe(size_t limit, proto::OwnedState* out) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto name_of = [](const proto::TaskSpec& spec) { return spec.name().empty() ? spec.function() : spec.name(); };
+  std::unordered_set<TaskId> seen;
+  auto add = [&](const TaskId& id, const char* state, const LeasedWorker* w) {
+    auto it = tasks_.find(id);
+    if (it == tasks_.end() || !seen.insert(id).second) return;
+    if (static_cast<size_t>(out->tasks_size()) >= limit) {
+      out->set_truncated(true);
+      return;
+    }
+    proto::TaskStateInfo* t = out->add_tasks();
+    t->set_task_id(id.binary());
+    t->set_name(name_of(it->second->spec));
+    t->set_state(state);
+    if (w != nullptr) {
+      t->set_worker_address(w->address);
+      t->set_worker_pid(w->pid);
+    }
+  };
+  std::map<std::string, std::pair<int64_t, int64_t>> counts;
+  for (const auto& [key, ks] : keys_) {
+    for (const auto& [handle, w] : ks.workers)
+      for (const TaskId& id : w->in_flight) add(id, "SUBMITTED", w.get());
+    for (const TaskId& id : ks.queue) add(id, "PENDING_WORKER", nullptr);
+    auto& c = counts[ks.description.substr(ks.description.find(' ') + 1)];
+    c.first += ks.finished;
+    c.second += ks.failed;
+  }
+  for (const auto& [id, task] : tasks_) add(id, "PENDING_ARGS", nullptr);
+  for (const auto& [name, c] : counts) {
+    proto::TaskCount* tc = out->add_counts();
+    tc->set_name(name);
+    tc->set_finished(c.first);
+    tc->set_failed(c.second);
+  }
+}
+
 void TaskSubmitter::submit(proto::TaskSpec spec, std::vector<ObjectId> arg_refs, ResourceSet resources,
                            proto::SchedulingStrategy strategy, int max_retries, bool retry_exceptions) {
   TaskId id = TaskId::from_binary(spec.task_id());
@@ -87,9 +125,10 @@ void TaskSubmitter::on_dependency_ready(const TaskId& id) {
   finish(after);
 }
 
-size_t TaskSubmitter::pipeline_depth_locked(const KeyState& ks) const {
-  if (ks.avg_task_us < 0 || ks.strategy.kind() == proto::SchedulingStrategy::SPREAD) return 1;
-  double depth = kPipelineTargetUs / std::max(ks.avg_task_us, 1.0);
+size_t TaskSubmitter::pipeline_depth_locked(const KeyState& ks, const std::string& function) const {
+  auto avg = ks.avg_task_us.find(function);
+  if (avg == ks.avg_task_us.end() || ks.strategy.kind() == proto::SchedulingStrategy::SPREAD) return 1;
+  double depth = kPipelineTargetUs / std::max(avg->second, 1.0);
   return static_cast<size_t>(std::clamp(depth, 1.0, static_cast<double>(kMaxPipelineDepth)));
 }
 
@@ -109,18 +148,21 @@ bool TaskSubmitter::resolve_args_locked(Task& task, AfterUnlock& after) {
 }
 
 void TaskSubmitter::dispatch_locked(KeyState& ks, AfterUnlock& after) {
-  size_t depth = pipeline_depth_locked(ks);
   while (!ks.queue.empty()) {
+    auto front = tasks_.find(ks.queue.front());
+    if (front == tasks_.end()) {
+      ks.queue.pop_front();
+      continue;
+    }
+    size_t depth = pipeline_depth_locked(ks, front->second->spec.function());
     LeasedWorker* best = nullptr;
     for (auto& [lease, w] : ks.workers)
       if (w->in_flight.size() < depth && (best == nullptr || w->in_flight.size() < best->in_flight.size()))
         best = w.get();
     if (best == nullptr) break;
-    TaskId id = ks.queue.front();
+    TaskId id = front->first;
+    Task& task = *front->second;
     ks.queue.pop_front();
-    auto it = tasks_.find(id);
-    if (it == tasks_.end()) continue;
-    Task& task = *it->second;
     if (!resolve_args_locked(task, after)) continue;
     best->in_flight.insert(id);
     best->stream->enqueue(task.spec);
@@ -222,11 +264,12 @@ void TaskSubmitter::on_results(const std::string& key, uint64_t handle, proto::R
     for (auto& result : *batch.mutable_results()) {
       TaskId id = TaskId::from_binary(result.task_id());
       if (w != nullptr) w->in_flight.erase(id);
-      double us = static_cast<double>(result.exec_us());
-      ks.avg_task_us = ks.avg_task_us < 0 ? us : 0.8 * ks.avg_task_us + 0.2 * us;
       auto it = tasks_.find(id);
       if (it == tasks_.end()) continue;
       Task& task = *it->second;
+      double us = static_cast<double>(result.exec_us());
+      auto [avg, first] = ks.avg_task_us.try_emplace(task.spec.function(), us);
+      if (!first) avg->second = 0.8 * avg->second + 0.2 * us;
       const proto::ObjectValue& value = result.value();
       if (value.has_error() && value.error().kind() == proto::ErrorInfo::TASK_ERROR && task.retry_exceptions &&
           task.retries_left != 0) {
@@ -240,6 +283,7 @@ void TaskSubmitter::on_results(const std::string& key, uint64_t handle, proto::R
         for (const auto& arg : task.spec.args()) self_contained &= arg.has_inline_data();
         if (self_contained) config_.keep_lineage(task.spec, ks.resources, ks.strategy, task.retries_left);
       }
+      ++(value.has_error() ? ks.failed : ks.finished);
       auto stored = std::make_shared<proto::ObjectValue>();
       stored->Swap(result.mutable_value());
       after.done.push_back({ObjectId::from_binary(task.spec.return_id()), std::move(stored), std::move(task.arg_refs)});
@@ -305,6 +349,8 @@ void TaskSubmitter::fail_task_locked(const TaskId& id, proto::ErrorInfo error, A
   if (it == tasks_.end()) return;
   Task& task = *it->second;
   if (error.function().empty()) error.set_function(task.spec.function());
+  auto ks = keys_.find(task.key);
+  if (ks != keys_.end()) ++ks->second.failed;
   auto value = std::make_shared<proto::ObjectValue>();
   *value->mutable_error() = std::move(error);
   after.done.push_back({ObjectId::from_binary(task.spec.return_id()), std::move(value), std::move(task.arg_refs)});

@@ -65,6 +65,9 @@ class TaskSubmitter {
   /// Cancels streams and lease requests; tasks still queued are dropped. Idempotent.
   void stop();
   size_t num_tasks() const;
+  /// Its tasks not finished yet (at most `limit`; sets `truncated` beyond) and, per
+  /// function, how many finished and failed.
+  void describe(size_t limit, proto::OwnedState* out) const;
 
   /// A finished task: its value, and the argument pins to release.
   struct Completion {
@@ -100,7 +103,11 @@ class TaskSubmitter {
     // By a handle of ours: lease ids of different agents may coincide.
     std::unordered_map<uint64_t, std::unique_ptr<LeasedWorker>> workers;
     int pending_lease_requests = 0;
-    double avg_task_us = -1;  // moving average of execution time; <0 unknown
+    // Moving average of execution time per function: a cheap task must not make long
+    // ones of the same shape queue up behind each other on one worker.
+    std::unordered_map<std::string, double> avg_task_us;
+    int64_t finished = 0;     // for describe()
+    int64_t failed = 0;
   };
   /// Work collected under mu_ and done after it is released: completions (which run
   /// store callbacks) and RPCs (whose callbacks may run inline).
@@ -113,7 +120,8 @@ class TaskSubmitter {
 
   // All *_locked methods need mu_ held.
   void dispatch_locked(KeyState& ks, AfterUnlock& after);
-  size_t pipeline_depth_locked(const KeyState& ks) const;
+  // Tasks of `function` a worker of `ks` may have in flight (1 while its time is unknown).
+  size_t pipeline_depth_locked(const KeyState& ks, const std::string& function) const;
   bool resolve_args_locked(Task& task, AfterUnlock& after);
   // Asks this node's agent for a lease, or with `spilled_to` (a node id, binary) the
   // agent `agent` of the node this node's agent sent us to. `unreachable`: a node that
