@@ -374,6 +374,37 @@ TEST_F(ClusterTest, DeadNodeIsDetectedAndItsActorsRestartElsewhere) {
 
 std::string self_exe() { return std::filesystem::read_symlink("/proc/self/exe").string(); }
 
+TEST_F(ClusterTest, NodesWithoutTheProgramFetchItFromTheHeadByDigest) {
+  CommandResult node = run(cli("start --address " + address_ + " --node-ip-address 127.0.0.1 --num-cpus 1 "
+                               "--resources '{\"X\": 1}'"));
+  ASSERT_EQ(node.code, 0) << node.out;
+  // A copy of this program that deletes itself after joining: no node has its file.
+  std::filesystem::path copy = temp_ / "orphan" / "orphan_driver";
+  std::filesystem::create_directories(copy.parent_path());
+  std::filesystem::copy_file(self_exe(), copy, std::filesystem::copy_options::overwrite_existing);
+  CommandResult job = run(std::string(GANTRY_CLI_PATH) + " job submit --temp-dir " + temp_.string() + " -- " +
+                          copy.string() + " --job-orphan");
+  EXPECT_EQ(job.code, 0) << job.out;
+  EXPECT_FALSE(std::filesystem::exists(copy));
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(job.out, m, std::regex("orphan ran on ([0-9a-f]{32})"))) << job.out;
+  EXPECT_EQ(short_id(m[1].str()), joined_id(node.out));
+  ASSERT_TRUE(std::regex_search(node.out, m, std::regex("session: (\\S+)"))) << node.out;
+  std::ifstream log(m[1].str() + "/logs/gantry.log");
+  std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+  EXPECT_TRUE(std::regex_search(text, std::regex("fetched executable .*orphan_driver .*sha256 [0-9a-f]{12}")))
+      << text;
+}
+
+TEST_F(ClusterTest, AMissingSharedLibraryIsNamedWithTheNode) {
+  CommandResult job = run(std::string(GANTRY_CLI_PATH) + " job submit --temp-dir " + temp_.string() +
+                          " --env LD_LIBRARY_PATH=" + PROBE_LIB_DIR + " -- " + NEEDS_PROBE_PATH);
+  EXPECT_EQ(job.code, 1) << job.out;
+  EXPECT_TRUE(std::regex_search(job.out, std::regex("probe failed: .*on node [0-9a-f]{8} .*needs shared libraries "
+                                                    "this node does not have: libgantry_probe\\.so")))
+      << job.out;
+}
+
 TEST_F(ClusterTest, JobSubmitRunsAProgramAsADriverAndKeepsItsOutput) {
   std::string submit = std::string(GANTRY_CLI_PATH) + " job submit --temp-dir " + temp_.string();
   CommandResult ok = run(submit + " -- " + self_exe() + " --job-main 20 22");
@@ -690,6 +721,16 @@ TEST_F(ClusterTest, StopEndsThisMachinesGantryProcessesAndNothingElse) {
 int job_main(int argc, char** argv) {
   std::string mode = argv[1];
   if (mode == "--job-fail") return 3;
+  if (mode == "--job-orphan") {
+    // Remove our own file once joined: the nodes must get the program from the head.
+    std::string exe = std::filesystem::read_symlink("/proc/self/exe").string();
+    gantry::init(argc, argv);
+    std::filesystem::remove(exe);
+    std::string node = gantry::task(busy_where).options({.resources = {{"X", 1}}}).remote(0).get();
+    std::cout << "orphan ran on " << node << std::endl;
+    gantry::shutdown();
+    return 0;
+  }
   gantry::init(argc, argv);
   if (mode == "--job-sleep") {
     std::cout << "sleeping" << std::endl;

@@ -1,6 +1,7 @@
 #include "agent/node_agent.h"
 
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 #include <thread>
 
 #include "common/logging.h"
+#include "common/sha256.h"
 #include "gantry/errors.h"
 #include "rpc/auth.h"
 #include "rpc/frame_socket.h"
@@ -35,6 +37,7 @@ NodeAgent::NodeAgent(NodeAgentConfig config)
   head_ = proto::Head::NewStub(make_channel(config_.head_address));
   view_ = std::make_unique<ClusterView>(head_, std::chrono::milliseconds(300));
   transfer_ = std::make_unique<ObjectTransfer>(*store_, *view_, channels_, config_.node_id);
+  if (!config_.executable_dir.empty()) executables_ = std::make_unique<ExecutableStore>(config_.executable_dir);
   pool_ = std::make_unique<WorkerPool>(
       config_.worker_environment,
       [this](const UniqueId& id, pid_t pid, const std::string& reason) { on_worker_exit(id, pid, reason); });
@@ -110,9 +113,23 @@ std::string NodeAgent::ensure_job(const UniqueId& job_id, bool finished_ok) {
       return "node " + config_.node_id.short_hex() + " does not run " + spec.executable +
              ": it is outside the directories this node allows (--allowed-executables)";
   }
-  if (::access(spec.executable.c_str(), X_OK) != 0)
-    return "cannot start workers for job " + job_id.hex() + " on node " + config_.node_id.short_hex() + " (" +
-           host_name() + "): its executable " + spec.executable + " is not there or not executable";
+  const std::string where = "node " + config_.node_id.short_hex() + " (" + host_name() + ")";
+  if (!job.exe_digest().empty()) {
+    std::string why;
+    spec.executable = local_executable(job, &why);
+    if (spec.executable.empty()) return "cannot start workers for job " + job_id.hex() + " on " + where + ": " + why;
+    std::vector<std::string> missing = missing_libraries(spec.executable);
+    if (!missing.empty()) {
+      std::string names;
+      for (const auto& m : missing) names += (names.empty() ? "" : ", ") + m;
+      return "cannot start workers for job " + job_id.hex() + " on " + where + ": its executable " +
+             job.executable() + " needs shared libraries this node does not have: " + names +
+             "; install them on that node (or link the program statically)";
+    }
+  } else if (::access(spec.executable.c_str(), X_OK) != 0) {
+    return "cannot start workers for job " + job_id.hex() + " on " + where + ": its executable " + spec.executable +
+           " is not there or not executable";
+  }
   std::lock_guard<std::mutex> lock(mu_);
   jobs_.emplace(job_id, std::move(spec));
   return {};
@@ -742,6 +759,99 @@ grpc::Status NodeAgent::ReleaseBundles(grpc::ServerContext* ctx, const proto::Re
   cv_.notify_all();
   try_grant_locked();
   return grpc::Status::OK;
+}
+
+std::string NodeAgent::local_executable(const proto::JobSpec& job, std::string* why) {
+  const std::string& digest = job.exe_digest();
+  if (!ExecutableStore::valid_digest(digest)) {
+    *why = "the job's executable digest is malformed";
+    return {};
+  }
+  // The job's own path, when it holds the very same program (the usual case on the
+  // driver's machine and on nodes sharing its file system).
+  struct stat st{};
+  if (::access(job.executable().c_str(), X_OK) == 0 && ::stat(job.executable().c_str(), &st) == 0) {
+    KnownFile file{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino), static_cast<uint64_t>(st.st_size),
+                   static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec, {}};
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto known = known_files_.find(job.executable());
+      if (known != known_files_.end() && known->second.device == file.device && known->second.inode == file.inode &&
+          known->second.size == file.size && known->second.mtime_ns == file.mtime_ns)
+        file.digest = known->second.digest;
+    }
+    if (file.digest.empty()) {
+      std::string error;
+      file.digest = sha256_file(job.executable(), nullptr, &error);
+      std::lock_guard<std::mutex> lock(mu_);
+      known_files_[job.executable()] = file;
+    }
+    if (file.digest == digest) return job.executable();
+  }
+  if (!executables_) {
+    *why = "its executable " + job.executable() + " is not on this node, and the node keeps no fetched copies";
+    return {};
+  }
+  if (executables_->has(digest)) return executables_->path_of(digest);
+  auto started = std::chrono::steady_clock::now();
+  proto::ExecutableRef ref;
+  ref.set_digest(digest);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(10));
+  auto reader = head_->GetExecutable(&ctx, ref);
+  proto::ExecutableChunk chunk;
+  std::unique_ptr<ExecutableStore::Writer> writer;
+  while (reader->Read(&chunk)) {
+    if (!writer) {
+      try {
+        writer = executables_->begin(digest, chunk.size());
+      } catch (const std::exception& e) {
+        ctx.TryCancel();
+        reader->Finish();
+        *why = e.what();
+        return {};
+      }
+    }
+    if (!writer->append(chunk.data().data(), chunk.data().size())) {
+      ctx.TryCancel();
+      reader->Finish();
+      *why = "cannot keep the fetched executable: " + writer->error();
+      return {};
+    }
+  }
+  grpc::Status s = reader->Finish();
+  if (!s.ok() || !writer) {
+    *why = "its executable " + job.executable() + " is not on this node and cannot be fetched from the head: " +
+           (s.ok() ? std::string("nothing came") : s.error_message());
+    return {};
+  }
+  if (std::string error = writer->commit(); !error.empty()) {
+    *why = "the executable fetched from the head is broken: " + error;
+    return {};
+  }
+  GANTRY_LOG_INFO("fetched executable {} ({:.1f} MiB, sha256 {}) from the head in {} ms", job.executable(),
+                  static_cast<double>(job.exe_size()) / (1024.0 * 1024.0), digest.substr(0, 12),
+                  std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count());
+  return executables_->path_of(digest);
+}
+
+std::vector<std::string> NodeAgent::missing_libraries(const std::string& path) {
+  std::vector<std::string> missing;
+  // ldd prints "libfoo.so.1 => not found" for each library the loader cannot find.
+  std::string command = "LC_ALL=C ldd '" + path + "' 2>/dev/null";
+  if (path.find('\'') != std::string::npos) return missing;
+  FILE* p = ::popen(command.c_str(), "r");
+  if (p == nullptr) return missing;
+  char line[4096];
+  while (std::fgets(line, sizeof line, p) != nullptr) {
+    std::string text(line);
+    if (text.find("=> not found") == std::string::npos) continue;
+    size_t begin = text.find_first_not_of(" \t");
+    size_t end = text.find(' ', begin);
+    if (begin != std::string::npos) missing.push_back(text.substr(begin, end - begin));
+  }
+  ::pclose(p);
+  return missing;
 }
 
 }  // namespace gantry::internal

@@ -13,6 +13,7 @@
 #include "agent/cluster_view.h"
 #include "agent/object_transfer.h"
 #include "agent/worker_pool.h"
+#include "common/executable_store.h"
 #include "gantry/agent.grpc.pb.h"
 #include "gantry/head.grpc.pb.h"
 #include "gantry/ids.h"
@@ -38,6 +39,9 @@ struct NodeAgentConfig {
   /// Directories a job's executable must be under for this node to run it; empty allows
   /// any (`gantry start --allowed-executables`).
   std::vector<std::string> allowed_executable_dirs;
+  /// Where executables fetched from the head are kept, by digest (the session's
+  /// `executables`; on the head's machine the head keeps its copies there too).
+  std::string executable_dir;
   /// Workers of this job started with the agent (the embedded cluster's driver job).
   UniqueId prestart_job;
   int prestart_workers = 0;
@@ -150,6 +154,11 @@ class NodeAgent final : public proto::NodeAgent::Service {
   std::optional<bool> place_on(const proto::LeaseRequest& req, const ResourceSet& request, const Placement& placement,
                                const std::vector<ClusterView::Node>& nodes, proto::LeaseReply* reply, bool last_try);
   void on_worker_exit(const UniqueId& worker_id, pid_t pid, const std::string& reason);
+  // The file to run for `job`: its own path when that holds the same program, else the
+  // copy fetched (once) from the head by digest. Empty with `why` when neither works.
+  std::string local_executable(const proto::JobSpec& job, std::string* why);
+  // Shared libraries `path` needs that this node lacks (as `ldd` reports them).
+  static std::vector<std::string> missing_libraries(const std::string& path);
 
   NodeAgentConfig config_;
   std::unique_ptr<ObjectStore> store_;
@@ -157,6 +166,16 @@ class NodeAgent final : public proto::NodeAgent::Service {
   ChannelCache channels_;
   std::unique_ptr<ClusterView> view_;
   std::unique_ptr<ObjectTransfer> transfer_;
+  std::unique_ptr<ExecutableStore> executables_;
+  // Digests of job executables already hashed here, by path, with the file's identity
+  // then (device, inode, size, modification time): a test suite or a sweep starts many
+  // jobs of one program. Guarded by mu_.
+  struct KnownFile {
+    uint64_t device = 0, inode = 0, size = 0;
+    int64_t mtime_ns = 0;
+    std::string digest;
+  };
+  std::unordered_map<std::string, KnownFile> known_files_;
   uint64_t spread_cursor_ = 0;  // guarded by mu_
 
   std::mutex mu_;  // guards everything below

@@ -160,6 +160,7 @@ int run_node(const StartOptions& o, const std::function<void(const std::string&)
     health.timeout = std::chrono::milliseconds(static_cast<int64_t>(o.node_timeout_s * 1000));
     health.period = std::min(health.period, std::max(health.timeout / 4, std::chrono::milliseconds(50)));
     head = std::make_unique<HeadService>("0.0.0.0:" + std::to_string(o.port), health);
+    head->set_executable_dir(session + "/executables");
     supervisor = std::make_unique<JobSupervisor>(head_address, session + "/logs");
     head->add_service(supervisor.get());
     head->start();

@@ -15,6 +15,7 @@
 #include "gantry/head.grpc.pb.h"
 #include "gantry/ids.h"
 #include "gantry/worker.grpc.pb.h"
+#include "common/executable_store.h"
 #include "rpc/grpc_util.h"
 #include "scheduler/node_choice.h"
 #include "scheduler/node_resources.h"
@@ -67,6 +68,13 @@ class HeadService final : public proto::Head::Service {
                                  proto::GetPlacementGroupReply*) override;
   grpc::Status RemovePlacementGroup(grpc::ServerContext*, const proto::PlacementGroupRequest*, proto::Empty*) override;
   grpc::Status ListPlacementGroups(grpc::ServerContext*, const proto::Empty*, proto::ListPlacementGroupsReply*) override;
+  // Executables (executables.cc).
+  grpc::Status HasExecutable(grpc::ServerContext*, const proto::ExecutableRef*, proto::HasExecutableReply*) override;
+  grpc::Status PutExecutable(grpc::ServerContext*, grpc::ServerReader<proto::ExecutableChunk>*, proto::Empty*) override;
+  grpc::Status GetExecutable(grpc::ServerContext*, const proto::ExecutableRef*,
+                             grpc::ServerWriter<proto::ExecutableChunk>*) override;
+  /// Keeps drivers' executables in `dir` for nodes that lack them. Before start().
+  void set_executable_dir(const std::string& dir) { executables_ = std::make_unique<ExecutableStore>(dir); }
 
  private:
   struct Node {
@@ -156,6 +164,7 @@ class HeadService final : public proto::Head::Service {
   uint64_t next_group_order_ = 1;
   bool groups_changed_ = false;  // wakes group_loop: a group, node or free resources changed
   std::thread group_thread_;
+  std::unique_ptr<ExecutableStore> executables_;
   bool stopping_ = false;
   int calls_in_flight_ = 0;  // async placement calls holding `this`
 };

@@ -185,8 +185,10 @@ void join_cluster(std::string address, const InitOptions& options, const std::ve
     port = std::make_unique<internal::PortReservation>(node_host);
     listen = port->address();
   }
-  internal::register_job(address, internal::make_job_spec(job_id, args, listen, options.log_level,
-                                                          options.log_to_driver, /*remote_output=*/true));
+  proto::JobSpec job = internal::make_job_spec(job_id, args, listen, options.log_level, options.log_to_driver,
+                                              /*remote_output=*/true);
+  internal::send_executable(address, &job);
+  internal::register_job(address, job);
   try {
     start_driver(node.node_id, job_id, listen, node.agent_address, address, session, env);
     port.reset();

@@ -8,8 +8,11 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 
+#include "common/logging.h"
+#include "common/sha256.h"
 #include "gantry/errors.h"
 #include "gantry/head.grpc.pb.h"
 #include "rpc/grpc_util.h"
@@ -108,6 +111,58 @@ proto::JobSpec make_job_spec(const UniqueId& job_id, const std::vector<std::stri
   env["GANTRY_LOG_TO_DRIVER"] = log_to_driver ? "1" : "0";
   if (remote_output) env["GANTRY_OUTPUT_TO"] = driver_address;
   return job;
+}
+
+void send_executable(const std::string& head_address, proto::JobSpec* job) {
+  // /proc/self/exe reads the running program even if its file was replaced or removed.
+  // It cannot change while we run, so it is hashed once per process.
+  const std::string self = "/proc/self/exe";
+  static std::mutex mu;
+  static std::string digest;
+  static uint64_t size = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    std::string error;
+    if (digest.empty()) digest = sha256_file(self, &size, &error);
+    if (digest.empty()) throw Error("cannot read this program's executable to send it to the cluster: " + error);
+  }
+  job->set_exe_digest(digest);
+  job->set_exe_size(size);
+  auto head = head_stub(head_address);
+  proto::ExecutableRef ref;
+  ref.set_digest(digest);
+  proto::HasExecutableReply has;
+  grpc::ClientContext ask;
+  ask.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  grpc::Status s = head->HasExecutable(&ask, ref, &has);
+  if (!s.ok()) throw Error("cannot reach the cluster's head at " + head_address + ": " + s.error_message());
+  if (has.has()) return;
+  auto started = std::chrono::steady_clock::now();
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(10));
+  proto::Empty reply;
+  auto writer = head->PutExecutable(&ctx, &reply);
+  std::ifstream in(self, std::ios::binary);
+  std::vector<char> buffer(1 << 20);
+  proto::ExecutableChunk chunk;
+  chunk.set_digest(digest);
+  chunk.set_size(size);
+  bool sent = true;
+  do {
+    in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+    chunk.set_data(buffer.data(), static_cast<size_t>(in.gcount()));
+    if (!writer->Write(chunk)) {
+      sent = false;
+      break;
+    }
+    chunk.Clear();
+  } while (in);
+  writer->WritesDone();
+  s = writer->Finish();
+  if (!s.ok() || !sent)
+    throw Error("cannot send this program to the cluster's head at " + head_address + ": " + s.error_message());
+  GANTRY_LOG_INFO("sent the executable ({:.1f} MiB) to the head in {} ms", static_cast<double>(size) / (1024.0 * 1024.0),
+                  std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count());
 }
 
 void register_job(const std::string& head_address, const proto::JobSpec& job) {

@@ -44,6 +44,10 @@ proto::JobSpec make_job_spec(const UniqueId& job_id, const std::vector<std::stri
                              const std::string& driver_address, const std::string& log_level, bool log_to_driver,
                              bool remote_output);
 
+/// Puts the digest of this process's executable in `job` and sends the executable to the
+/// head unless it has it already, so nodes without the file can fetch it. Throws
+/// gantry::Error when it cannot be read or sent.
+void send_executable(const std::string& head_address, proto::JobSpec* job);
 /// Registers `job` with the head; throws gantry::Error with the head's answer.
 void register_job(const std::string& head_address, const proto::JobSpec& job);
 /// Tells the head the job is over and returns once its workers have stopped everywhere

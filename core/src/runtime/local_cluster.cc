@@ -116,6 +116,7 @@ NodeAgentConfig make_agent_config(const std::string& session_dir, const NodeShap
   if (size_t n = remove_stale_store_dirs(shm_root))
     GANTRY_LOG_INFO("removed {} object store director{} left by agents that died", n, n == 1 ? "y" : "ies");
   ac.store_dir = shm_root + "/gantry_" + std::to_string(::getpid()) + "_" + ac.node_id.short_hex();
+  ac.executable_dir = session_dir + "/executables";
   ac.store_capacity = object_store_memory >= 0 ? static_cast<uint64_t>(object_store_memory)
                                                : default_store_capacity(shm_root);
   ac.worker_environment = {
