@@ -49,7 +49,7 @@ void NodeAgent::start() {
   grpc::ServerBuilder builder;
   configure_server(builder);
   int port = 0;
-  builder.AddListeningPort(config_.listen_address, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(config_.listen_address, server_credentials(config_.listen_address), &port);
   builder.RegisterService(this);
   server_ = builder.BuildAndStart();
   if (!server_ || (config_.listen_address.rfind("unix:", 0) != 0 && port == 0))

@@ -54,6 +54,7 @@ struct StartOptions {
   std::string log_level = "info";
   std::vector<std::string> allowed_executables;
   double node_timeout_s = 5;
+  std::string tls_cert, tls_key, tls_ca;
 };
 
 // Parses a flat JSON object of numbers: {"A": 2, "B": 0.5}. Throws naming what is wrong.
@@ -148,6 +149,14 @@ int run_node(const StartOptions& o, const std::function<void(const std::string&)
   setup_logging(o.log_level, session + "/logs/gantry.log", o.head ? "head" : "agent");
   std::string ip = o.node_ip.empty() ? default_node_ip() : o.node_ip;
   std::string root = session_root(o.temp_dir);
+  auto absolute = [](const std::string& path) {
+    return path.empty() ? path : std::filesystem::absolute(path).string();
+  };
+  TlsFiles tls{absolute(o.tls_cert), absolute(o.tls_key), absolute(o.tls_ca)};
+  // Without flags: GANTRY_TLS_*, or (joining) what this machine's session of that head uses.
+  if (!tls.enabled() && tls.key.empty()) tls = o.head ? tls_from_env() : find_cluster_tls(o.address, root);
+  set_tls(tls);
+  if (tls.enabled()) write_file(session + "/tls", tls.cert + "\n" + tls.key + "\n" + tls.ca + "\n");
 
   std::unique_ptr<JobSupervisor> supervisor;  // outlives the head's server (declared first)
   std::unique_ptr<HeadService> head;
@@ -187,7 +196,11 @@ int run_node(const StartOptions& o, const std::function<void(const std::string&)
         << "  drivers on this machine: gantry::init({.address = \"" << head_address << "\"}), or set "
         << "GANTRY_ADDRESS=" << head_address << "\n"
         << "  to add a node, run on it:\n"
-        << "    GANTRY_TOKEN=" << cluster_token() << " gantry start --address " << head_address << "\n"
+        << "    GANTRY_TOKEN=" << cluster_token() << " gantry start --address " << head_address
+        << (tls.enabled() ? " --tls-cert CERT --tls-key KEY" + std::string(tls.ca.empty() ? "" : " --tls-ca CA") +
+                                "  (a certificate for that node's address, signed by the cluster's CA)"
+                          : std::string())
+        << "\n"
         << "  stop with: gantry stop\n";
   } else {
     msg << "gantry node " << ac.node_id.short_hex() << " joined " << head_address << " (" << shape.num_cpus
@@ -335,6 +348,7 @@ std::string resolve_cluster(std::string address, const std::string& temp_dir) {
                                 "HOST:PORT or set GANTRY_ADDRESS");
   const char* env_token = std::getenv("GANTRY_TOKEN");
   set_cluster_token(find_cluster_token(env_token ? env_token : "", address, root));
+  set_tls(find_cluster_tls(address, root));
   return address;
 }
 
@@ -631,6 +645,9 @@ int run(int argc, char** argv) {
   start_cmd->add_option("--log-level", start.log_level, "trace, debug, info, warn, error or off")->capture_default_str();
   start_cmd->add_option("--allowed-executables", start.allowed_executables, "run only jobs whose executable is under one of these directories (default: any)")->delimiter(',');
   start_cmd->add_option("--node-timeout", start.node_timeout_s, "seconds a node may miss health checks before the head declares it dead (with --head)")->capture_default_str()->check(CLI::Range(0.2, 3600.0));
+  start_cmd->add_option("--tls-cert", start.tls_cert, "PEM certificate (chain) of this node: all TCP traffic of the cluster then uses TLS")->check(CLI::ExistingFile);
+  start_cmd->add_option("--tls-key", start.tls_key, "PEM private key of --tls-cert")->check(CLI::ExistingFile);
+  start_cmd->add_option("--tls-ca", start.tls_ca, "PEM certificate of the CA that signed the nodes' certificates (default: --tls-cert is self-signed and its own CA)")->check(CLI::ExistingFile);
   start_cmd->add_flag("--block", start.block, "stay in the foreground until interrupted instead of detaching");
 
   std::string stop_temp_dir;

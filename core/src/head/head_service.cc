@@ -39,7 +39,7 @@ HeadService::~HeadService() { stop(); }
 void HeadService::start() {
   grpc::ServerBuilder builder;
   configure_server(builder);
-  builder.AddListeningPort(address_, grpc::InsecureServerCredentials());
+  builder.AddListeningPort(address_, server_credentials(address_));
   builder.RegisterService(this);
   for (grpc::Service* service : extra_services_) builder.RegisterService(service);
   server_ = builder.BuildAndStart();

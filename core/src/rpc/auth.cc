@@ -2,7 +2,9 @@
 
 #include <grpcpp/support/client_interceptor.h>
 
+#include <cstdlib>
 #include <fstream>
+#include <sstream>
 #include <mutex>
 
 #include "common/logging.h"
@@ -15,6 +17,24 @@ constexpr char kTokenKey[] = "gantry-token";
 
 std::mutex g_token_mu;
 std::string g_token;  // guarded by g_token_mu
+
+struct TlsState {
+  TlsFiles files;
+  std::string cert, key, ca;  // PEM contents
+};
+std::mutex g_tls_mu;
+TlsState g_tls;  // guarded by g_tls_mu
+
+std::string read_pem(const std::string& path, const char* what) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  if (!in.good() && !in.eof()) throw Error(std::string("cannot read the TLS ") + what + " " + path);
+  std::string pem = text.str();
+  if (pem.find("-----BEGIN") == std::string::npos)
+    throw Error(std::string("the TLS ") + what + " " + path + " is not a PEM file (or cannot be read)");
+  return pem;
+}
 
 class AddTokenInterceptor final : public grpc::experimental::Interceptor {
  public:
@@ -79,12 +99,59 @@ grpc::Status check_token(const grpc::ServerContext& ctx, const char* method) {
           "this gantry cluster requires its token: set GANTRY_TOKEN or read it from the session directory"};
 }
 
+void set_tls(const TlsFiles& files) {
+  TlsState state;
+  state.files = files;
+  if (files.enabled()) {
+    if (files.key.empty()) throw Error("TLS needs a key (--tls-key) with the certificate " + files.cert);
+    state.cert = read_pem(files.cert, "certificate");
+    state.key = read_pem(files.key, "key");
+    state.ca = files.ca.empty() ? state.cert : read_pem(files.ca, "CA certificate");
+  } else if (!files.key.empty()) {
+    throw Error("TLS needs a certificate (--tls-cert) with the key " + files.key);
+  }
+  std::lock_guard<std::mutex> lock(g_tls_mu);
+  g_tls = std::move(state);
+}
+
+TlsFiles tls_files() {
+  std::lock_guard<std::mutex> lock(g_tls_mu);
+  return g_tls.files;
+}
+
+bool tls_enabled() { return tls_files().enabled(); }
+
+TlsFiles tls_from_env() {
+  auto get = [](const char* name) {
+    const char* v = std::getenv(name);
+    return std::string(v != nullptr ? v : "");
+  };
+  return {get("GANTRY_TLS_CERT"), get("GANTRY_TLS_KEY"), get("GANTRY_TLS_CA")};
+}
+
+std::shared_ptr<grpc::ServerCredentials> server_credentials(const std::string& address) {
+  std::lock_guard<std::mutex> lock(g_tls_mu);
+  if (!g_tls.files.enabled() || address.rfind("unix:", 0) == 0) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions options(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  options.pem_root_certs = g_tls.ca;
+  options.pem_key_cert_pairs.push_back({g_tls.key, g_tls.cert});
+  return grpc::SslServerCredentials(options);
+}
+
 std::shared_ptr<grpc::Channel> make_authenticated_channel(const std::string& address,
                                                           const grpc::ChannelArguments& args) {
   std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> interceptors;
   interceptors.push_back(std::make_unique<AddTokenFactory>());
-  return grpc::experimental::CreateCustomChannelWithInterceptors(address, grpc::InsecureChannelCredentials(), args,
-                                                                 std::move(interceptors));
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  {
+    std::lock_guard<std::mutex> lock(g_tls_mu);
+    if (g_tls.files.enabled() && address.rfind("unix:", 0) != 0) {
+      grpc::SslCredentialsOptions options;
+      options.pem_root_certs = g_tls.ca;
+      credentials = grpc::SslCredentials(options);
+    }
+  }
+  return grpc::experimental::CreateCustomChannelWithInterceptors(address, credentials, args, std::move(interceptors));
 }
 
 }  // namespace gantry::internal

@@ -23,7 +23,26 @@ bool token_matches(const std::string& presented);
 /// peer) and returns UNAUTHENTICATED; the handler must then return it without acting.
 grpc::Status check_token(const grpc::ServerContext& ctx, const char* method);
 
-/// An insecure channel whose every call carries the cluster token; used by make_channel.
+/// TLS for every gRPC server and channel on TCP (`gantry start --tls-cert/--tls-key`):
+/// PEM files of this process's certificate chain and key, and of the CA that signed the
+/// cluster's certificates (empty: the certificate is self-signed and is its own CA).
+/// Unix sockets stay plaintext: they never leave the machine.
+struct TlsFiles {
+  std::string cert, key, ca;
+  bool enabled() const { return !cert.empty(); }
+};
+/// Turns TLS on (or off, for empty files) for servers and channels made from now on.
+/// Throws gantry::Error naming a file that cannot be read, or a key without a cert.
+void set_tls(const TlsFiles& files);
+TlsFiles tls_files();
+bool tls_enabled();
+/// GANTRY_TLS_CERT, GANTRY_TLS_KEY, GANTRY_TLS_CA.
+TlsFiles tls_from_env();
+/// Credentials for a server listening on `address` ("unix:..." or "host:port").
+std::shared_ptr<grpc::ServerCredentials> server_credentials(const std::string& address);
+
+/// A channel whose every call carries the cluster token, over TLS when it is on; used by
+/// make_channel.
 std::shared_ptr<grpc::Channel> make_authenticated_channel(const std::string& address,
                                                           const grpc::ChannelArguments& args);
 

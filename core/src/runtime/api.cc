@@ -78,6 +78,7 @@ std::string level_or(const std::string& level, const std::string& fallback) {
   std::string tag = "worker-" + std::to_string(::getpid());
   internal::setup_logging(level_or(env.log_level, "warn"), logs + "/" + tag + ".log", tag);
   internal::set_cluster_token(env.token);
+  internal::set_tls(internal::tls_from_env());
   internal::OutputForwarder::Sink sink;
   if (!env.output_to.empty()) {
     // A driver that joined a cluster is not our parent's terminal: send it the lines.
@@ -171,6 +172,7 @@ void join_cluster(std::string address, const InitOptions& options, const std::ve
     if (address.empty()) throw Error("address \"auto\": no running `gantry start --head` found under " + root);
   }
   internal::set_cluster_token(internal::find_cluster_token(env.token, address, root));
+  internal::set_tls(internal::find_cluster_tls(address, root));
   internal::LocalNode node = internal::find_local_node(address);
   std::string session = internal::create_session_dir(options.temp_dir, "driver");
   internal::setup_logging(options.log_level, session + "/logs/driver.log", "driver");
@@ -228,6 +230,7 @@ void init(int argc, char** argv, InitOptions options) {
 
   // The embedded cluster's token: GANTRY_TOKEN when set, else a fresh one per session.
   internal::set_cluster_token(!env.token.empty() ? env.token : internal::generate_token());
+  internal::set_tls({});  // the embedded cluster talks over Unix sockets only
   g_cluster = LocalCluster::start(options, args);
   internal::setup_logging(options.log_level, g_cluster->session_dir() + "/logs/driver.log", "driver");
   try {

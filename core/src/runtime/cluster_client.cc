@@ -68,6 +68,21 @@ std::string find_cluster_token(const std::string& env_token, const std::string& 
               "`gantry start --head` (it is in <session>/token on the head's machine)");
 }
 
+TlsFiles find_cluster_tls(const std::string& head_address, const std::string& root) {
+  TlsFiles env = tls_from_env();
+  if (env.enabled()) return env;
+  for (const auto& dir : head_sessions(root))
+    if (read_small_file(dir / "head_address") == head_address) {
+      std::ifstream in(dir / "tls");
+      TlsFiles files;
+      std::getline(in, files.cert);
+      std::getline(in, files.key);
+      std::getline(in, files.ca);
+      return files;
+    }
+  return {};
+}
+
 std::string latest_head_address(const std::string& root) {
   for (const auto& dir : head_sessions(root)) {
     // Only a session whose gantry process still runs.

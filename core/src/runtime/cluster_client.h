@@ -6,6 +6,7 @@
 
 #include "gantry/head.pb.h"
 #include "gantry/ids.h"
+#include "rpc/auth.h"
 
 namespace gantry::internal {
 
@@ -27,6 +28,10 @@ std::string session_root(const std::string& temp_dir);
 /// gantry::Error saying what to set when neither is there.
 std::string find_cluster_token(const std::string& env_token, const std::string& head_address,
                                const std::string& root);
+
+/// The TLS files for the head at `head_address`: GANTRY_TLS_CERT/KEY/CA when set, else
+/// those a `gantry start --head` session of that head on this machine recorded, else none.
+TlsFiles find_cluster_tls(const std::string& head_address, const std::string& root);
 
 /// The head address recorded by the newest `gantry start --head` session on this machine
 /// under `root`, or empty.

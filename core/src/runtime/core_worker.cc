@@ -131,7 +131,7 @@ CoreWorker::~CoreWorker() { stop(); }
 void CoreWorker::start() {
   grpc::ServerBuilder builder;
   configure_server(builder);
-  builder.AddListeningPort(config_.listen_address, grpc::InsecureServerCredentials());
+  builder.AddListeningPort(config_.listen_address, server_credentials(config_.listen_address));
   builder.RegisterService(this);
   server_ = builder.BuildAndStart();
   if (!server_) throw Error("cannot listen on " + config_.listen_address);
@@ -142,7 +142,9 @@ void CoreWorker::start() {
   std::string host;
   int port = 0;
   if (!task_path.empty()) task_listener_ = std::make_unique<FrameListener>(task_path);
-  else if (split_host_port(config_.listen_address, &host, &port)) task_listener_ = FrameListener::tcp(host);
+  // Framed sockets are plaintext: with TLS on, task streams take the gRPC path instead.
+  else if (!tls_enabled() && split_host_port(config_.listen_address, &host, &port))
+    task_listener_ = FrameListener::tcp(host);
   if (task_listener_) {
     task_accept_thread_ = std::thread([this] {
       while (auto socket = task_listener_->accept()) {
