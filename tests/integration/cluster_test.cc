@@ -767,6 +767,51 @@ TEST_F(TlsClusterTest, WorkObjectsAndTheCliRunOverTls) {
   EXPECT_TRUE(std::regex_search(status, std::regex(joined_id(node_.out) + " +alive"))) << status;
 }
 
+// Two network namespaces joined by a veth pair, each with its own address: the head in
+// one, a node in the other, as on two machines. Needs root and `ip netns`.
+TEST(NetworkNamespaces, NodesInSeparateNamespacesFormOneCluster) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to create network namespaces";
+  std::string tag = std::to_string(::getpid() % 100000);
+  std::string a = "gna" + tag, b = "gnb" + tag, va = "gva" + tag, vb = "gvb" + tag;
+  if (run("ip netns add " + a).code != 0) GTEST_SKIP() << "ip netns is not available here";
+  struct Cleanup {
+    std::string a, b, temp;
+    ~Cleanup() {
+      run(std::string(GANTRY_CLI_PATH) + " stop --temp-dir " + temp);
+      run("ip netns del " + a);
+      run("ip netns del " + b);
+      std::error_code ec;
+      std::filesystem::remove_all(temp, ec);
+    }
+  };
+  std::filesystem::path temp = std::filesystem::path("/tmp") / ("gns" + tag);
+  std::filesystem::create_directories(temp);
+  Cleanup cleanup{a, b, temp.string()};
+  std::string setup = "ip netns add " + b + " && ip link add " + va + " type veth peer name " + vb +
+                      " && ip link set " + va + " netns " + a + " && ip link set " + vb + " netns " + b +
+                      " && ip -n " + a + " addr add 10.211.0.1/24 dev " + va + " && ip -n " + b +
+                      " addr add 10.211.0.2/24 dev " + vb + " && ip -n " + a + " link set " + va + " up && ip -n " +
+                      b + " link set " + vb + " up && ip -n " + a + " link set lo up && ip -n " + b + " link set lo up";
+  CommandResult net = run(setup);
+  if (net.code != 0) GTEST_SKIP() << "cannot set up a veth pair between namespaces: " << net.out;
+  std::string cli = std::string(GANTRY_CLI_PATH);
+  std::string in_a = "ip netns exec " + a + " ", in_b = "ip netns exec " + b + " ";
+  std::string common = " --num-cpus 1 --temp-dir " + temp.string();
+  CommandResult head = run(in_a + cli + " start --head --node-ip-address 10.211.0.1 --port 6390" + common);
+  ASSERT_EQ(head.code, 0) << head.out;
+  CommandResult node = run(in_b + cli + " start --address 10.211.0.1:6390 --node-ip-address 10.211.0.2" + common +
+                           " --resources '{\"N\": 1}'");
+  ASSERT_EQ(node.code, 0) << node.out;
+  CommandResult job = run(in_a + cli + " job submit --temp-dir " + temp.string() + " -- " +
+                          std::filesystem::read_symlink("/proc/self/exe").string() + " --job-netns");
+  EXPECT_EQ(job.code, 0) << job.out;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(job.out, m, std::regex("netns ok: ([0-9a-f]{32}) 1048576 1048575"))) << job.out;
+  EXPECT_EQ(short_id(m[1].str()), joined_id(node.out));
+  std::string status = run(in_a + cli + " status --temp-dir " + temp.string()).out;
+  EXPECT_NE(status.find("10.211.0.2:"), std::string::npos) << status;
+}
+
 }  // namespace
 
 // Programs that `gantry job submit` runs in JobSubmitRunsAProgramAsADriverAndKeepsItsOutput:
@@ -774,6 +819,17 @@ TEST_F(TlsClusterTest, WorkObjectsAndTheCliRunOverTls) {
 int job_main(int argc, char** argv) {
   std::string mode = argv[1];
   if (mode == "--job-fail") return 3;
+  if (mode == "--job-netns") {
+    // The head's namespace runs this driver; work needing N goes to the other namespace's
+    // node, and its 8 MiB result crosses the veth link back.
+    gantry::init(argc, argv);
+    std::string node = gantry::task(busy_where).options({.resources = {{"N", 1}}}).remote(0).get();
+    auto far = gantry::task(ramp).options({.resources = {{"N", 1}}}).remote(1 << 20, 1.0);
+    std::vector<double> values = far.get();
+    std::cout << "netns ok: " << node << " " << values.size() << " " << static_cast<long long>(values.back()) << std::endl;
+    gantry::shutdown();
+    return 0;
+  }
   if (mode == "--job-orphan") {
     // Remove our own file once joined: the nodes must get the program from the head.
     std::string exe = std::filesystem::read_symlink("/proc/self/exe").string();
