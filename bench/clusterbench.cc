@@ -4,6 +4,7 @@
 //
 //     gantry_clusterbench              # each figure for about 2 s
 //     gantry_clusterbench --quick      # about 0.3 s each (the smoke test)
+//     gantry_clusterbench --huge       # also one 4 GiB object (needs about 16 GiB of memory)
 //
 // Both nodes share this machine's cores and memory, so the figures show the overhead of
 // gantry's path against the bare socket, not a network's speed.
@@ -14,10 +15,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <iostream>
 #include <regex>
@@ -161,18 +165,68 @@ void print(const std::string& name, double value, const std::string& unit, const
   std::fflush(stdout);
 }
 
+// Resident anonymous memory of process `pid` in KiB (RssAnon), or -1.
+int64_t anon_kib(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("RssAnon:", 0) == 0) return std::atoll(line.c_str() + 8);
+  return -1;
+}
+
+// One 4 GiB object from the other node, with the agents' anonymous memory sampled while
+// it crosses: a transfer that buffered the object would show up there.
+template <typename Maker>
+void huge_object(Maker& maker, const std::string& temp, double tcp_gbps) {
+  const int64_t bytes = int64_t{4} << 30;
+  std::vector<pid_t> agents;
+  for (const auto& entry : std::filesystem::directory_iterator(temp)) {
+    if (entry.is_symlink()) continue;  // "session_latest" names one of the others
+    std::ifstream pid_file(entry.path() / "gantry.pid");
+    pid_t pid = 0;
+    if (pid_file >> pid) agents.push_back(pid);
+  }
+  auto ref = maker.remote(bytes);
+  gantry::wait(std::vector<gantry::ObjectRef<std::vector<uint8_t>>>{ref}, 1, std::nullopt);
+  std::vector<int64_t> before, peak;
+  for (pid_t pid : agents) {
+    before.push_back(anon_kib(pid));
+    peak.push_back(before.back());
+  }
+  std::atomic<bool> done{false};
+  std::thread sampler([&] {
+    while (!done) {
+      for (size_t i = 0; i < agents.size(); ++i) peak[i] = std::max(peak[i], anon_kib(agents[i]));
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  });
+  auto t = Clock::now();
+  std::vector<uint8_t> v = ref.get();
+  double secs = seconds_since(t);
+  done = true;
+  sampler.join();
+  if (v.size() != static_cast<size_t>(bytes) || v[bytes - 1] != 7) throw std::runtime_error("bad 4 GiB object");
+  print("cross_node_4gib_object_gigabytes", bytes / 1e9 / secs, "GB/s", "tcp_loopback_gigabytes", tcp_gbps);
+  for (size_t i = 0; i < agents.size(); ++i)
+    std::printf("#   agent pid %d: anonymous memory %.0f MiB before, %.0f MiB at most during the pull\n", agents[i],
+                before[i] / 1024.0, peak[i] / 1024.0);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   // Workers of the cluster run this same program: in them init serves tasks, never returns.
   if (std::getenv("GANTRY_WORKER") != nullptr) gantry::init(argc, argv);
   double seconds = 2.0;
+  bool huge = false;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "--quick") {
       seconds = 0.3;
+    } else if (arg == "--huge") {
+      huge = true;
     } else if (arg == "--help" || arg == "-h") {
-      std::cout << "usage: gantry_clusterbench [--quick]\n"
+      std::cout << "usage: gantry_clusterbench [--quick] [--huge]\n"
                    "Starts a head and a second node on loopback with the gantry command, then prints\n"
                    "cross-node task throughput and object transfer next to plain TCP baselines.\n";
       return 0;
@@ -237,6 +291,7 @@ int main(int argc, char** argv) {
         bytes += kObjectBytes;
       }
       print("cross_node_object_gigabytes", bytes / 1e9 / pulling, "GB/s", "tcp_loopback_gigabytes", tcp_gbps);
+      if (huge) huge_object(maker, temp, tcp_gbps);
       gantry::shutdown();
     } catch (const std::exception& e) {
       std::cerr << "gantry_clusterbench: " << e.what() << "\n";

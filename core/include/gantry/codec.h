@@ -252,18 +252,36 @@ struct Codec<std::string> {
 template <typename T, typename A>
 struct Codec<std::vector<T, A>, std::enable_if_t<detail::kIsPlainArithmetic<T>>> {
   static_assert(sizeof(T) != 16 || std::is_floating_point_v<T>, "128-bit integers are not supported");
+  // MessagePack lengths stop at 4 GiB - 1: larger arrays go as an array of ext chunks.
+  static constexpr size_t kChunkBytes = size_t{1} << 30;
+  static constexpr int8_t kType = static_cast<int8_t>(detail::kExtTypedArrayBase + detail::element_code<T>());
   static void encode(Writer& w, const std::vector<T, A>& v) {
-    w.ext(static_cast<int8_t>(detail::kExtTypedArrayBase + detail::element_code<T>()), v.data(),
-          v.size() * sizeof(T));
+    const size_t bytes = v.size() * sizeof(T);
+    const auto* p = reinterpret_cast<const uint8_t*>(v.data());
+    if (bytes <= 0xffffffffu) return w.ext(kType, p, bytes);
+    w.array((bytes + kChunkBytes - 1) / kChunkBytes);
+    for (size_t offset = 0; offset < bytes; offset += kChunkBytes)
+      w.ext(kType, p + offset, std::min(kChunkBytes, bytes - offset));
   }
   static void decode(Reader& r, std::vector<T, A>& v) {
-    int8_t type = 0;
-    std::string_view payload = r.ext(type);
-    if (type != detail::kExtTypedArrayBase + detail::element_code<T>())
-      r.fail("typed array of the requested element type");
-    if (payload.size() % sizeof(T) != 0) r.fail("typed array with a whole number of elements");
-    v.resize(payload.size() / sizeof(T));
-    if (!payload.empty()) std::memcpy(v.data(), payload.data(), payload.size());
+    std::vector<std::string_view> chunks;
+    uint8_t tag = r.peek();
+    bool chunked = (tag & 0xf0) == 0x90 || tag == 0xdc || tag == 0xdd;
+    size_t n = chunked ? r.array() : 1, bytes = 0;
+    if (n == 0) r.fail("typed array (ext, or a non-empty array of ext chunks)");
+    for (size_t i = 0; i < n; ++i) {
+      int8_t type = 0;
+      chunks.push_back(r.ext(type));
+      if (type != kType) r.fail("typed array of the requested element type");
+      bytes += chunks.back().size();
+    }
+    if (bytes % sizeof(T) != 0) r.fail("typed array with a whole number of elements");
+    v.resize(bytes / sizeof(T));
+    auto* out = reinterpret_cast<uint8_t*>(v.data());
+    for (std::string_view c : chunks) {
+      if (!c.empty()) std::memcpy(out, c.data(), c.size());
+      out += c.size();
+    }
   }
 };
 

@@ -23,6 +23,7 @@ bool ClusterView::refresh_locked(std::string* error) {
     Node node;
     node.id = UniqueId::from_binary(n.node_id());
     node.agent_address = n.agent_address();
+    node.object_address = n.object_address();
     node.alive = n.alive();
     try {
       node.shape = std::make_shared<NodeResources>(from_proto(n.total()), n.num_gpus());

@@ -21,6 +21,7 @@ class ClusterView {
   struct Node {
     UniqueId id;
     std::string agent_address;
+    std::string object_address;  // its object port, or empty
     std::string hostname;
     std::shared_ptr<const NodeResources> shape;  // totals
     ResourceSet available;

@@ -63,6 +63,23 @@ void NodeAgent::start() {
   std::string host;
   int tcp_port = 0;
   if (split_host_port(config_.listen_address, &host, &tcp_port)) pool_->set_node_setting("GANTRY_NODE_IP", host);
+  if (tcp_port > 0 && !tls_enabled()) {
+    object_listener_ = FrameListener::tcp(host);
+    object_accept_thread_ = std::thread([this] {
+      while (auto socket = object_listener_->accept()) {
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          ++object_readers_;
+        }
+        std::thread([this, s = std::move(socket)]() mutable {
+          transfer_->serve_socket(std::move(s));
+          std::lock_guard<std::mutex> lock(mu_);
+          --object_readers_;
+          cv_.notify_all();
+        }).detach();
+      }
+    });
+  }
 
   proto::RegisterNodeRequest req;
   req.set_node_id(config_.node_id.binary());
@@ -70,6 +87,7 @@ void NodeAgent::start() {
   *req.mutable_total() = to_proto(config_.total);
   req.set_num_gpus(config_.num_gpus);
   req.set_hostname(host_name());
+  if (object_listener_) req.set_object_address(object_listener_->endpoint());
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
   proto::Empty reply;
@@ -141,6 +159,13 @@ void NodeAgent::stop() {
     if (stopping_) return;
     stopping_ = true;
     cv_.notify_all();
+  }
+  if (object_listener_) {
+    object_listener_->shutdown();
+    if (object_accept_thread_.joinable()) object_accept_thread_.join();
+    std::unique_lock<std::mutex> lock(mu_);
+    // Readers end when their peer does, or when a send fails; the wait is bounded.
+    cv_.wait_for(lock, std::chrono::seconds(5), [this] { return object_readers_ == 0; });
   }
   if (pool_) pool_->stop_all(std::chrono::milliseconds(1000));
   if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));

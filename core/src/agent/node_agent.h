@@ -7,6 +7,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -191,6 +192,11 @@ class NodeAgent final : public proto::NodeAgent::Service {
   int consecutive_start_failures_ = 0;
   std::string last_start_failure_;
   bool stopping_ = false;
+
+  // The object port (see ObjectTransfer::serve_socket): TCP nodes without TLS.
+  std::unique_ptr<FrameListener> object_listener_;
+  std::thread object_accept_thread_;
+  int object_readers_ = 0;  // serving threads; guarded by mu_, waited for by stop()
 
   std::unique_ptr<WorkerPool> pool_;  // after the state its exit callback touches
   std::unique_ptr<grpc::Server> server_;

@@ -78,6 +78,7 @@ grpc::Status HeadService::RegisterNode(grpc::ServerContext* ctx, const proto::Re
   Node node;
   node.id = id;
   node.agent_address = req->agent_address();
+  node.object_address = req->object_address();
   node.hostname = req->hostname();
   node.num_gpus = req->num_gpus();
   if (node.agent_address.empty()) return {grpc::StatusCode::INVALID_ARGUMENT, "a node must give its agent's address"};
@@ -640,6 +641,7 @@ grpc::Status HeadService::GetClusterView(grpc::ServerContext* ctx, const proto::
     *view->mutable_available() = to_proto(node->available);
     view->set_alive(node->alive);
     view->set_num_gpus(node->num_gpus);
+    view->set_object_address(node->object_address);
   }
   return grpc::Status::OK;
 }

@@ -80,6 +80,7 @@ class HeadService final : public proto::Head::Service {
   struct Node {
     UniqueId id;
     std::string agent_address;
+    std::string object_address;
     std::string hostname;
     int num_gpus = 0;
     uint64_t registered = 0;  // registration order, for listing
