@@ -58,6 +58,7 @@ class Services {
     std::filesystem::create_directories(dir_ / "store");
     gantry::internal::set_cluster_token("fuzz-token");
     head_ = std::make_unique<gantry::internal::HeadService>(gantry::internal::unix_address((dir_ / "head.sock").string()));
+    head_->set_executable_dir((dir_ / "executables").string());  // so PutExecutable's bytes are checked
     head_->start();
     gantry::internal::NodeAgentConfig config;
     config.node_id = gantry::UniqueId::generate();
