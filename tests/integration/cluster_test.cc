@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fcntl.h>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -43,6 +44,22 @@ std::string busy_where(int ms) {
   return gantry::runtime_context().node_id;
 }
 GANTRY_REMOTE(busy_where);
+
+// Waits (up to 30 s) until `n` tasks have arrived in `dir`, then says where it ran: tasks
+// that must run at the same time, however slowly workers start.
+std::string meet_where(std::string dir, int n) {
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/" + std::to_string(::getpid()) + "-" + std::to_string(std::rand())) << "here";
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (std::chrono::steady_clock::now() < deadline) {
+    int arrived = 0;
+    for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(dir)) ++arrived;
+    if (arrived >= n) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return gantry::runtime_context().node_id;
+}
+GANTRY_REMOTE(meet_where);
 
 // Large values (above the inline threshold) live in node stores and cross between nodes.
 std::vector<double> ramp(int n, double step) {
@@ -464,19 +481,28 @@ TEST_F(ClusterTest, ListTasksAndObjectsAskEveryOwner) {
   // They run on several workers at once: the quick `add` of the same shape must not make
   // them queue on one.
   std::vector<gantry::ObjectRef<std::string>> busy;
-  for (int i = 0; i < 4; ++i) busy.push_back(gantry::task(busy_where).options({.num_cpus = 1}).remote(1500));
-  std::this_thread::sleep_for(std::chrono::milliseconds(400));
-  std::string tasks = run(cli("list tasks --address " + address_)).out;
+  // They wait for five arrivals, which only the test's release after the listing makes,
+  // so they are in flight however slowly the machine runs.
+  std::string meeting = (temp_ / ("list-" + std::to_string(::getpid()))).string();
+  for (int i = 0; i < 4; ++i) busy.push_back(gantry::task(meet_where).options({.num_cpus = 1}).remote(meeting, 5));
+  auto listed = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  std::string tasks;
+  const std::regex running("SUBMITTED +meet_where");
+  do {  // until two of them run (workers may be slow to start)
+    tasks = run(cli("list tasks --address " + address_)).out;
+  } while (std::distance(std::sregex_iterator(tasks.begin(), tasks.end(), running), std::sregex_iterator()) < 2 &&
+           std::chrono::steady_clock::now() < listed);
   std::set<std::string> workers;
-  std::regex submitted("SUBMITTED +busy_where +(\\S+)");
+  std::regex submitted("SUBMITTED +meet_where +(\\S+)");
   for (auto it = std::sregex_iterator(tasks.begin(), tasks.end(), submitted); it != std::sregex_iterator(); ++it)
     workers.insert((*it)[1].str());
   EXPECT_GE(workers.size(), 2u) << tasks;
-  EXPECT_TRUE(std::regex_search(tasks, std::regex("\\badd +1 +0"))) << tasks;
+  EXPECT_TRUE(std::regex_search(tasks, std::regex("\\badd +[1-9][0-9]* +0"))) << tasks;
   std::string objects = run(cli("list objects --address " + address_)).out;
   EXPECT_TRUE(std::regex_search(objects, std::regex(big.id().hex() + " +SHARED_MEMORY +2097[0-9]{3} "))) << objects;
   EXPECT_TRUE(std::regex_search(objects, std::regex(small.id().hex() + " +INLINE "))) << objects;
   EXPECT_EQ(run(cli("list tasks --limit 0 --address " + address_)).code, 2);
+  for (int i = 0; i < 5; ++i) std::ofstream(meeting + "/release-" + std::to_string(i)) << "go";
   for (auto& r : busy) r.get();
   gantry::shutdown();
 }
@@ -489,9 +515,11 @@ TEST_F(ClusterTest, WorkSpillsToANodeWithRoomAndObjectsCrossBetweenNodes) {
   gantry::init({.temp_dir = temp_.string(), .address = address_});
   std::string here = short_id(gantry::runtime_context().node_id);
 
-  // Each takes two CPUs: the head's node holds one at a time, so the other spills.
-  auto a = gantry::task(busy_where).options({.num_cpus = 2}).remote(1500);
-  auto b = gantry::task(busy_where).options({.num_cpus = 2}).remote(1500);
+  // Each takes two CPUs and waits for the other: the head's node holds one at a time, so
+  // the other must spill.
+  std::string meeting = (temp_ / ("meet-" + std::to_string(::getpid()))).string();
+  auto a = gantry::task(meet_where).options({.num_cpus = 2}).remote(meeting, 2);
+  auto b = gantry::task(meet_where).options({.num_cpus = 2}).remote(meeting, 2);
   std::set<std::string> ran = {short_id(a.get()), short_id(b.get())};
   EXPECT_EQ(ran.size(), 2u) << "both ran on one node";
 

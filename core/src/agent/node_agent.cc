@@ -1,6 +1,7 @@
 #include "agent/node_agent.h"
 
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -67,14 +68,15 @@ void NodeAgent::start() {
     object_listener_ = FrameListener::tcp(host);
     object_accept_thread_ = std::thread([this] {
       while (auto socket = object_listener_->accept()) {
+        int fd = socket->fd();
         {
           std::lock_guard<std::mutex> lock(mu_);
-          ++object_readers_;
+          object_readers_.insert(fd);
         }
-        std::thread([this, s = std::move(socket)]() mutable {
-          transfer_->serve_socket(std::move(s));
+        std::thread([this, fd, s = std::move(socket)]() mutable {
+          transfer_->serve_socket(*s);
           std::lock_guard<std::mutex> lock(mu_);
-          --object_readers_;
+          object_readers_.erase(fd);  // before the socket closes, so stop() never shuts a reused fd
           cv_.notify_all();
         }).detach();
       }
@@ -164,8 +166,9 @@ void NodeAgent::stop() {
     object_listener_->shutdown();
     if (object_accept_thread_.joinable()) object_accept_thread_.join();
     std::unique_lock<std::mutex> lock(mu_);
-    // Readers end when their peer does, or when a send fails; the wait is bounded.
-    cv_.wait_for(lock, std::chrono::seconds(5), [this] { return object_readers_ == 0; });
+    // Shutting their sockets makes the readers' next send or receive fail at once.
+    for (int fd : object_readers_) ::shutdown(fd, SHUT_RDWR);
+    cv_.wait(lock, [this] { return object_readers_.empty(); });
   }
   if (pool_) pool_->stop_all(std::chrono::milliseconds(1000));
   if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));

@@ -196,7 +196,7 @@ class NodeAgent final : public proto::NodeAgent::Service {
   // The object port (see ObjectTransfer::serve_socket): TCP nodes without TLS.
   std::unique_ptr<FrameListener> object_listener_;
   std::thread object_accept_thread_;
-  int object_readers_ = 0;  // serving threads; guarded by mu_, waited for by stop()
+  std::unordered_set<int> object_readers_;  // sockets being served; guarded by mu_, shut and waited for by stop()
 
   std::unique_ptr<WorkerPool> pool_;  // after the state its exit callback touches
   std::unique_ptr<grpc::Server> server_;

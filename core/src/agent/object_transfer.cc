@@ -234,15 +234,15 @@ void send_error(int fd, const std::string& message, bool not_here) {
 
 }  // namespace
 
-void ObjectTransfer::serve_socket(std::unique_ptr<FrameSocket> socket) {
+void ObjectTransfer::serve_socket(FrameSocket& socket) {
   std::string token, request;
-  socket->set_read_timeout(std::chrono::seconds(10));
-  if (!socket->read(&token, /*max_frame=*/4096) || !token_matches(token)) {
+  socket.set_read_timeout(std::chrono::seconds(10));
+  if (!socket.read(&token, /*max_frame=*/4096) || !token_matches(token)) {
     GANTRY_LOG_WARN("refused a reader on the object port: {}", token.empty() ? "no cluster token" : "wrong cluster token");
     return;
   }
-  if (!socket->read(&request, /*max_frame=*/64) || request.size() != 24) return;
-  int fd = socket->fd();
+  if (!socket.read(&request, /*max_frame=*/64) || request.size() != 24) return;
+  int fd = socket.fd();
   ObjectId id = ObjectId::from_binary(request.substr(0, 16));
   uint64_t size = get_u64(request.data() + 16);
   std::string path = id.is_nil() ? std::string() : store_.find(id);

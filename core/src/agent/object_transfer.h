@@ -41,7 +41,7 @@ class ObjectTransfer {
   /// token, then a request (object id, size), answered by raw chunk records, each
   /// {offset, length, CRC-32C} and its bytes, written from the object's mapping. Cheaper
   /// than gRPC by three copies per byte; used when TLS is off.
-  void serve_socket(std::unique_ptr<FrameSocket> socket);
+  void serve_socket(FrameSocket& socket);
 
  private:
   proto::PullObjectReply transfer(const proto::ShmLocation& location);

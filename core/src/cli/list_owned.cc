@@ -14,7 +14,7 @@
 namespace gantry::internal {
 namespace {
 
-constexpr auto kOwnerDeadline = std::chrono::seconds(3);
+constexpr auto kOwnerDeadline = std::chrono::seconds(10);  // a busy owner still answers
 
 // Drivers of running jobs, then the workers every live node reports.
 std::vector<std::string> owners(proto::Head::Stub& head, const std::string& address, int* unreachable_nodes) {
