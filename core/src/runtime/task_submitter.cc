@@ -55,9 +55,10 @@ void TaskSubmitter::describe(size_t limit, proto::OwnedState* out) const {
     for (const auto& [handle, w] : ks.workers)
       for (const TaskId& id : w->in_flight) add(id, "SUBMITTED", w.get());
     for (const TaskId& id : ks.queue) add(id, "PENDING_WORKER", nullptr);
-    auto& c = counts[ks.description.substr(ks.description.find(' ') + 1)];
-    c.first += ks.finished;
-    c.second += ks.failed;
+    for (const auto& [function, stats] : ks.functions) {
+      counts[function].first += stats.finished;
+      counts[function].second += stats.failed;
+    }
   }
   for (const auto& [id, task] : tasks_) add(id, "PENDING_ARGS", nullptr);
   for (const auto& [name, c] : counts) {
@@ -126,9 +127,10 @@ void TaskSubmitter::on_dependency_ready(const TaskId& id) {
 }
 
 size_t TaskSubmitter::pipeline_depth_locked(const KeyState& ks, const std::string& function) const {
-  auto avg = ks.avg_task_us.find(function);
-  if (avg == ks.avg_task_us.end() || ks.strategy.kind() == proto::SchedulingStrategy::SPREAD) return 1;
-  double depth = kPipelineTargetUs / std::max(avg->second, 1.0);
+  auto stats = ks.functions.find(function);
+  if (stats == ks.functions.end() || stats->second.avg_us < 0 || ks.strategy.kind() == proto::SchedulingStrategy::SPREAD)
+    return 1;
+  double depth = kPipelineTargetUs / std::max(stats->second.avg_us, 1.0);
   return static_cast<size_t>(std::clamp(depth, 1.0, static_cast<double>(kMaxPipelineDepth)));
 }
 
@@ -268,8 +270,8 @@ void TaskSubmitter::on_results(const std::string& key, uint64_t handle, proto::R
       if (it == tasks_.end()) continue;
       Task& task = *it->second;
       double us = static_cast<double>(result.exec_us());
-      auto [avg, first] = ks.avg_task_us.try_emplace(task.spec.function(), us);
-      if (!first) avg->second = 0.8 * avg->second + 0.2 * us;
+      KeyState::FunctionStats& stats = ks.functions[task.spec.function()];
+      stats.avg_us = stats.avg_us < 0 ? us : 0.8 * stats.avg_us + 0.2 * us;
       const proto::ObjectValue& value = result.value();
       if (value.has_error() && value.error().kind() == proto::ErrorInfo::TASK_ERROR && task.retry_exceptions &&
           task.retries_left != 0) {
@@ -283,7 +285,7 @@ void TaskSubmitter::on_results(const std::string& key, uint64_t handle, proto::R
         for (const auto& arg : task.spec.args()) self_contained &= arg.has_inline_data();
         if (self_contained) config_.keep_lineage(task.spec, ks.resources, ks.strategy, task.retries_left);
       }
-      ++(value.has_error() ? ks.failed : ks.finished);
+      ++(value.has_error() ? stats.failed : stats.finished);
       auto stored = std::make_shared<proto::ObjectValue>();
       stored->Swap(result.mutable_value());
       after.done.push_back({ObjectId::from_binary(task.spec.return_id()), std::move(stored), std::move(task.arg_refs)});
@@ -350,7 +352,7 @@ void TaskSubmitter::fail_task_locked(const TaskId& id, proto::ErrorInfo error, A
   Task& task = *it->second;
   if (error.function().empty()) error.set_function(task.spec.function());
   auto ks = keys_.find(task.key);
-  if (ks != keys_.end()) ++ks->second.failed;
+  if (ks != keys_.end()) ++ks->second.functions[task.spec.function()].failed;
   auto value = std::make_shared<proto::ObjectValue>();
   *value->mutable_error() = std::move(error);
   after.done.push_back({ObjectId::from_binary(task.spec.return_id()), std::move(value), std::move(task.arg_refs)});

@@ -103,11 +103,15 @@ class TaskSubmitter {
     // By a handle of ours: lease ids of different agents may coincide.
     std::unordered_map<uint64_t, std::unique_ptr<LeasedWorker>> workers;
     int pending_lease_requests = 0;
-    // Moving average of execution time per function: a cheap task must not make long
-    // ones of the same shape queue up behind each other on one worker.
-    std::unordered_map<std::string, double> avg_task_us;
-    int64_t finished = 0;     // for describe()
-    int64_t failed = 0;
+    // Per function, since one shape serves many: the moving average of execution time
+    // (a cheap task must not make long ones of the same shape queue up behind each
+    // other on one worker; < 0 unknown), and how many finished and failed (describe()).
+    struct FunctionStats {
+      double avg_us = -1;
+      int64_t finished = 0;
+      int64_t failed = 0;
+    };
+    std::unordered_map<std::string, FunctionStats> functions;
   };
   /// Work collected under mu_ and done after it is released: completions (which run
   /// store callbacks) and RPCs (whose callbacks may run inline).
