@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "gantry/gantry.h"
+#include "support/shell.h"
 
 namespace {
 
@@ -46,32 +47,9 @@ constexpr int64_t kObjectBytes = 256ll << 20;
 constexpr int kTaskBatch = 1000;
 constexpr size_t kMessageBytes = 200;  // about a small task spec and its result
 
-std::string run(const std::string& command, int* code) {
-  std::string out;
-  FILE* p = ::popen((command + " 2>&1").c_str(), "r");
-  if (p == nullptr) {
-    *code = -1;
-    return out;
-  }
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  int status = ::pclose(p);
-  *code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return out;
-}
-
-int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  socklen_t len = sizeof addr;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
+using gantry::test_support::CommandResult;
+using gantry::test_support::free_port;
+using gantry::test_support::run;
 
 // A connected TCP pair over loopback: {client, server}.
 std::pair<int, int> tcp_pair() {
@@ -238,20 +216,18 @@ int main(int argc, char** argv) {
   std::string temp = "/tmp/gcb" + std::to_string(::getpid());
   std::string cli = std::string(GANTRY_CLI_PATH);
   std::string address = "127.0.0.1:" + std::to_string(free_port());
-  int code = 0;
-  std::string out = run(cli + " start --head --node-ip-address 127.0.0.1 --num-cpus 1 --port " +
-                            address.substr(address.find(':') + 1) + " --temp-dir " + temp,
-                        &code);
-  if (code != 0) {
-    std::cerr << "cannot start the head:\n" << out;
+  CommandResult head = run(cli + " start --head --node-ip-address 127.0.0.1 --num-cpus 1 --port " +
+                           address.substr(address.find(':') + 1) + " --temp-dir " + temp);
+  if (head.code != 0) {
+    std::cerr << "cannot start the head:\n" << head.out;
     return 1;
   }
-  out = run(cli + " start --address " + address + " --node-ip-address 127.0.0.1 --num-cpus 2 --temp-dir " + temp,
-            &code);
+  CommandResult node =
+      run(cli + " start --address " + address + " --node-ip-address 127.0.0.1 --num-cpus 2 --temp-dir " + temp);
   std::smatch m;
   int rc = 0;
-  if (code != 0 || !std::regex_search(out, m, std::regex("gantry node ([0-9a-f]{8}) joined"))) {
-    std::cerr << "cannot start the second node:\n" << out;
+  if (node.code != 0 || !std::regex_search(node.out, m, std::regex("gantry node ([0-9a-f]{8}) joined"))) {
+    std::cerr << "cannot start the second node:\n" << node.out;
     rc = 1;
   } else {
     try {
@@ -298,7 +274,7 @@ int main(int argc, char** argv) {
       rc = 1;
     }
   }
-  run(cli + " stop --temp-dir " + temp, &code);
+  run(cli + " stop --temp-dir " + temp);
   std::error_code ec;
   std::filesystem::remove_all(temp, ec);
   return rc;

@@ -23,6 +23,7 @@
 #include <thread>
 
 #include "gantry/gantry.h"
+#include "support/shell.h"
 
 namespace {
 
@@ -95,35 +96,9 @@ class Tally {
 };
 GANTRY_REMOTE(Tally::create, &Tally::bump, &Tally::node);
 
-struct CommandResult {
-  int code = -1;
-  std::string out;  // stdout and stderr together
-};
-
-// Runs a shell command line and collects its output and exit code.
-CommandResult run(const std::string& command) {
-  CommandResult r;
-  FILE* p = ::popen((command + " 2>&1").c_str(), "r");
-  if (p == nullptr) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  int status = ::pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
-
-int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  socklen_t len = sizeof addr;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
+using gantry::test_support::CommandResult;
+using gantry::test_support::free_port;
+using gantry::test_support::run;
 
 // Runs `command` until `pattern` matches its output (or the time is up); returns the last output.
 std::string run_until(const std::string& command, const std::regex& pattern, std::chrono::seconds limit) {

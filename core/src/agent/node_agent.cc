@@ -639,14 +639,9 @@ bool NodeAgent::place_in_group(grpc::ServerContext* ctx, const proto::LeaseReque
   if (placement.bundle >= n)
     return fail(proto::ErrorInfo::INFEASIBLE, "it asks for bundle " + std::to_string(placement.bundle) +
                                                   " but the group has " + std::to_string(n));
-  std::vector<int> fitting;
   std::string held;
-  for (int i = 0; i < n; ++i) {
-    if (placement.bundle >= 0 && i != placement.bundle) continue;
-    ResourceSet bundle = from_proto(info.spec().bundles(i));
-    if (bundle.contains(request) && i < info.bundle_node_ids_size()) fitting.push_back(i);
-    held += (held.empty() ? "" : ", ") + bundle.to_string();
-  }
+  std::vector<int> fitting = bundles_holding(info.spec(), placement.bundle, request, &held);
+  std::erase_if(fitting, [&](int i) { return i >= info.bundle_node_ids_size(); });
   if (fitting.empty())
     return fail(proto::ErrorInfo::INFEASIBLE, placement.bundle >= 0
                                                   ? "bundle " + std::to_string(placement.bundle) + " holds only " + held

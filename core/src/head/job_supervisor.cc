@@ -75,11 +75,7 @@ grpc::Status JobSupervisor::SubmitJob(grpc::ServerContext* ctx, const proto::Sub
   for (const auto& [k, v] : req->environment()) env_map[k] = v;
   env_map["GANTRY_ADDRESS"] = head_address_;
   env_map["GANTRY_TOKEN"] = cluster_token();
-  if (TlsFiles tls = tls_files(); tls.enabled()) {
-    env_map["GANTRY_TLS_CERT"] = tls.cert;
-    env_map["GANTRY_TLS_KEY"] = tls.key;
-    env_map["GANTRY_TLS_CA"] = tls.ca;
-  }
+  add_tls_environment(env_map);
   env_map["GANTRY_SUBMISSION_ID"] = id;
   std::vector<std::string> args(req->entrypoint().begin(), req->entrypoint().end());
   SpawnOptions options;

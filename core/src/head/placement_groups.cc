@@ -230,14 +230,8 @@ const HeadService::Node* HeadService::pick_bundle_node_locked(const ResourceSet&
            std::to_string(n);
     return nullptr;
   }
-  std::vector<int> fitting;
   std::string held;
-  for (int i = 0; i < n; ++i) {
-    if (strategy.bundle_index() >= 0 && i != strategy.bundle_index()) continue;
-    ResourceSet b = from_proto(info.spec().bundles(i));
-    held += (held.empty() ? "" : ", ") + b.to_string();
-    if (b.contains(resources)) fitting.push_back(i);
-  }
+  std::vector<int> fitting = bundles_holding(info.spec(), strategy.bundle_index(), resources, &held);
   if (fitting.empty()) {
     *why = "does not fit " + (strategy.bundle_index() >= 0 ? "bundle " + std::to_string(strategy.bundle_index())
                                                             : std::string("any bundle")) +

@@ -121,12 +121,24 @@ TlsFiles tls_files() {
 
 bool tls_enabled() { return tls_files().enabled(); }
 
+constexpr char kTlsCertVar[] = "GANTRY_TLS_CERT";
+constexpr char kTlsKeyVar[] = "GANTRY_TLS_KEY";
+constexpr char kTlsCaVar[] = "GANTRY_TLS_CA";
+
 TlsFiles tls_from_env() {
   auto get = [](const char* name) {
     const char* v = std::getenv(name);
     return std::string(v != nullptr ? v : "");
   };
-  return {get("GANTRY_TLS_CERT"), get("GANTRY_TLS_KEY"), get("GANTRY_TLS_CA")};
+  return {get(kTlsCertVar), get(kTlsKeyVar), get(kTlsCaVar)};
+}
+
+void add_tls_environment(std::map<std::string, std::string>& env) {
+  TlsFiles tls = tls_files();
+  if (!tls.enabled()) return;
+  env[kTlsCertVar] = tls.cert;
+  env[kTlsKeyVar] = tls.key;
+  env[kTlsCaVar] = tls.ca;
 }
 
 std::shared_ptr<grpc::ServerCredentials> server_credentials(const std::string& address) {

@@ -2,6 +2,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <map>
 #include <string>
 
 namespace gantry::internal {
@@ -38,6 +39,9 @@ TlsFiles tls_files();
 bool tls_enabled();
 /// GANTRY_TLS_CERT, GANTRY_TLS_KEY, GANTRY_TLS_CA.
 TlsFiles tls_from_env();
+/// Adds those variables for the current TLS files to `env` (a child's environment), so
+/// tls_from_env() in the child finds them; nothing when TLS is off.
+void add_tls_environment(std::map<std::string, std::string>& env);
 /// Credentials for a server listening on `address` ("unix:..." or "host:port").
 std::shared_ptr<grpc::ServerCredentials> server_credentials(const std::string& address);
 

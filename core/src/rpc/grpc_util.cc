@@ -11,6 +11,7 @@
 #include <chrono>
 
 #include "gantry/errors.h"
+#include "gantry/head.pb.h"
 #include "rpc/auth.h"
 #include "rpc/frame_socket.h"
 
@@ -106,6 +107,19 @@ void throw_error(const proto::ErrorInfo& e) {
 }
 
 std::string unix_address(const std::string& path) { return "unix:" + path; }
+
+std::vector<int> bundles_holding(const proto::PlacementGroupSpec& spec, int bundle_index, const ResourceSet& request,
+                                 std::string* held) {
+  std::vector<int> out;
+  held->clear();
+  for (int i = 0; i < spec.bundles_size(); ++i) {
+    if (bundle_index >= 0 && i != bundle_index) continue;
+    ResourceSet bundle = from_proto(spec.bundles(i));
+    *held += (held->empty() ? "" : ", ") + bundle.to_string();
+    if (bundle.contains(request)) out.push_back(i);
+  }
+  return out;
+}
 
 Placement from_proto(const proto::SchedulingStrategy& strategy) {
   Placement placement;

@@ -7,12 +7,23 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "gantry/common.pb.h"
 #include "scheduler/node_choice.h"
 #include "scheduler/resource_set.h"
 
+namespace gantry::proto {
+class PlacementGroupSpec;
+}
+
 namespace gantry::internal {
+
+/// The bundles of a placement group that can hold `request`: bundle `bundle_index`, or
+/// any when it is -1. `held` gets the resources of every bundle looked at ("{CPU: 1},
+/// {GPU: 1}"), for the error when none can.
+std::vector<int> bundles_holding(const proto::PlacementGroupSpec& spec, int bundle_index, const ResourceSet& request,
+                                 std::string* held);
 
 /// A channel to `address` ("unix:/path" or "host:port") with gantry's settings
 /// (no message size limit).

@@ -126,11 +126,7 @@ NodeAgentConfig make_agent_config(const std::string& session_dir, const NodeShap
       {"GANTRY_NODE_ID", ac.node_id.hex()},
       {"GANTRY_TOKEN", cluster_token()},
   };
-  if (TlsFiles tls = tls_files(); tls.enabled()) {
-    ac.worker_environment["GANTRY_TLS_CERT"] = tls.cert;
-    ac.worker_environment["GANTRY_TLS_KEY"] = tls.key;
-    ac.worker_environment["GANTRY_TLS_CA"] = tls.ca;
-  }
+  add_tls_environment(ac.worker_environment);
   return ac;
 }
 
