@@ -115,6 +115,7 @@ std::string level_or(const std::string& level, const std::string& fallback) {
   config.gpu_ids = env.gpu_ids;
   config.session_dir = env.session_dir;
   config.force_grpc_streams = env.force_grpc_streams;
+  config.get_spin = std::chrono::microseconds(env.get_spin_us);
   config.output = output.get();
   try {
     g_core = std::make_unique<CoreWorker>(config);
@@ -153,6 +154,7 @@ void start_driver(const UniqueId& node_id, const UniqueId& job_id, const std::st
   config.head_address = head_address;
   config.session_dir = session_dir;
   config.force_grpc_streams = env.force_grpc_streams;
+  config.get_spin = std::chrono::microseconds(env.get_spin_us);
   try {
     g_core = std::make_unique<CoreWorker>(config);
     g_core->start();
@@ -211,7 +213,12 @@ void init(int argc, char** argv, InitOptions options) {
   // after shutdown() must not tear it down under that thread (see keep_grpc_for_process).
   internal::keep_grpc_for_process();
   std::vector<std::string> args = argc > 0 && argv != nullptr ? args_from(argc, argv) : args_from_proc();
-  internal::ProcessEnv env = internal::ProcessEnv::read();
+  internal::ProcessEnv env;
+  try {
+    env = internal::ProcessEnv::read();
+  } catch (const std::invalid_argument& e) {
+    throw Error(std::string("bad GANTRY_* environment variable: ") + e.what());
+  }
   if (env.worker_mode) run_worker(env);
 
   std::lock_guard<std::mutex> lock(g_init_mu);

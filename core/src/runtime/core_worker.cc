@@ -88,6 +88,7 @@ std::string result_pin_key(const std::string& result_owner, const ObjectId& resu
 
 CoreWorker::CoreWorker(CoreWorkerConfig config)
     : config_(std::move(config)),
+      store_(config_.get_spin),
       refs_(config_.listen_address, [this](const ObjectId& id) { on_free(id); },
             [this](const ObjectId& id, const std::string& owner, bool add) { on_borrow(id, owner, add); }) {
   agent_ = proto::NodeAgent::NewStub(channels_.get(config_.agent_address));
@@ -335,6 +336,8 @@ std::shared_ptr<detail::Buffer> CoreWorker::get(const ObjectId& id, const std::s
     ValuePtr value;
     if (owner == config_.listen_address) {
       value = store_.get_if_ready(id);
+      // A lone call that is about to answer: not worth sleeping (or telling the agent).
+      if (!value && (!timeout || timeout->count() > 0)) value = store_.spin_for(id);
       if (!value) {
         BlockedScope blocked(*this);
         value = store_.wait(id, deadline);

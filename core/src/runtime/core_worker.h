@@ -1,6 +1,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -35,6 +36,7 @@ struct CoreWorkerConfig {
   std::vector<int> gpu_ids;
   std::string session_dir;
   bool force_grpc_streams = false;
+  std::chrono::microseconds get_spin{50};  // MemoryStore::spin_for's budget
   size_t inline_threshold = 100 * 1024;
   OutputForwarder* output = nullptr;  // workers only; not owned
 };

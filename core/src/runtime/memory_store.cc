@@ -1,8 +1,22 @@
 #include "runtime/memory_store.h"
 
+#include <algorithm>
+
 #include "gantry/errors.h"
 
 namespace gantry::internal {
+namespace {
+
+// Tells the core this is a spin-wait (frees the pipeline for a sibling hyperthread).
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+}  // namespace
 
 void inline_ready_value(proto::TaskArg& arg, const proto::ObjectValue& value, size_t inline_threshold) {
   if (value.has_error()) return;
@@ -15,9 +29,14 @@ void inline_ready_value(proto::TaskArg& arg, const proto::ObjectValue& value, si
   }
 }
 
+void MemoryStore::count_pending_locked(int delta) {
+  pending_ += delta;
+  version_.fetch_add(1, std::memory_order_release);
+}
+
 void MemoryStore::add_pending(const ObjectId& id) {
   std::lock_guard<std::mutex> lock(mu_);
-  entries_.try_emplace(id);
+  if (entries_.try_emplace(id).second) count_pending_locked(+1);
 }
 
 bool MemoryStore::put(const ObjectId& id, ValuePtr value) {
@@ -26,6 +45,7 @@ bool MemoryStore::put(const ObjectId& id, ValuePtr value) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = entries_.find(id);
     if (it == entries_.end()) return false;
+    if (!it->second.value) count_pending_locked(-1);
     it->second.value = value;
     callbacks.swap(it->second.callbacks);
   }
@@ -38,6 +58,7 @@ bool MemoryStore::reset_pending(const ObjectId& id) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = entries_.find(id);
   if (it == entries_.end()) return false;
+  if (it->second.value) count_pending_locked(+1);
   it->second.value = nullptr;
   return true;
 }
@@ -45,7 +66,9 @@ bool MemoryStore::reset_pending(const ObjectId& id) {
 void MemoryStore::put_new(const ObjectId& id, ValuePtr value) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    entries_[id].value = std::move(value);
+    auto [it, inserted] = entries_.try_emplace(id);
+    if (!inserted && !it->second.value) count_pending_locked(-1);
+    it->second.value = std::move(value);
   }
   cv_.notify_all();
 }
@@ -65,8 +88,47 @@ void MemoryStore::close() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     closed_ = true;
+    version_.fetch_add(1, std::memory_order_release);
   }
   cv_.notify_all();
+}
+
+ValuePtr MemoryStore::spin_for(const ObjectId& id) {
+  // Per thread: calls left to skip, and the next skip after a spin that ran out.
+  thread_local int skip = 0;
+  thread_local int backoff = 0;
+  if (spin_budget_.count() == 0) return nullptr;
+  if (skip > 0) {
+    --skip;
+    return nullptr;
+  }
+  auto until = std::chrono::steady_clock::now() + spin_budget_;
+  std::unique_lock<std::mutex> lock(mu_);
+  while (true) {
+    auto it = entries_.find(id);
+    if (it == entries_.end()) return nullptr;  // wait() reports it
+    if (it->second.value) {
+      backoff = 0;
+      return it->second.value;
+    }
+    if (closed_ || pending_ != 1) return nullptr;
+    uint64_t seen = version_.load(std::memory_order_acquire);
+    lock.unlock();
+    bool changed = false;
+    bool out_of_time = false;
+    for (int i = 1; !changed && !out_of_time; ++i) {
+      cpu_relax();
+      changed = version_.load(std::memory_order_acquire) != seen;
+      // The clock costs more than a pause: read it every 64 rounds (about 2 µs).
+      if (i % 64 == 0) out_of_time = std::chrono::steady_clock::now() >= until;
+    }
+    lock.lock();
+    if (out_of_time && !changed) {
+      backoff = std::clamp(backoff * 2, 1, 64);
+      skip = backoff;
+      return nullptr;
+    }
+  }
 }
 
 ValuePtr MemoryStore::wait(const ObjectId& id, Deadline deadline) {
@@ -132,6 +194,7 @@ ValuePtr MemoryStore::erase(const ObjectId& id) {
   auto it = entries_.find(id);
   if (it == entries_.end()) return nullptr;
   ValuePtr value = std::move(it->second.value);
+  if (!value) count_pending_locked(-1);
   entries_.erase(it);
   return value;
 }

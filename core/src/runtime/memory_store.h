@@ -1,5 +1,6 @@
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <functional>
@@ -28,6 +29,10 @@ void inline_ready_value(proto::TaskArg& arg, const proto::ObjectValue& value, si
 /// ready. Thread-safe (one mutex); callbacks run without the lock held.
 class MemoryStore {
  public:
+  /// `spin_budget`: how long spin_for() may spin; zero turns spinning off.
+  explicit MemoryStore(std::chrono::microseconds spin_budget = std::chrono::microseconds(50))
+      : spin_budget_(spin_budget) {}
+
   using Deadline = std::optional<std::chrono::steady_clock::time_point>;
   using ReadyCallback = std::function<void(const ValuePtr&)>;
 
@@ -44,6 +49,14 @@ class MemoryStore {
   /// Waits for the value. Returns null at the deadline; throws gantry::ObjectLostError when
   /// the id is unknown or freed.
   ValuePtr wait(const ObjectId& id, Deadline deadline);
+  /// For a caller about to sleep in wait(): when `id` is this owner's only pending
+  /// object (a lone synchronous call), spins up to the spin budget for it and returns
+  /// its value if it arrived, else null. A short call answers in less time than a
+  /// sleeping thread takes to be woken on another core; with more work outstanding the
+  /// cores are busy with it, so it returns null at once. A thread whose spins keep
+  /// running out skips spinning for a growing number of calls (up to 64), so long
+  /// calls do not pay for it.
+  ValuePtr spin_for(const ObjectId& id);
   /// Which ids are ready once `num_ready` are or the deadline passes. Unknown ids count as
   /// ready (a get on them throws at once).
   std::vector<bool> wait_many(const std::vector<ObjectId>& ids, size_t num_ready, Deadline deadline);
@@ -64,10 +77,18 @@ class MemoryStore {
     std::vector<ReadyCallback> callbacks;
   };
 
-  mutable std::mutex mu_;  // guards entries_
+  // Needs mu_ held: a pending entry got its value or left (or the reverse).
+  void count_pending_locked(int delta);
+
+  const std::chrono::microseconds spin_budget_;
+  mutable std::mutex mu_;  // guards the members below, except version_
   std::condition_variable cv_;
   std::unordered_map<ObjectId, Entry> entries_;
+  size_t pending_ = 0;  // entries without a value
   bool closed_ = false;
+  // Bumped under mu_ whenever a value arrives or the store closes, so that spinners can
+  // watch for a change without taking the lock.
+  std::atomic<uint64_t> version_{0};
 };
 
 }  // namespace gantry::internal

@@ -11,6 +11,18 @@ std::string env_or_empty(const char* name) {
   return v == nullptr ? std::string() : std::string(v);
 }
 
+// The whole of `text` as a number >= 0, or -1.
+int parse_whole_number(const std::string& text) {
+  size_t used = 0;
+  int v = -1;
+  try {
+    v = std::stoi(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  return used == text.size() && !text.empty() && v >= 0 ? v : -1;
+}
+
 }  // namespace
 
 std::vector<int> parse_id_list(const std::string& text) {
@@ -20,14 +32,8 @@ std::vector<int> parse_id_list(const std::string& text) {
     size_t end = text.find(',', start);
     if (end == std::string::npos) end = text.size();
     std::string part = text.substr(start, end - start);
-    size_t used = 0;
-    int v = -1;
-    try {
-      v = std::stoi(part, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used != part.size() || part.empty() || v < 0)
+    int v = parse_whole_number(part);
+    if (v < 0)
       throw std::invalid_argument("bad id '" + part + "' in list '" + text + "'");
     out.push_back(v);
     start = end + 1;
@@ -62,6 +68,12 @@ ProcessEnv ProcessEnv::read() {
   e.output_to = env_or_empty("GANTRY_OUTPUT_TO");
   e.node_ip = env_or_empty("GANTRY_NODE_IP");
   e.force_grpc_streams = env_or_empty("GANTRY_TASK_TRANSPORT") == "grpc";
+  if (std::string spin = env_or_empty("GANTRY_GET_SPIN_US"); !spin.empty()) {
+    int v = parse_whole_number(spin);
+    if (v < 0 || v > 10000)
+      throw std::invalid_argument("GANTRY_GET_SPIN_US='" + spin + "' is not a whole number of microseconds from 0 to 10000");
+    e.get_spin_us = v;
+  }
   return e;
 }
 

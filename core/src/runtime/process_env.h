@@ -22,6 +22,7 @@ struct ProcessEnv {
   std::string address;           // GANTRY_ADDRESS (cluster to join)
   std::string temp_dir;          // GANTRY_TEMP_DIR
   bool force_grpc_streams = false;  // GANTRY_TASK_TRANSPORT=grpc: task streams over gRPC even on one node
+  int get_spin_us = 50;            // GANTRY_GET_SPIN_US: how long a lone get spins before sleeping; 0 never
   std::string token;             // GANTRY_TOKEN (the cluster token)
   std::string output_to;         // GANTRY_OUTPUT_TO: the joined driver that prints our output
   std::string node_ip;           // GANTRY_NODE_IP: serve on TCP at this address (a multi-node cluster)
