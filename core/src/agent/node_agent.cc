@@ -325,11 +325,16 @@ bool NodeAgent::place_here(grpc::ServerContext* ctx, const proto::LeaseRequest& 
   }
   std::string error;
   // A request nothing in our copy can hold asks the head again: a node may have joined
-  // since.
+  // since. So does one that would wait here for room: a node that joined since may have
+  // it now.
   for (bool fresh : {false, true}) {
     std::vector<ClusterView::Node> nodes = view_->nodes(&error, fresh);
     std::optional<bool> here = place_on(req, request, placement, nodes, reply, /*last_try=*/fresh);
     if (!here) continue;
+    if (*here && !fresh && placement.kind == Placement::Kind::kDefault) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!resources_.available().contains(request)) continue;
+    }
     if (reply->has_error() && !error.empty())
       reply->mutable_error()->set_message(reply->error().message() + " (" + error + ")");
     return *here;
