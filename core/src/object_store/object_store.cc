@@ -64,6 +64,9 @@ constexpr size_t kMaxPooledFiles = 8;
 }  // namespace
 
 void ObjectStore::drop_oldest_pooled_locked() {
+  // Truncated first: a process may keep a mapping of the file for its next object
+  // (WarmMappings), which would otherwise hold the memory the store now counts as free.
+  ::truncate(pool_.front().path.c_str(), 0);
   ::unlink(pool_.front().path.c_str());
   used_ -= pool_.front().size;
   pooled_ -= pool_.front().size;

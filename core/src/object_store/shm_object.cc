@@ -39,8 +39,7 @@ std::unique_ptr<MappedFile> MappedFile::create(const std::string& path, size_t s
       throw ObjectStoreFullError("cannot map shared-memory object " + path + ": " + why);
     }
   }
-  ::close(fd);
-  return std::unique_ptr<MappedFile>(new MappedFile(path, static_cast<uint8_t*>(p), size));
+  return std::unique_ptr<MappedFile>(new MappedFile(path, static_cast<uint8_t*>(p), size, size, fd));
 }
 
 std::unique_ptr<MappedFile> MappedFile::open_read_only(const std::string& path) {
@@ -63,11 +62,79 @@ std::unique_ptr<MappedFile> MappedFile::open_read_only(const std::string& path) 
     }
   }
   ::close(fd);
-  return std::unique_ptr<MappedFile>(new MappedFile(path, static_cast<uint8_t*>(p), size));
+  return std::unique_ptr<MappedFile>(new MappedFile(path, static_cast<uint8_t*>(p), size, size, -1));
 }
 
 MappedFile::~MappedFile() {
-  if (data_ != nullptr) ::munmap(data_, size_);
+  if (data_ != nullptr) ::munmap(data_, mapped_);
+  if (fd_ >= 0) ::close(fd_);
+}
+
+WarmMappings::~WarmMappings() = default;
+
+void WarmMappings::take_unlinked_locked(std::vector<std::unique_ptr<MappedFile>>& out) {
+  for (auto it = kept_.begin(); it != kept_.end();) {
+    struct stat st {};
+    if (::fstat((*it)->fd_, &st) != 0 || st.st_nlink == 0) {
+      out.push_back(std::move(*it));
+      it = kept_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+std::unique_ptr<MappedFile> WarmMappings::create(const std::string& path, size_t size, bool reuse) {
+  std::vector<std::unique_ptr<MappedFile>> gone;  // unmapped at return, off the lock
+  if (reuse) {
+    struct stat st {};
+    int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+    bool known = fd >= 0 && ::fstat(fd, &st) == 0;
+    if (fd >= 0) ::close(fd);
+    std::lock_guard<std::mutex> lock(mu_);
+    take_unlinked_locked(gone);
+    for (auto it = kept_.begin(); known && it != kept_.end(); ++it) {
+      struct stat kept_st {};
+      MappedFile& f = **it;
+      if (::fstat(f.fd_, &kept_st) != 0 || kept_st.st_dev != st.st_dev || kept_st.st_ino != st.st_ino) continue;
+      // That file, handed back: resized, written through the mapping we have. Pages cut
+      // off by an earlier shrink come back as fresh zero pages on first touch.
+      if (size == 0 || size > f.mapped_ || ::ftruncate(f.fd_, static_cast<off_t>(size)) != 0) {
+        gone.push_back(std::move(*it));
+        kept_.erase(it);
+        break;
+      }
+      std::unique_ptr<MappedFile> hit = std::move(*it);
+      kept_.erase(it);
+      hit->path_ = path;
+      hit->size_ = size;
+      return hit;
+    }
+  }
+  return MappedFile::create(path, size, reuse);
+}
+
+void WarmMappings::keep(std::unique_ptr<MappedFile> file) {
+  std::vector<std::unique_ptr<MappedFile>> gone;
+  if (!file || file->fd_ < 0 || file->mapped_ < min_bytes_ || max_kept_ == 0) return;  // unmapped here
+  std::lock_guard<std::mutex> lock(mu_);
+  take_unlinked_locked(gone);
+  kept_.push_back(std::move(file));
+  while (kept_.size() > max_kept_) {
+    gone.push_back(std::move(kept_.front()));
+    kept_.pop_front();
+  }
+}
+
+void WarmMappings::drop_unlinked() {
+  std::vector<std::unique_ptr<MappedFile>> gone;
+  std::lock_guard<std::mutex> lock(mu_);
+  take_unlinked_locked(gone);
+}
+
+size_t WarmMappings::num_kept() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return kept_.size();
 }
 
 }  // namespace gantry::internal

@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -93,11 +94,13 @@ std::string host_name();
 
 /// Starts a unary call and does not wait for, or look at, its reply. `start` is called with
 /// (context, request, reply, callback) and passes them to a stub's `async()` method; the
-/// call's state lives until gRPC runs the callback.
+/// call's state lives until gRPC runs the callback. `done`, if given, runs then (on a gRPC
+/// thread), whatever the outcome.
 ///
 ///     send_and_forget<proto::Empty>(request, 5s, [&](auto... a) { stub->async()->Delete(a...); });
 template <typename Reply, typename Request, typename Start>
-void send_and_forget(Request request, std::chrono::milliseconds deadline, Start&& start) {
+void send_and_forget(Request request, std::chrono::milliseconds deadline, Start&& start,
+                     std::function<void()> done = {}) {
   struct Call {
     grpc::ClientContext ctx;
     Request request;
@@ -106,7 +109,9 @@ void send_and_forget(Request request, std::chrono::milliseconds deadline, Start&
   auto call = std::make_shared<Call>();
   call->request = std::move(request);
   call->ctx.set_deadline(std::chrono::system_clock::now() + deadline);
-  start(&call->ctx, &call->request, &call->reply, [call](grpc::Status) {});
+  start(&call->ctx, &call->request, &call->reply, [call, done = std::move(done)](grpc::Status) {
+    if (done) done();
+  });
 }
 
 }  // namespace gantry::internal

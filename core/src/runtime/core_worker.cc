@@ -59,6 +59,7 @@ class ShmWritable final : public detail::WritableObject {
   uint8_t* data() override { return file_->data(); }
   size_t size() const override { return file_->size(); }
   const ObjectId& id() const { return id_; }
+  std::unique_ptr<MappedFile> release_file() { return std::move(file_); }
   proto::ShmLocation location() const {
     proto::ShmLocation loc;
     loc.set_path(file_->path());
@@ -212,7 +213,7 @@ std::unique_ptr<detail::WritableObject> CoreWorker::create_object_with_id(const 
   if (!s.ok()) throw Error("cannot create an object in the node's store: " + s.error_message());
   if (reply.has_error()) throw_error(reply.error());
   try {
-    return std::make_unique<ShmWritable>(id, MappedFile::create(reply.path(), size, reply.reused()),
+    return std::make_unique<ShmWritable>(id, warm_mappings_->create(reply.path(), size, reply.reused()),
                                          config_.node_id.hex());
   } catch (...) {
     delete_shm(id);  // give the reserved bytes back
@@ -222,6 +223,11 @@ std::unique_ptr<detail::WritableObject> CoreWorker::create_object_with_id(const 
 
 std::unique_ptr<detail::WritableObject> CoreWorker::create_object(size_t size) {
   return create_object_with_id(ObjectId::generate(), size);
+}
+
+void CoreWorker::release_writable(std::unique_ptr<detail::WritableObject> object) {
+  auto* shm = dynamic_cast<ShmWritable*>(object.get());
+  if (shm != nullptr) warm_mappings_->keep(shm->release_file());
 }
 
 proto::ShmLocation CoreWorker::location_of(const detail::WritableObject& object) const {
@@ -237,7 +243,7 @@ ObjectId CoreWorker::seal_object(std::unique_ptr<detail::WritableObject> object,
   ObjectId id = shm->id();
   auto value = std::make_shared<proto::ObjectValue>();
   *value->mutable_shm() = shm->location();
-  object.reset();  // unmap: readers map the file themselves
+  release_writable(std::move(object));  // readers map the file themselves
   hold_contained(id, std::move(nested));
   refs_.add_owned(id);
   store_.put_new(id, std::move(value));
@@ -813,8 +819,10 @@ void CoreWorker::delete_shm(const ObjectId& id) {
   if (stopped_) return;
   proto::ObjectIds request;
   request.add_ids(id.binary());
-  send_and_forget<proto::Empty>(std::move(request), std::chrono::seconds(5),
-                                [&](auto... call) { agent_->async()->DeleteObjects(call...); });
+  // Once the store has pooled or unlinked the file, a mapping kept for it may go.
+  send_and_forget<proto::Empty>(
+      std::move(request), std::chrono::seconds(5), [&](auto... call) { agent_->async()->DeleteObjects(call...); },
+      [warm = warm_mappings_] { warm->drop_unlinked(); });
 }
 
 void CoreWorker::on_borrow(const ObjectId& id, const std::string& owner, bool add) {

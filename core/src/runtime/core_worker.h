@@ -16,6 +16,7 @@
 #include "rpc/frame_socket.h"
 #include "rpc/grpc_util.h"
 #include "runtime/actor_submitter.h"
+#include "object_store/shm_object.h"
 #include "runtime/memory_store.h"
 #include "runtime/reference_counter.h"
 #include "runtime/task_submitter.h"
@@ -100,6 +101,10 @@ class CoreWorker final : public detail::Runtime, public proto::WorkerService::Se
   std::shared_ptr<detail::Buffer> resolve_arg(const proto::TaskArg& arg);
   /// Creates a shared-memory object for a large value with id `id`.
   std::unique_ptr<detail::WritableObject> create_object_with_id(const ObjectId& id, size_t size);
+  /// Done writing a large object made by create_object_with_id (sealed, or published as a
+  /// result): unmaps it, or keeps the mapping for a later object of this process that
+  /// reuses its file (WarmMappings).
+  void release_writable(std::unique_ptr<detail::WritableObject> object);
   /// Where an object made by create_object_with_id lives.
   proto::ShmLocation location_of(const detail::WritableObject& object) const;
   const CoreWorkerConfig& config() const { return config_; }
@@ -143,6 +148,8 @@ class CoreWorker final : public detail::Runtime, public proto::WorkerService::Se
   std::shared_ptr<proto::NodeAgent::Stub> agent_;
   std::shared_ptr<proto::Head::Stub> head_;
   MemoryStore store_;
+  // Shared with DeleteObjects callbacks, which may run after this is destroyed.
+  std::shared_ptr<WarmMappings> warm_mappings_ = std::make_shared<WarmMappings>();
   ReferenceCounter refs_;
   std::unique_ptr<TaskSubmitter> tasks_;
   std::unique_ptr<ActorSubmitter> actors_;

@@ -43,7 +43,7 @@ class ResultWriter final : public detail::ResultSink {
   /// when its references are gone.
   proto::ShmLocation release_large() {
     proto::ShmLocation loc = core_.location_of(*large_);
-    large_.reset();
+    core_.release_writable(std::move(large_));
     return loc;
   }
 

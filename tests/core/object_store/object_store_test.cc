@@ -1,12 +1,15 @@
 #include "object_store/object_store.h"
 
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <vector>
 
 #include "gantry/errors.h"
 #include "object_store/shm_object.h"
@@ -130,6 +133,107 @@ TEST(MappedFile, CreateRefusesAnExistingPath) {
   auto r = store.reserve(id, 64);
   MappedFile::create(r.path, 64);
   EXPECT_THROW(MappedFile::create(r.path, 64), Error);
+}
+
+// A file's size and link count as seen through a kept mapping's path-independent identity.
+struct stat stat_of(const std::string& path) {
+  struct stat st {};
+  EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
+  return st;
+}
+
+TEST(WarmMappings, TheStoreHandingBackAKeptFileReusesItsMapping) {
+  constexpr size_t kSize = size_t{2} << 20;
+  ObjectStore store(test_dir(), 64 << 20);
+  WarmMappings warm;
+  ObjectId first = ObjectId::generate();
+  auto r1 = store.reserve(first, kSize);
+  auto file = warm.create(r1.path, kSize, r1.reused);
+  const uint8_t* mapping = file->data();
+  std::memset(file->data(), 1, kSize);
+  warm.keep(std::move(file));
+  EXPECT_EQ(warm.num_kept(), 1u);
+  store.remove(first);  // pooled: renamed, pages kept
+  warm.drop_unlinked();
+  EXPECT_EQ(warm.num_kept(), 1u) << "a pooled file is still linked";
+
+  // The next object of a similar size gets the pooled file under its own name; this
+  // process writes it through the mapping it kept, at the new (smaller) size.
+  ObjectId second = ObjectId::generate();
+  auto r2 = store.reserve(second, kSize - 4096);
+  ASSERT_TRUE(r2.reused);
+  auto again = warm.create(r2.path, kSize - 4096, r2.reused);
+  EXPECT_EQ(again->data(), mapping) << "the kept mapping was used";
+  EXPECT_EQ(again->path(), r2.path);
+  EXPECT_EQ(again->size(), kSize - 4096);
+  EXPECT_EQ(warm.num_kept(), 0u);
+  std::memset(again->data(), 2, again->size());
+  warm.keep(std::move(again));
+  auto reader = MappedFile::open_read_only(r2.path);
+  ASSERT_EQ(reader->size(), kSize - 4096) << "the file was resized to the new object";
+  EXPECT_EQ(reader->data()[0], 2);
+  EXPECT_EQ(reader->data()[reader->size() - 1], 2);
+
+  // The store never hands a file to an object larger than the file, but a kept mapping
+  // shorter than the object asked for is not used.
+  std::string grown_path = (test_dir() / "grown").string();
+  warm.keep(MappedFile::create(grown_path, kSize));
+  const uint8_t* short_mapping = nullptr;
+  {
+    auto probe = warm.create(grown_path, kSize / 2, /*reuse=*/true);
+    short_mapping = probe->data();
+    warm.keep(std::move(probe));
+  }
+  auto grown = warm.create(grown_path, 2 * kSize, /*reuse=*/true);
+  EXPECT_NE(grown->data(), short_mapping);
+  std::memset(grown->data(), 3, 2 * kSize);
+  EXPECT_EQ(MappedFile::open_read_only(grown_path)->data()[2 * kSize - 1], 3);
+}
+
+TEST(WarmMappings, KeepsFewLargeMappingsAndDropsThoseOfGoneFiles) {
+  WarmMappings warm(/*max_kept=*/2, /*min_bytes=*/8192);
+  std::filesystem::create_directories(test_dir());
+  auto path = [](int i) { return (test_dir() / ("warm-" + std::to_string(i))).string(); };
+  warm.keep(MappedFile::create(path(0), 4096));  // under min_bytes: unmapped at once
+  EXPECT_EQ(warm.num_kept(), 0u);
+  for (int i = 1; i <= 3; ++i) warm.keep(MappedFile::create(path(i), 16384));
+  EXPECT_EQ(warm.num_kept(), 2u) << "the oldest beyond max_kept is dropped";
+  ::unlink(path(3).c_str());
+  warm.drop_unlinked();
+  EXPECT_EQ(warm.num_kept(), 1u);
+  warm.keep(MappedFile::open_read_only(path(2)));  // not made by create: nothing to keep
+  EXPECT_EQ(warm.num_kept(), 1u);
+  std::filesystem::remove_all(test_dir());
+}
+
+TEST(WarmMappings, PooledFilesTheStoreDropsAreTruncatedUnderKeptMappings) {
+  // Nine freed objects: the store keeps eight pooled files and drops the oldest. A kept
+  // mapping of that file must not hold its memory: the store empties the file first.
+  ObjectStore store(test_dir(), 64 << 20);
+  WarmMappings warm(/*max_kept=*/1, /*min_bytes=*/4096);
+  std::vector<ObjectId> ids;
+  for (int i = 0; i < 9; ++i) ids.push_back(ObjectId::generate());
+  auto r0 = store.reserve(ids[0], 1 << 20);
+  auto file = warm.create(r0.path, 1 << 20, false);
+  std::memset(file->data(), 9, 1 << 20);
+  int watch = ::open(r0.path.c_str(), O_RDONLY | O_CLOEXEC);  // follows the file through renames
+  ASSERT_GE(watch, 0);
+  warm.keep(std::move(file));
+  store.remove(ids[0]);
+  for (int i = 1; i < 9; ++i) {
+    // Far smaller than the pooled 1 MiB file, so no reserve takes it.
+    auto r = store.reserve(ids[i], 4096 * i);
+    ASSERT_FALSE(r.reused);
+    MappedFile::create(r.path, 4096 * i);
+  }
+  for (int i = 1; i < 9; ++i) store.remove(ids[i]);
+  struct stat st {};
+  ASSERT_EQ(::fstat(watch, &st), 0);
+  EXPECT_EQ(st.st_nlink, 0u) << "the oldest pooled file was dropped";
+  EXPECT_EQ(st.st_size, 0) << "and emptied, though a mapping of it was kept";
+  ::close(watch);
+  warm.drop_unlinked();
+  EXPECT_EQ(warm.num_kept(), 0u);
 }
 
 TEST(ObjectStore, DestructionRemovesTheDirectory) {
