@@ -302,6 +302,25 @@ TEST_F(ClusterTest, NodeRefusesExecutablesOutsideItsAllowedDirectories) {
   } catch (const gantry::Error& e) {
     EXPECT_NE(std::string(e.what()).find("--allowed-executables"), std::string::npos) << e.what();
   }
+  // Tasks sent to that node are placed again without it: a soft affinity runs elsewhere,
+  // on every request (each one of the three tasks needs its own lease)...
+  std::string refusing;
+  for (const auto& n : gantry::nodes())
+    if (short_id(n.node_id) == joined_id(node.out)) refusing = n.node_id;
+  ASSERT_FALSE(refusing.empty());
+  std::vector<gantry::ObjectRef<std::string>> soft;
+  for (int i = 0; i < 3; ++i)
+    soft.push_back(gantry::task(busy_where)
+                       .options({.scheduling = gantry::SchedulingStrategy::node_affinity(refusing, /*soft=*/true)})
+                       .remote(200));
+  for (auto& r : soft) EXPECT_NE(r.get(), refusing);
+  // ... and a task only it could hold fails with its reason, not just "infeasible".
+  try {
+    gantry::task(where).options({.resources = {{"C", 1}}}).remote().get();
+    ADD_FAILURE() << "a task ran on a node that refuses its executable";
+  } catch (const gantry::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--allowed-executables"), std::string::npos) << e.what();
+  }
   gantry::shutdown();
   // Later tests spread work over the cluster: take this node out of it.
   std::string id = joined_id(node.out);

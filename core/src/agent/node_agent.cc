@@ -268,6 +268,7 @@ grpc::Status NodeAgent::RequestLease(grpc::ServerContext* ctx, const proto::Leas
   Placement placement = from_proto(req->strategy());
   if (std::string why = ensure_job(job_id, req->detached()); !why.empty()) {
     *reply->mutable_error() = make_error(proto::ErrorInfo::INTERNAL, why);
+    reply->set_job_refused(true);
     return grpc::Status::OK;
   }
   std::unique_lock<std::mutex> lock(mu_);

@@ -225,6 +225,13 @@ void TaskSubmitter::on_lease(const std::string& key, proto::NodeAgent::Stub* age
       GANTRY_LOG_DEBUG("{} spills to node {} at {}", ks.description,
                        UniqueId::from_binary(reply.spillback_node_id()).short_hex(), reply.spillback_address());
       request_lease_locked(ks, after, agent_at_locked(reply.spillback_address()), reply.spillback_node_id());
+    } else if (status.ok() && reply.job_refused() && !spilled_to.empty()) {
+      // The node we were sent to cannot run this job's program; another may, or this one
+      // once it has room. Should nothing else ever hold it, that node's reason is the error.
+      GANTRY_LOG_INFO("{}: node {} cannot run it ({}); placing it again without that node", ks.description,
+                      UniqueId::from_binary(spilled_to).short_hex(), reply.error().message());
+      ks.refusal = reply.error().message();
+      request_lease_locked(ks, after, nullptr, {}, spilled_to);
     } else if (!status.ok() && !spilled_to.empty() && status.error_code() != grpc::StatusCode::CANCELLED) {
       // The node we were sent to is gone (its death not noticed yet): place it again.
       GANTRY_LOG_INFO("{}: node {} did not answer ({}); placing it again", ks.description,
@@ -236,7 +243,10 @@ void TaskSubmitter::on_lease(const std::string& key, proto::NodeAgent::Stub* age
                                    "cannot lease a worker from the node agent: " + status.error_message()),
                         after);
     } else if (reply.has_error()) {
-      fail_queue_locked(ks, reply.error(), after);
+      proto::ErrorInfo error = reply.error();
+      if (error.kind() == proto::ErrorInfo::INFEASIBLE && !ks.refusal.empty())
+        error.set_message(error.message() + "; a node that could hold it refused: " + ks.refusal);
+      fail_queue_locked(ks, error, after);
     } else {
       auto w = std::make_unique<LeasedWorker>();
       w->lease_id = reply.lease_id();

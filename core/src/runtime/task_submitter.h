@@ -103,6 +103,7 @@ class TaskSubmitter {
     // By a handle of ours: lease ids of different agents may coincide.
     std::unordered_map<uint64_t, std::unique_ptr<LeasedWorker>> workers;
     int pending_lease_requests = 0;
+    std::string refusal;  // why the last node we were sent to refused this job, if one did
     // Per function, since one shape serves many: the moving average of execution time
     // (a cheap task must not make long ones of the same shape queue up behind each
     // other on one worker; < 0 unknown), and how many finished and failed (describe()).
