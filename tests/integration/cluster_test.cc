@@ -543,6 +543,26 @@ TEST_F(ClusterTest, WorkSpillsToANodeWithRoomAndObjectsCrossBetweenNodes) {
   EXPECT_TRUE(std::regex_search(text, std::regex("pulled object [0-9a-f]+ \\(8.0 MiB\\) from node"))) << text;
 }
 
+TEST_F(ClusterTest, AWaitingTaskMovesToANodeThatJoinsWithRoom) {
+  gantry::init({.temp_dir = temp_.string(), .address = address_});
+  std::string here = gantry::runtime_context().node_id;
+  // Only the head's node has GPUs: the first task holds both for 4 s and the second waits
+  // for them there...
+  auto holder = gantry::task(busy_where).options({.num_gpus = 2}).remote(4000);
+  auto waiter = gantry::task(busy_where).options({.num_gpus = 2}).remote(0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // ... until a node with two GPUs joins: then it runs there, not after the holder.
+  CommandResult node = run(cli("start --address " + address_ + " --node-ip-address 127.0.0.1 --num-cpus 1 --num-gpus 2"));
+  ASSERT_EQ(node.code, 0) << node.out;
+  EXPECT_EQ(short_id(waiter.get()), joined_id(node.out));
+  EXPECT_EQ(holder.get(), here);
+  gantry::shutdown();
+  ASSERT_EQ(::kill(node_pid(node.out), SIGKILL), 0);
+  std::string id = joined_id(node.out);
+  std::string status = run_until(cli("status"), std::regex(id + " +dead"), std::chrono::seconds(10));
+  EXPECT_TRUE(std::regex_search(status, std::regex(id + " +dead"))) << status;
+}
+
 TEST_F(ClusterTest, SchedulingStrategiesPlaceWorkWhereAsked) {
   gantry::init({.temp_dir = temp_.string(), .address = address_});
   std::vector<gantry::NodeInfo> nodes = gantry::nodes();

@@ -23,6 +23,8 @@ namespace {
 
 constexpr int kMaxStartFailures = 3;
 constexpr auto kJobStopGrace = std::chrono::seconds(3);
+// How often a lease request waiting for room here looks for another node with room.
+constexpr auto kMoveWaitingLeaseAfter = std::chrono::milliseconds(500);
 
 ResourceSet cpu_part(const ResourceSet& resources) {
   ResourceSet out;
@@ -293,13 +295,21 @@ grpc::Status NodeAgent::RequestLease(grpc::ServerContext* ctx, const proto::Leas
   pending->placement = placement;
   pending_.push_back(pending);
   try_grant_locked();
+  auto forget_pending_locked = [&] {
+    for (auto it = pending_.begin(); it != pending_.end(); ++it)
+      if (*it == pending) {
+        pending_.erase(it);
+        break;
+      }
+  };
+  // A default request placed here waits for room here; should another node have room
+  // meanwhile (it joined, or its work finished), it moves there. Not a spilled request
+  // (its sender chose this node), nor one a worker is starting for.
+  const bool may_move = !req->spilled() && !req->for_actor() && placement.kind == Placement::Kind::kDefault;
+  auto next_look = std::chrono::steady_clock::now() + kMoveWaitingLeaseAfter;
   while (!pending->done) {
     if (stopping_ || ctx->IsCancelled() || !last_start_failure_.empty()) {
-      for (auto it = pending_.begin(); it != pending_.end(); ++it)
-        if (*it == pending) {
-          pending_.erase(it);
-          break;
-        }
+      forget_pending_locked();
       if (pending->allocation) give_back_locked(pending->bundle, *pending->allocation);
       if (!last_start_failure_.empty() && !stopping_) {
         *reply->mutable_error() = make_error(proto::ErrorInfo::INTERNAL, last_start_failure_);
@@ -310,6 +320,21 @@ grpc::Status NodeAgent::RequestLease(grpc::ServerContext* ctx, const proto::Leas
       return {grpc::StatusCode::CANCELLED, "lease request cancelled"};
     }
     cv_.wait_for(lock, std::chrono::milliseconds(50));
+    if (may_move && !pending->done && !pending->allocation && std::chrono::steady_clock::now() >= next_look) {
+      next_look = std::chrono::steady_clock::now() + kMoveWaitingLeaseAfter;
+      lock.unlock();
+      std::string error;
+      proto::LeaseReply moved;
+      std::optional<bool> here = place_on(*req, request, placement, view_->nodes(&error, false), &moved, false);
+      lock.lock();
+      if (here && !*here && !moved.spillback_address().empty() && !pending->done && !pending->allocation) {
+        GANTRY_LOG_DEBUG("{} waited here; node {} has room now", req->description(),
+                         UniqueId::from_binary(moved.spillback_node_id()).short_hex());
+        forget_pending_locked();
+        *reply = std::move(moved);
+        return grpc::Status::OK;
+      }
+    }
   }
   *reply = pending->reply;
   return grpc::Status::OK;
