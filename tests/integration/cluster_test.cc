@@ -534,6 +534,21 @@ TEST_F(ClusterTest, WorkSpillsToANodeWithRoomAndObjectsCrossBetweenNodes) {
   auto on_head = gantry::task(total).options({.scheduling = gantry::SchedulingStrategy::node_affinity(
                                                   gantry::runtime_context().node_id)});
   EXPECT_DOUBLE_EQ(on_head.remote(made).get(), 4 * expected);
+  // Freed at its owner (the driver), the object leaves both stores: the node that made it
+  // (where its file goes to the reuse pool under another name) and the one that pulled it.
+  std::string made_file = made.id().hex();
+  made = {};
+  auto named_anywhere = [&made_file] {
+    std::error_code ec;
+    for (const auto& dir : std::filesystem::directory_iterator("/dev/shm", ec))
+      if (dir.path().filename().string().rfind("gantry_", 0) == 0 && std::filesystem::exists(dir.path() / made_file, ec))
+        return true;
+    return false;
+  };
+  auto freed_by = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (named_anywhere() && std::chrono::steady_clock::now() < freed_by)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_FALSE(named_anywhere()) << "object " << made_file << " is still in a node's store after it was freed";
   gantry::shutdown();
   // Those crossed as copies between the nodes' stores, not through a shared file.
   std::smatch m;

@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <map>
+#include <optional>
 #include <thread>
 
 #include "common/logging.h"
@@ -548,11 +550,30 @@ grpc::Status NodeAgent::CreateObject(grpc::ServerContext* ctx, const proto::Crea
   return grpc::Status::OK;
 }
 
-grpc::Status NodeAgent::DeleteObjects(grpc::ServerContext* ctx, const proto::ObjectIds* req, proto::Empty*) {
+grpc::Status NodeAgent::DeleteObjects(grpc::ServerContext* ctx, const proto::DeleteObjectsRequest* req,
+                                      proto::Empty*) {
   GANTRY_REQUIRE_TOKEN(ctx);
-  for (const auto& raw : req->ids()) {
-    UniqueId id = UniqueId::from_binary(raw);
-    if (!id.is_nil()) store_->remove(id);
+  std::map<std::string, proto::DeleteObjectsRequest> elsewhere;  // by holder node (hex)
+  for (int i = 0; i < req->ids_size(); ++i) {
+    UniqueId id = UniqueId::from_binary(req->ids(i));
+    if (id.is_nil()) continue;
+    store_->remove(id);  // the object, or the copy this node pulled of it
+    const std::string& holder = i < req->holder_nodes_size() ? req->holder_nodes(i) : std::string();
+    if (!holder.empty() && holder != config_.node_id.hex()) elsewhere[holder].add_ids(req->ids(i));
+  }
+  // Objects made on other nodes are freed there too: their owner only talks to us.
+  for (auto& [holder, forward] : elsewhere) {
+    UniqueId node_id;
+    try {
+      node_id = UniqueId::from_hex(holder);
+    } catch (const std::exception&) {
+      continue;  // not a node id: nothing to free there
+    }
+    std::optional<ClusterView::Node> node = view_->find(node_id);
+    if (!node || !node->alive) continue;  // its store went with it
+    auto stub = proto::NodeAgent::NewStub(channels_.get(node->agent_address));
+    send_and_forget<proto::Empty>(std::move(forward), std::chrono::seconds(5),
+                                  [&](auto... call) { stub->async()->DeleteObjects(call...); });
   }
   return grpc::Status::OK;
 }

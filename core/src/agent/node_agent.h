@@ -76,7 +76,7 @@ class NodeAgent final : public proto::NodeAgent::Service {
                                    proto::Empty* reply) override;
   grpc::Status CreateObject(grpc::ServerContext* ctx, const proto::CreateObjectRequest* req,
                             proto::CreateObjectReply* reply) override;
-  grpc::Status DeleteObjects(grpc::ServerContext* ctx, const proto::ObjectIds* req,
+  grpc::Status DeleteObjects(grpc::ServerContext* ctx, const proto::DeleteObjectsRequest* req,
                              proto::Empty* reply) override;
   grpc::Status KillWorker(grpc::ServerContext* ctx, const proto::KillWorkerRequest* req,
                           proto::Empty* reply) override;

@@ -734,7 +734,7 @@ void CoreWorker::on_free(const ObjectId& id) {
     lineage_.erase(id);
   }
   ValuePtr value = store_.erase(id);
-  if (value && value->has_shm()) delete_shm(id);
+  if (value && value->has_shm()) delete_shm(id, value->shm().node_id());
   std::vector<std::shared_ptr<detail::RefState>> contained;
   std::vector<proto::ObjectRefMsg> pins;
   {
@@ -754,6 +754,7 @@ void CoreWorker::on_free(const ObjectId& id) {
 
 void CoreWorker::complete(const ObjectId& id, ValuePtr value) {
   bool has_shm = value->has_shm();
+  std::string holder = has_shm ? value->shm().node_id() : std::string();
   bool has_pins = value->contained_size() > 0;
   // Recorded before the value is published, so an on_free racing with us finds them.
   if (has_pins) {
@@ -762,7 +763,7 @@ void CoreWorker::complete(const ObjectId& id, ValuePtr value) {
   }
   if (store_.put(id, std::move(value))) return;
   // Nobody wants the result any more: give back what it held.
-  if (has_shm) delete_shm(id);
+  if (has_shm) delete_shm(id, holder);
   if (has_pins) on_free(id);
 }
 
@@ -815,10 +816,11 @@ void CoreWorker::update_borrowers(const std::string& owner, const std::vector<Ob
   if (!s.ok()) GANTRY_LOG_DEBUG("borrow update for {} objects at {} failed: {}", ids.size(), owner, s.error_message());
 }
 
-void CoreWorker::delete_shm(const ObjectId& id) {
+void CoreWorker::delete_shm(const ObjectId& id, const std::string& holder_node) {
   if (stopped_) return;
-  proto::ObjectIds request;
+  proto::DeleteObjectsRequest request;
   request.add_ids(id.binary());
+  request.add_holder_nodes(holder_node);
   // Once the store has pooled or unlinked the file, a mapping kept for it may go.
   send_and_forget<proto::Empty>(
       std::move(request), std::chrono::seconds(5), [&](auto... call) { agent_->async()->DeleteObjects(call...); },

@@ -127,7 +127,9 @@ class CoreWorker final : public detail::Runtime, public proto::WorkerService::Se
   void on_free(const ObjectId& id);
   void on_borrow(const ObjectId& id, const std::string& owner, bool add);
   void complete(const ObjectId& id, ValuePtr value);
-  void delete_shm(const ObjectId& id);
+  /// Frees a shared-memory object at this node's agent, which passes it on to
+  /// `holder_node` (hex) when the object was made there.
+  void delete_shm(const ObjectId& id, const std::string& holder_node = {});
   /// Tells the agent this worker waits in get()/wait() so its CPUs can run other tasks.
   void set_blocked(bool blocked);
   /// Blocked for its lifetime (no-op in a driver or outside a task).
