@@ -536,19 +536,22 @@ TEST_F(ClusterTest, WorkSpillsToANodeWithRoomAndObjectsCrossBetweenNodes) {
   EXPECT_DOUBLE_EQ(on_head.remote(made).get(), 4 * expected);
   // Freed at its owner (the driver), the object leaves both stores: the node that made it
   // (where its file goes to the reuse pool under another name) and the one that pulled it.
-  std::string made_file = made.id().hex();
+  // The same for `big`, put on the head's node and copied to S for `total`.
+  std::vector<std::string> freed_files = {made.id().hex(), big.id().hex()};
   made = {};
-  auto named_anywhere = [&made_file] {
+  big = {};
+  auto still_stored = [&freed_files] {
     std::error_code ec;
     for (const auto& dir : std::filesystem::directory_iterator("/dev/shm", ec))
-      if (dir.path().filename().string().rfind("gantry_", 0) == 0 && std::filesystem::exists(dir.path() / made_file, ec))
-        return true;
-    return false;
+      for (const auto& file : freed_files)
+        if (dir.path().filename().string().rfind("gantry_", 0) == 0 && std::filesystem::exists(dir.path() / file, ec))
+          return dir.path().string() + "/" + file;
+    return std::string();
   };
   auto freed_by = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (named_anywhere() && std::chrono::steady_clock::now() < freed_by)
+  while (!still_stored().empty() && std::chrono::steady_clock::now() < freed_by)
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  EXPECT_FALSE(named_anywhere()) << "object " << made_file << " is still in a node's store after it was freed";
+  EXPECT_EQ(still_stored(), "") << "a freed object is still in a node's store";
   gantry::shutdown();
   // Those crossed as copies between the nodes' stores, not through a shared file.
   std::smatch m;

@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
-#include <map>
 #include <optional>
 #include <thread>
 
@@ -553,24 +552,28 @@ grpc::Status NodeAgent::CreateObject(grpc::ServerContext* ctx, const proto::Crea
 grpc::Status NodeAgent::DeleteObjects(grpc::ServerContext* ctx, const proto::DeleteObjectsRequest* req,
                                       proto::Empty*) {
   GANTRY_REQUIRE_TOKEN(ctx);
-  std::map<std::string, proto::DeleteObjectsRequest> elsewhere;  // by holder node (hex)
+  // Other nodes to tell: the holders of objects made elsewhere (their owner only talks to
+  // us), and the nodes that copied objects of ours.
+  std::unordered_map<UniqueId, proto::DeleteObjectsRequest> elsewhere;
+  std::vector<ObjectId> removed_here;
   for (int i = 0; i < req->ids_size(); ++i) {
     UniqueId id = UniqueId::from_binary(req->ids(i));
     if (id.is_nil()) continue;
     store_->remove(id);  // the object, or the copy this node pulled of it
+    removed_here.push_back(id);
     const std::string& holder = i < req->holder_nodes_size() ? req->holder_nodes(i) : std::string();
-    if (!holder.empty() && holder != config_.node_id.hex()) elsewhere[holder].add_ids(req->ids(i));
-  }
-  // Objects made on other nodes are freed there too: their owner only talks to us.
-  for (auto& [holder, forward] : elsewhere) {
-    UniqueId node_id;
+    if (holder.empty() || holder == config_.node_id.hex()) continue;
     try {
-      node_id = UniqueId::from_hex(holder);
+      elsewhere[UniqueId::from_hex(holder)].add_ids(req->ids(i));
     } catch (const std::exception&) {
-      continue;  // not a node id: nothing to free there
+      // Not a node id: there is nothing to free elsewhere.
     }
+  }
+  for (auto& [reader, ids] : transfer_->take_copies(removed_here))
+    for (const ObjectId& id : ids) elsewhere[reader].add_ids(id.binary());
+  for (auto& [node_id, forward] : elsewhere) {
     std::optional<ClusterView::Node> node = view_->find(node_id);
-    if (!node || !node->alive) continue;  // its store went with it
+    if (!node || !node->alive || node_id == config_.node_id) continue;  // a dead node's store went with it
     auto stub = proto::NodeAgent::NewStub(channels_.get(node->agent_address));
     send_and_forget<proto::Empty>(std::move(forward), std::chrono::seconds(5),
                                   [&](auto... call) { stub->async()->DeleteObjects(call...); });

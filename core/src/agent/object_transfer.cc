@@ -115,6 +115,7 @@ void ObjectTransfer::read_grpc(const std::string& agent_address, const ObjectId&
   proto::ReadObjectRequest req;
   req.set_id(id.binary());
   req.set_size(size);
+  req.set_reader_node_id(self_.binary());
   grpc::ClientContext ctx;
   std::unique_ptr<grpc::ClientReader<proto::ObjectChunk>> reader = stub->ReadObject(&ctx, req);
   proto::ObjectChunk chunk;
@@ -145,6 +146,7 @@ grpc::Status ObjectTransfer::serve_read(grpc::ServerContext* ctx, const proto::R
                                         grpc::ServerWriter<proto::ObjectChunk>* writer) {
   ObjectId id = ObjectId::from_binary(req.id());
   if (id.is_nil()) return {grpc::StatusCode::INVALID_ARGUMENT, "object id must be 16 bytes"};
+  note_copy(id, UniqueId::from_binary(req.reader_node_id()));
   std::string path = store_.find(id);
   if (path.empty())
     return {grpc::StatusCode::NOT_FOUND, "node " + self_.short_hex() + " does not hold object " + id.hex()};
@@ -241,10 +243,12 @@ void ObjectTransfer::serve_socket(FrameSocket& socket) {
     GANTRY_LOG_WARN("refused a reader on the object port: {}", token.empty() ? "no cluster token" : "wrong cluster token");
     return;
   }
-  if (!socket.read(&request, /*max_frame=*/64) || request.size() != 24) return;
+  // (object id, size, reader's node id): 16 + 8 + 16 bytes.
+  if (!socket.read(&request, /*max_frame=*/64) || request.size() != 40) return;
   int fd = socket.fd();
   ObjectId id = ObjectId::from_binary(request.substr(0, 16));
   uint64_t size = get_u64(request.data() + 16);
+  note_copy(id, UniqueId::from_binary(request.substr(24, 16)));
   std::string path = id.is_nil() ? std::string() : store_.find(id);
   if (path.empty()) return send_error(fd, "node " + self_.short_hex() + " does not hold object " + id.hex(), true);
   std::unique_ptr<MappedFile> file;
@@ -264,6 +268,24 @@ void ObjectTransfer::serve_socket(FrameSocket& socket) {
   }
 }
 
+void ObjectTransfer::note_copy(const ObjectId& id, const UniqueId& reader) {
+  if (reader.is_nil() || reader == self_ || store_.find(id).empty()) return;
+  std::lock_guard<std::mutex> lock(copies_mu_);
+  copies_[id].insert(reader);
+}
+
+std::unordered_map<UniqueId, std::vector<ObjectId>> ObjectTransfer::take_copies(const std::vector<ObjectId>& ids) {
+  std::unordered_map<UniqueId, std::vector<ObjectId>> out;
+  std::lock_guard<std::mutex> lock(copies_mu_);
+  for (const ObjectId& id : ids) {
+    auto it = copies_.find(id);
+    if (it == copies_.end()) continue;
+    for (const UniqueId& reader : it->second) out[reader].push_back(id);
+    copies_.erase(it);
+  }
+  return out;
+}
+
 bool ObjectTransfer::read_framed(const std::string& endpoint, const ObjectId& id, uint64_t size, MappedFile& file,
                                  std::string* failure, bool* gone) {
   std::string error;
@@ -271,6 +293,7 @@ bool ObjectTransfer::read_framed(const std::string& endpoint, const ObjectId& id
   std::string request = id.binary();
   request.resize(24);
   put_u64(request.data() + 16, size);
+  request += self_.binary();
   if (!socket || !socket->write(cluster_token()) || !socket->write(request)) return false;
   int fd = socket->fd();
   ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &kSocketBuffer, sizeof kSocketBuffer);

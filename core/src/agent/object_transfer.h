@@ -5,6 +5,8 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
+#include <vector>
 
 #include <grpcpp/grpcpp.h>
 
@@ -42,6 +44,9 @@ class ObjectTransfer {
   /// {offset, length, CRC-32C} and its bytes, written from the object's mapping. Cheaper
   /// than gRPC by three copies per byte; used when TLS is off.
   void serve_socket(FrameSocket& socket);
+  /// The nodes that copied any of `ids` from this node (readers that named themselves),
+  /// each with the ids it copied; forgets them. For freeing those copies with the object.
+  std::unordered_map<UniqueId, std::vector<ObjectId>> take_copies(const std::vector<ObjectId>& ids);
 
  private:
   proto::PullObjectReply transfer(const proto::ShmLocation& location);
@@ -63,9 +68,14 @@ class ObjectTransfer {
     bool done = false;
     proto::PullObjectReply reply;
   };
+  // Needs nothing held. Remembers that `reader` (if named, and not this node) copied `id`.
+  void note_copy(const ObjectId& id, const UniqueId& reader);
+
   std::mutex mu_;  // guards in_flight_
   std::condition_variable cv_;
   std::unordered_map<ObjectId, std::shared_ptr<InFlight>> in_flight_;
+  std::mutex copies_mu_;  // guards copies_
+  std::unordered_map<ObjectId, std::unordered_set<UniqueId>> copies_;  // who read our objects
 };
 
 }  // namespace gantry::internal
