@@ -314,6 +314,11 @@ TEST_F(ClusterTest, NodeRefusesExecutablesOutsideItsAllowedDirectories) {
                        .options({.scheduling = gantry::SchedulingStrategy::node_affinity(refusing, /*soft=*/true)})
                        .remote(200));
   for (auto& r : soft) EXPECT_NE(r.get(), refusing);
+  // So is an actor the head sends there.
+  auto placed = gantry::actor(Tally::create)
+                    .options({.scheduling = gantry::SchedulingStrategy::node_affinity(refusing, /*soft=*/true)})
+                    .remote(0);
+  EXPECT_NE(placed.task(&Tally::node).remote().get(), refusing);
   // ... and a task only it could hold fails with its reason, not just "infeasible".
   try {
     gantry::task(where).options({.resources = {{"C", 1}}}).remote().get();

@@ -103,12 +103,15 @@ grpc::Status HeadService::RegisterNode(grpc::ServerContext* ctx, const proto::Re
 
 const HeadService::Node* HeadService::pick_node_locked(const ResourceSet& resources,
                                                        const proto::SchedulingStrategy& strategy,
-                                                       std::string* reason, bool take) {
+                                                       std::string* reason, bool take,
+                                                       const std::set<UniqueId>* excluded) {
   // Candidates in registration order: actors pack onto the earliest nodes (the head's
   // own first) while they have room.
   std::vector<const Node*> order = nodes_in_order_locked();
   std::vector<NodeCandidate> candidates;
-  for (const Node* node : order) candidates.push_back({node->id, node->shape.get(), node->available, node->alive});
+  for (const Node* node : order)
+    candidates.push_back({node->id, node->shape.get(), node->available,
+                          node->alive && (excluded == nullptr || excluded->count(node->id) == 0)});
   Placement placement = from_proto(strategy);
   uint64_t scratch_cursor = spread_cursor_;
   NodeChoice choice = choose_node(candidates, resources, placement, /*local=*/-1, take ? &spread_cursor_ : &scratch_cursor);
@@ -194,9 +197,10 @@ std::function<void()> HeadService::place_actor_locked(Actor& actor) {
     }
     strategy.set_bundle_index(bundle);
   } else {
-    node = pick_node_locked(resources, strategy, &why);
+    node = pick_node_locked(resources, strategy, &why, /*take=*/true, &actor.refused_by);
   }
   if (node == nullptr) {
+    if (!actor.refusal.empty()) why += "; a node that could hold it refused: " + actor.refusal;
     mark_dead_locked(actor, make_error(proto::ErrorInfo::INFEASIBLE, "cannot place actor: it " + why));
     return {};
   }
@@ -243,6 +247,18 @@ void HeadService::on_actor_lease(const ActorId& id, uint64_t placement, const st
   if (!status.ok()) {
     mark_dead_locked(actor, make_error(proto::ErrorInfo::ACTOR_DIED,
                                        "cannot lease a worker for the actor: " + status.error_message()));
+    return;
+  }
+  if (reply.has_error() && reply.job_refused() &&
+      actor.spec.strategy().kind() != proto::SchedulingStrategy::PLACEMENT_GROUP) {
+    // That node cannot run the job's program; another may.
+    for (const auto& [node_id, node] : nodes_)
+      if (node.agent_address == agent_address) actor.refused_by.insert(node_id);
+    actor.refusal = reply.error().message();
+    GANTRY_LOG_INFO("actor {}: {}; placing it on another node", actor_label(actor.spec), actor.refusal);
+    auto start = place_actor_locked(actor);
+    lock.unlock();
+    if (start) start();
     return;
   }
   if (reply.has_error()) {

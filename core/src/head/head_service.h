@@ -7,6 +7,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -98,6 +99,8 @@ class HeadService final : public proto::Head::Service {
     bool killed = false;     // killed with no_restart: stays dead
     uint64_t placement = 0;  // generation of the placement attempt in flight
     bool waiting_for_group = false;  // its placement group is not created yet
+    std::set<UniqueId> refused_by;   // nodes that cannot start its job's workers
+    std::string refusal;             // the last one's reason
   };
   struct Group {
     proto::PlacementGroupInfo info;
@@ -124,8 +127,10 @@ class HeadService final : public proto::Head::Service {
   // Picks the node for an actor (see choose_node); null with the reason when none can
   // ever hold it. `take`: the actor goes there (counts its resources as used there until
   // the next health check, advances the spread cursor); else only asks whether one can.
+  // Nodes in `excluded` count as dead.
   const Node* pick_node_locked(const ResourceSet& resources, const proto::SchedulingStrategy& strategy,
-                               std::string* infeasible_reason, bool take = true);
+                               std::string* infeasible_reason, bool take = true,
+                               const std::set<UniqueId>* excluded = nullptr);
   void kill_worker(const std::string& agent_address, const UniqueId& worker_id);
   std::vector<const Node*> nodes_in_order_locked() const;
 
