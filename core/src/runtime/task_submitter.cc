@@ -248,6 +248,7 @@ void TaskSubmitter::on_lease(const std::string& key, proto::NodeAgent::Stub* age
         error.set_message(error.message() + "; a node that could hold it refused: " + ks.refusal);
       fail_queue_locked(ks, error, after);
     } else {
+      ks.refusal.clear();  // placed: an old refusal says nothing about later requests
       auto w = std::make_unique<LeasedWorker>();
       w->lease_id = reply.lease_id();
       w->agent = agent;
