@@ -146,10 +146,10 @@ grpc::Status ObjectTransfer::serve_read(grpc::ServerContext* ctx, const proto::R
                                         grpc::ServerWriter<proto::ObjectChunk>* writer) {
   ObjectId id = ObjectId::from_binary(req.id());
   if (id.is_nil()) return {grpc::StatusCode::INVALID_ARGUMENT, "object id must be 16 bytes"};
-  note_copy(id, UniqueId::from_binary(req.reader_node_id()));
   std::string path = store_.find(id);
   if (path.empty())
     return {grpc::StatusCode::NOT_FOUND, "node " + self_.short_hex() + " does not hold object " + id.hex()};
+  note_copy(id, UniqueId::from_binary(req.reader_node_id()));
   std::unique_ptr<MappedFile> file;
   try {
     file = MappedFile::open_read_only(path);
@@ -248,9 +248,9 @@ void ObjectTransfer::serve_socket(FrameSocket& socket) {
   int fd = socket.fd();
   ObjectId id = ObjectId::from_binary(request.substr(0, 16));
   uint64_t size = get_u64(request.data() + 16);
-  note_copy(id, UniqueId::from_binary(request.substr(24, 16)));
   std::string path = id.is_nil() ? std::string() : store_.find(id);
   if (path.empty()) return send_error(fd, "node " + self_.short_hex() + " does not hold object " + id.hex(), true);
+  note_copy(id, UniqueId::from_binary(request.substr(24, 16)));
   std::unique_ptr<MappedFile> file;
   try {
     file = MappedFile::open_read_only(path);
@@ -269,7 +269,7 @@ void ObjectTransfer::serve_socket(FrameSocket& socket) {
 }
 
 void ObjectTransfer::note_copy(const ObjectId& id, const UniqueId& reader) {
-  if (reader.is_nil() || reader == self_ || store_.find(id).empty()) return;
+  if (reader.is_nil() || reader == self_) return;
   std::lock_guard<std::mutex> lock(copies_mu_);
   copies_[id].insert(reader);
 }

@@ -68,7 +68,8 @@ class ObjectTransfer {
     bool done = false;
     proto::PullObjectReply reply;
   };
-  // Needs nothing held. Remembers that `reader` (if named, and not this node) copied `id`.
+  // Needs nothing held. Remembers that `reader` (if named, and not this node) copied `id`,
+  // an object this node holds (the caller found it in the store).
   void note_copy(const ObjectId& id, const UniqueId& reader);
 
   std::mutex mu_;  // guards in_flight_
