@@ -54,12 +54,7 @@ using gantry::test_support::run;
 // A connected TCP pair over loopback: {client, server}.
 std::pair<int, int> tcp_pair() {
   int listener = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  socklen_t len = sizeof addr;
-  ::getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len);
+  sockaddr_in addr = gantry::test_support::bind_loopback(listener);
   ::listen(listener, 1);
   int client = ::socket(AF_INET, SOCK_STREAM, 0);
   if (::connect(client, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) throw std::runtime_error("connect");

@@ -32,15 +32,21 @@ inline CommandResult run(const std::string& command) {
   return r;
 }
 
-/// A loopback TCP port that was free a moment ago.
-inline int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+/// Binds TCP socket `fd` to a port the kernel picks on loopback; returns the address.
+inline sockaddr_in bind_loopback(int fd) {
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
   socklen_t len = sizeof addr;
   ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  return addr;
+}
+
+/// A loopback TCP port that was free a moment ago.
+inline int free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr = bind_loopback(fd);
   ::close(fd);
   return ntohs(addr.sin_port);
 }
