@@ -96,11 +96,13 @@ double tcp_messages_per_second(double seconds) {
     }
     ::close(fd);
   });
-  std::vector<char> batch(kMessageBytes * kTaskBatch, 'm');
+  // One buffer per side: the reader thread writes into its buffer while this thread
+  // sends from the other.
+  std::vector<char> batch(kMessageBytes * kTaskBatch, 'm'), replies(batch.size());
   int64_t done = 0;
   auto start = Clock::now();
   while (seconds_since(start) < seconds) {
-    std::thread reader([&] { read_all(client, batch.data(), batch.size()); });
+    std::thread reader([&] { read_all(client, replies.data(), replies.size()); });
     write_all(client, batch.data(), batch.size());
     reader.join();
     done += kTaskBatch;

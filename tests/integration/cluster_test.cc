@@ -22,6 +22,7 @@
 #include <string>
 #include <thread>
 
+#include "gantry/collective.h"
 #include "gantry/gantry.h"
 #include "support/shell.h"
 
@@ -83,6 +84,28 @@ std::vector<double> scale(const std::vector<double>& v, double factor) {
   return out;
 }
 GANTRY_REMOTE(scale);
+
+std::string wait_key(std::string key) {
+  return gantry::kv::wait(key, std::chrono::seconds(30)).value_or("<timeout>") + " on " +
+         gantry::runtime_context().node_id;
+}
+GANTRY_REMOTE(wait_key);
+
+// Rank `rank` of a two-rank group: allreduces 100k floats (rank + 1 each) and reports
+// the backend and the first and last element.
+std::string allreduce_rank(std::string group, int rank) {
+  namespace col = gantry::collective;
+  try {
+    auto comm = col::Communicator::join({.group = group, .world_size = 2, .rank = rank});
+    std::vector<float> v(100000, static_cast<float>(rank + 1));
+    comm.allreduce(std::span<float>(v));
+    return std::string(col::to_string(comm.backend())) + " " + std::to_string(static_cast<int>(v.front())) + " " +
+           std::to_string(static_cast<int>(v.back()));
+  } catch (const std::exception& e) {
+    return std::string("threw: ") + e.what();
+  }
+}
+GANTRY_REMOTE(allreduce_rank);
 
 class Tally {
  public:
@@ -635,6 +658,34 @@ TEST_F(ClusterTest, SchedulingStrategiesPlaceWorkWhereAsked) {
     spread_actors.insert(t.task(&Tally::node).remote().get());
   }
   EXPECT_EQ(spread_actors.size(), 2u);
+  gantry::shutdown();
+}
+
+TEST_F(ClusterTest, KeysAndCollectiveGroupsSpanNodes) {
+  CommandResult node = run(cli("start --address " + address_ + " --node-ip-address 127.0.0.1 --num-cpus 2 --resources '{\"K\": 2}'"));
+  ASSERT_EQ(node.code, 0) << node.out;
+  gantry::init({.temp_dir = temp_.string(), .address = address_});
+  const std::string here = gantry::runtime_context().node_id;
+  // A task on the other node waits for a key this driver puts.
+  auto waiter = gantry::task(wait_key).options({.resources = {{"K", 1}}}).remote("cross");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  gantry::kv::put("cross", "over");
+  std::string got = waiter.get();
+  EXPECT_EQ(got.substr(0, 8), "over on ") << got;
+  EXPECT_NE(got.substr(8), here) << "the waiter ran on the other node";
+  // Two ranks on two nodes meet through the key-value store and pick Gloo.
+  auto remote_rank = gantry::task(allreduce_rank).options({.resources = {{"K", 1}}}).remote("two-nodes", 1);
+  EXPECT_EQ(allreduce_rank("two-nodes", 0), "gloo 3 3");
+  EXPECT_EQ(remote_rank.get(), "gloo 3 3");
+  // The job's keys go with the job; the cluster's stay.
+  gantry::kv::put("mine", "job");
+  gantry::kv::put("ours", "cluster", {.cluster = true});
+  gantry::shutdown();
+  gantry::init({.temp_dir = temp_.string(), .address = address_});
+  EXPECT_EQ(gantry::kv::get("mine"), std::nullopt);
+  EXPECT_TRUE(gantry::kv::keys().empty());
+  EXPECT_EQ(gantry::kv::get("ours", {.cluster = true}), "cluster");
+  gantry::kv::del("ours", {.cluster = true});
   gantry::shutdown();
 }
 

@@ -13,6 +13,7 @@
 ///     }
 
 #include <chrono>
+#include <map>
 #include <optional>
 #include <string>
 #include <utility>
@@ -23,6 +24,7 @@
 #include "gantry/detail/registry.h"
 #include "gantry/errors.h"
 #include "gantry/ids.h"
+#include "gantry/kv.h"
 #include "gantry/object_ref.h"
 #include "gantry/options.h"
 #include "gantry/placement_group.h"
@@ -45,6 +47,11 @@ RuntimeContext runtime_context();
 /// The cluster's nodes, alive and dead, in the order they joined (the embedded cluster
 /// has one). Their ids are what SchedulingStrategy::node_affinity takes.
 std::vector<NodeInfo> nodes();
+/// The resources of the cluster's live nodes, summed per kind ({"CPU": 8, "GPU": 2, ...}).
+std::map<std::string, double> cluster_resources();
+/// What of them is free now, as each live node reports it (a node that does not answer
+/// counts with the head's last view of it).
+std::map<std::string, double> available_resources();
 
 namespace detail {
 
@@ -237,6 +244,34 @@ WaitResult<T> wait(const std::vector<ObjectRef<T>>& refs, size_t num_returns,
   for (size_t i = 0; i < refs.size(); ++i) (ready[i] ? out.ready : out.pending).push_back(refs[i]);
   return out;
 }
+
+/// A reference of any value type, for waiting on references of different types together.
+/// Any `ObjectRef<T>` converts to it and keeps its object alive.
+class AnyObjectRef {
+ public:
+  template <typename T>
+  AnyObjectRef(const ObjectRef<T>& ref) : id_(ref.id()), owner_(ref.owner()), state_(ref.ref_state()) {}
+  const ObjectId& id() const { return id_; }
+  const std::string& owner() const { return owner_; }
+
+ private:
+  ObjectId id_;
+  std::string owner_;
+  std::shared_ptr<detail::RefState> state_;
+};
+
+/// Positions (into the `refs` given to `wait`) split by readiness, each in order.
+struct WaitIndices {
+  std::vector<size_t> ready;
+  std::vector<size_t> pending;
+};
+
+/// `wait` over references of different value types: waits until `num_returns` are ready
+/// or `timeout` passes, and returns their positions.
+///
+///     auto [ready, pending] = gantry::wait({loss_ref, checkpoint_ref, done_ref}, 1);
+WaitIndices wait(const std::vector<AnyObjectRef>& refs, size_t num_returns,
+                 std::optional<std::chrono::milliseconds> timeout = std::nullopt);
 
 /// The live actor called `name`, if there is one of class `T`.
 template <typename T>

@@ -37,6 +37,12 @@ class ObjectRef {
     return fetch(std::chrono::duration_cast<std::chrono::milliseconds>(timeout));
   }
 
+  /// Whether the value (or its error) is ready, so `get()` would not block. Never blocks;
+  /// for a reference this process borrows, asks the owner.
+  bool is_ready() const {
+    return detail::runtime().wait({{state().id(), state().owner()}}, 1, std::chrono::milliseconds(0))[0];
+  }
+
   const ObjectId& id() const { return state().id(); }
   /// Address of the process that owns the object.
   const std::string& owner() const { return state().owner(); }

@@ -147,6 +147,9 @@ struct NodeInfo {
 /// What a task or actor can learn about where it runs; see `gantry::runtime_context()`.
 struct RuntimeContext {
   std::string node_id;
+  /// The address other nodes reach this node at ("127.0.0.1" on the embedded cluster):
+  /// where a process here can listen for its peers (a rendezvous, a collective group).
+  std::string node_ip;
   std::string worker_id;
   std::string job_id;
   std::string task_id;   ///< empty in the driver

@@ -36,6 +36,11 @@ class PlacementGroup {
   /// timeout or when the group was removed.
   bool wait(std::chrono::milliseconds timeout) const;
 
+  /// Per bundle, the id of the node holding it (as `gantry::nodes()` gives it), or an
+  /// empty string for a bundle not placed yet (the group is pending, or rescheduling
+  /// after a node died). Asks the head; throws gantry::Error for an empty handle.
+  std::vector<std::string> bundle_nodes() const;
+
  private:
   std::string id_;
   PlacementGroupOptions options_;

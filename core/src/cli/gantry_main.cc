@@ -628,6 +628,23 @@ int list_command(const std::string& what, const std::string& address_flag, const
   return 0;
 }
 
+// A check that a numeric flag is `min` or more. CLI11's NonNegativeNumber and
+// PositiveNumber would name their upper bound, the largest double, in full: a 309-digit
+// number that says nothing to the user.
+CLI::Validator at_least(int min) {
+  std::string bound = std::to_string(min) + " or more";
+  // What --help shows after the flag's type, as CLI11's own checks name themselves.
+  std::string help = min == 0 ? "NONNEGATIVE" : min == 1 ? "POSITIVE" : ">= " + std::to_string(min);
+  return CLI::Validator(
+      [min, bound](std::string& input) -> std::string {
+        double value = 0;
+        if (!CLI::detail::lexical_cast(input, value)) return "must be a number " + bound + ", not '" + input + "'";
+        if (value < min) return "must be " + bound + ", not " + input;
+        return {};
+      },
+      help);
+}
+
 int run(int argc, char** argv) {
   CLI::App app{"gantry: run C++ and LibTorch work on a cluster of machines and GPUs"};
   app.require_subcommand(1);
@@ -636,10 +653,10 @@ int run(int argc, char** argv) {
   start_cmd->add_flag("--head", start.head, "start a new cluster: the head and a node agent on this machine");
   start_cmd->add_option("--address", start.address, "join the cluster whose head is at HOST:PORT");
   start_cmd->add_option("--port", start.port, "the head's port (with --head)")->capture_default_str()->check(CLI::Range(1, 65535));
-  start_cmd->add_option("--num-cpus", start.num_cpus, "CPUs this node offers (default: its cores)")->check(CLI::NonNegativeNumber);
-  start_cmd->add_option("--num-gpus", start.num_gpus, "GPUs this node offers (default: detected; a number declares logical GPUs)")->check(CLI::NonNegativeNumber);
+  start_cmd->add_option("--num-cpus", start.num_cpus, "CPUs this node offers (default: its cores)")->check(at_least(0));
+  start_cmd->add_option("--num-gpus", start.num_gpus, "GPUs this node offers (default: detected; a number declares logical GPUs)")->check(at_least(0));
   start_cmd->add_option("--resources", start.resources, "custom resources as JSON, e.g. '{\"A\": 2}'")->capture_default_str();
-  start_cmd->add_option("--object-store-memory", start.object_store_memory, "bytes of shared memory for large objects (default: 30% of memory)");
+  start_cmd->add_option("--object-store-memory", start.object_store_memory, "bytes of shared memory for large objects (default: 30% of memory)")->check(at_least(0));
   start_cmd->add_option("--node-ip-address", start.node_ip, "the address other machines reach this node by (default: the host name's first non-loopback IPv4 address)");
   start_cmd->add_option("--temp-dir", start.temp_dir, "where session directories go (default: $TMPDIR/gantry or /tmp/gantry)");
   start_cmd->add_option("--log-level", start.log_level, "trace, debug, info, warn, error or off")->capture_default_str();
@@ -654,7 +671,7 @@ int run(int argc, char** argv) {
   int grace_s = 10;
   auto* stop_cmd = app.add_subcommand("stop", "stop the gantry processes of this machine (and nothing else)");
   stop_cmd->add_option("--temp-dir", stop_temp_dir, "the --temp-dir they were started with");
-  stop_cmd->add_option("--grace", grace_s, "seconds to wait before killing a process that does not stop")->capture_default_str();
+  stop_cmd->add_option("--grace", grace_s, "seconds to wait before killing a process that does not stop")->capture_default_str()->check(at_least(0));
 
   std::string status_address, status_temp_dir;
   auto* status_cmd = app.add_subcommand("status", "show the cluster's nodes, their resources and pending demand");
@@ -687,7 +704,7 @@ int run(int argc, char** argv) {
   int list_limit = 100;
   auto* list_cmd = app.add_subcommand("list", "list the cluster's nodes, actors, tasks, objects, placement groups or drivers' jobs");
   list_cmd->add_option("what", list_what, "nodes, actors, tasks, objects, placement-groups or jobs")->required()->check(CLI::IsMember({"nodes", "actors", "tasks", "objects", "placement-groups", "jobs"}));
-  list_cmd->add_option("--limit", list_limit, "at most this many tasks or objects")->capture_default_str()->check(CLI::PositiveNumber);
+  list_cmd->add_option("--limit", list_limit, "at most this many tasks or objects")->capture_default_str()->check(at_least(1));
   list_cmd->add_option("--address", list_address, "the head's HOST:PORT (default: GANTRY_ADDRESS, else the head started on this machine)");
   list_cmd->add_option("--temp-dir", list_temp_dir, "where this machine's sessions are (to find the address and token)");
 

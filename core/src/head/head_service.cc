@@ -64,6 +64,7 @@ void HeadService::stop() {
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait_for(lock, std::chrono::seconds(5), [this] { return calls_in_flight_ == 0; });
   }
+  stop_kv_waits();
   if (server_) {
     server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
     server_->Wait();
@@ -531,24 +532,6 @@ grpc::Status HeadService::ListActors(grpc::ServerContext* ctx, const proto::Empt
   return grpc::Status::OK;
 }
 
-grpc::Status HeadService::KvPut(grpc::ServerContext* ctx, const proto::KvRequest* req, proto::Empty*) {
-  GANTRY_REQUIRE_TOKEN(ctx);
-  std::lock_guard<std::mutex> lock(mu_);
-  kv_[req->key()] = req->value();
-  return grpc::Status::OK;
-}
-
-grpc::Status HeadService::KvGet(grpc::ServerContext* ctx, const proto::KvRequest* req, proto::KvReply* reply) {
-  GANTRY_REQUIRE_TOKEN(ctx);
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = kv_.find(req->key());
-  if (it != kv_.end()) {
-    reply->set_found(true);
-    reply->set_value(it->second);
-  }
-  return grpc::Status::OK;
-}
-
 grpc::Status HeadService::RegisterJob(grpc::ServerContext* ctx, const proto::JobSpec* req, proto::Empty*) {
   GANTRY_REQUIRE_TOKEN(ctx);
   UniqueId id = UniqueId::from_binary(req->job_id());
@@ -603,6 +586,7 @@ grpc::Status HeadService::FinishJob(grpc::ServerContext* ctx, const proto::JobRe
         remove_group_locked(group, "its job " + id.hex() + " finished", releases);
     GANTRY_LOG_INFO("job {} finished", id.short_hex());
   }
+  drop_job_keys(req->job_id());
   send_releases(releases);
   // Every node stops the job's workers; reply when all have (or gave up), so the driver
   // can keep serving their last output until then.

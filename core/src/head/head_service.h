@@ -17,6 +17,7 @@
 #include "gantry/ids.h"
 #include "gantry/worker.grpc.pb.h"
 #include "common/executable_store.h"
+#include "head/kv_table.h"
 #include "rpc/grpc_util.h"
 #include "scheduler/node_choice.h"
 #include "scheduler/node_resources.h"
@@ -36,7 +37,8 @@ struct HealthCheckConfig {
   std::chrono::milliseconds timeout{5000};
 };
 
-class HeadService final : public proto::Head::Service {
+// KvWait is an asynchronous (callback) method: a waiting call holds no thread.
+class HeadService final : public proto::Head::WithCallbackMethod_KvWait<proto::Head::Service> {
  public:
   explicit HeadService(std::string listen_address, HealthCheckConfig health = {});
   ~HeadService() override;
@@ -54,8 +56,13 @@ class HeadService final : public proto::Head::Service {
   grpc::Status KillActor(grpc::ServerContext*, const proto::KillActorRequest*, proto::Empty*) override;
   grpc::Status ReportWorkerFailure(grpc::ServerContext*, const proto::WorkerFailure*, proto::Empty*) override;
   grpc::Status ListActors(grpc::ServerContext*, const proto::Empty*, proto::ListActorsReply*) override;
-  grpc::Status KvPut(grpc::ServerContext*, const proto::KvRequest*, proto::Empty*) override;
+  // Key-value store (kv_service.cc).
+  grpc::Status KvPut(grpc::ServerContext*, const proto::KvRequest*, proto::KvReply*) override;
   grpc::Status KvGet(grpc::ServerContext*, const proto::KvRequest*, proto::KvReply*) override;
+  grpc::ServerUnaryReactor* KvWait(grpc::CallbackServerContext*, const proto::KvRequest*, proto::KvReply*) override;
+  grpc::Status KvDel(grpc::ServerContext*, const proto::KvRequest*, proto::KvReply*) override;
+  grpc::Status KvAdd(grpc::ServerContext*, const proto::KvRequest*, proto::KvReply*) override;
+  grpc::Status KvKeys(grpc::ServerContext*, const proto::KvRequest*, proto::KvKeysReply*) override;
   grpc::Status RegisterJob(grpc::ServerContext*, const proto::JobSpec*, proto::Empty*) override;
   grpc::Status GetJob(grpc::ServerContext*, const proto::JobRequest*, proto::JobSpec*) override;
   grpc::Status FinishJob(grpc::ServerContext*, const proto::JobRequest*, proto::Empty*) override;
@@ -161,7 +168,6 @@ class HeadService final : public proto::Head::Service {
   std::map<UniqueId, Node> nodes_;
   std::unordered_map<ActorId, Actor> actors_;
   std::unordered_map<std::string, ActorId> named_actors_;
-  std::unordered_map<std::string, std::string> kv_;
   std::map<UniqueId, proto::JobSpec> jobs_;
   uint64_t next_registration_ = 1;
   uint64_t spread_cursor_ = 0;
@@ -173,6 +179,16 @@ class HeadService final : public proto::Head::Service {
   std::unique_ptr<ExecutableStore> executables_;
   bool stopping_ = false;
   int calls_in_flight_ = 0;  // async placement calls holding `this`
+
+  // The key-value store has its own lock: rendezvous traffic does not wait on placement.
+  // Lock order: mu_ before kv_mu_.
+  std::mutex kv_mu_;  // guards kv_, kv_stopping_
+  KvTable kv_;
+  bool kv_stopping_ = false;
+  /// Drops a finished job's keys; its waiters fail.
+  void drop_job_keys(const std::string& job_id);
+  /// Fails every KvWait (the head is stopping).
+  void stop_kv_waits();
 };
 
 }  // namespace gantry::internal

@@ -88,7 +88,7 @@ bool token_matches(const std::string& presented) {
   return diff == 0;
 }
 
-grpc::Status check_token(const grpc::ServerContext& ctx, const char* method) {
+grpc::Status check_token(const grpc::ServerContextBase& ctx, const char* method) {
   const auto& metadata = ctx.client_metadata();
   auto it = metadata.find(kTokenKey);
   std::string presented = it == metadata.end() ? std::string() : std::string(it->second.data(), it->second.size());

@@ -22,7 +22,7 @@ bool token_matches(const std::string& presented);
 
 /// OK when the call carries the cluster token. Otherwise logs the refusal (method and
 /// peer) and returns UNAUTHENTICATED; the handler must then return it without acting.
-grpc::Status check_token(const grpc::ServerContext& ctx, const char* method);
+grpc::Status check_token(const grpc::ServerContextBase& ctx, const char* method);
 
 /// TLS for every gRPC server and channel on TCP (`gantry start --tls-cert/--tls-key`):
 /// PEM files of this process's certificate chain and key, and of the CA that signed the

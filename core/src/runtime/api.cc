@@ -112,6 +112,7 @@ std::string level_or(const std::string& level, const std::string& fallback) {
   }
   config.agent_address = env.agent_address;
   config.head_address = env.head_address;
+  config.node_ip = env.node_ip.empty() ? "127.0.0.1" : env.node_ip;
   config.gpu_ids = env.gpu_ids;
   config.session_dir = env.session_dir;
   config.force_grpc_streams = env.force_grpc_streams;
@@ -143,9 +144,10 @@ std::string level_or(const std::string& level, const std::string& fallback) {
 // Starts the driver's CoreWorker into g_core (left empty when that fails). Needs g_init_mu held.
 void start_driver(const UniqueId& node_id, const UniqueId& job_id, const std::string& listen_address,
                   const std::string& agent_address, const std::string& head_address, const std::string& session_dir,
-                  const internal::ProcessEnv& env) {
+                  const internal::ProcessEnv& env, const std::string& node_ip) {
   internal::CoreWorkerConfig config;
   config.is_driver = true;
+  config.node_ip = node_ip;
   config.worker_id = UniqueId::generate();
   config.node_id = node_id;
   config.job_id = job_id;
@@ -194,7 +196,8 @@ void join_cluster(std::string address, const InitOptions& options, const std::ve
   internal::send_executable(address, &job);
   internal::register_job(address, job);
   try {
-    start_driver(node.node_id, job_id, listen, node.agent_address, address, session, env);
+    start_driver(node.node_id, job_id, listen, node.agent_address, address, session, env,
+                 node_host.empty() ? "127.0.0.1" : node_host);
     port.reset();
   } catch (...) {
     internal::finish_job(address, job_id);
@@ -243,7 +246,8 @@ void init(int argc, char** argv, InitOptions options) {
   try {
     start_driver(g_cluster->node_id(), g_cluster->job_id(),
                  internal::unix_address(g_cluster->session_dir() + "/sockets/driver.sock"),
-                 g_cluster->agent_address(), g_cluster->head_address(), g_cluster->session_dir(), env);
+                 g_cluster->agent_address(), g_cluster->head_address(), g_cluster->session_dir(), env,
+                 "127.0.0.1");
   } catch (...) {
     g_cluster.reset();
     throw;
@@ -275,6 +279,21 @@ RuntimeContext runtime_context() { return detail::runtime().context(); }
 
 std::vector<NodeInfo> nodes() { return detail::runtime().nodes(); }
 
+WaitIndices wait(const std::vector<AnyObjectRef>& refs, size_t num_returns,
+                 std::optional<std::chrono::milliseconds> timeout) {
+  std::vector<std::pair<ObjectId, std::string>> ids;
+  ids.reserve(refs.size());
+  for (const auto& r : refs) ids.emplace_back(r.id(), r.owner());
+  std::vector<bool> ready = detail::runtime().wait(ids, num_returns, timeout);
+  WaitIndices out;
+  for (size_t i = 0; i < refs.size(); ++i) (ready[i] ? out.ready : out.pending).push_back(i);
+  return out;
+}
+
+std::map<std::string, double> cluster_resources() { return detail::runtime().cluster_resources(false); }
+
+std::map<std::string, double> available_resources() { return detail::runtime().cluster_resources(true); }
+
 SchedulingStrategy SchedulingStrategy::placement_group(const PlacementGroup& group, int bundle_index) {
   SchedulingStrategy s;
   s.kind = Kind::kPlacementGroup;
@@ -285,6 +304,10 @@ SchedulingStrategy SchedulingStrategy::placement_group(const PlacementGroup& gro
 
 bool PlacementGroup::wait(std::chrono::milliseconds timeout) const {
   return detail::runtime().wait_placement_group(id_, timeout);
+}
+
+std::vector<std::string> PlacementGroup::bundle_nodes() const {
+  return detail::runtime().placement_group_bundle_nodes(id_);
 }
 
 PlacementGroup create_placement_group(PlacementGroupOptions options) {

@@ -701,9 +701,28 @@ std::optional<std::pair<std::string, PlacementGroupOptions>> CoreWorker::find_pl
   return std::make_pair(UniqueId::from_binary(reply.info().spec().group_id()).hex(), options_of(reply.info().spec()));
 }
 
+std::vector<std::string> CoreWorker::placement_group_bundle_nodes(const std::string& id) {
+  UniqueId group = UniqueId::from_hex(id);
+  if (group.is_nil()) throw Error("PlacementGroup::bundle_nodes on an empty handle");
+  proto::PlacementGroupRequest req;
+  req.set_group_id(group.binary());
+  proto::GetPlacementGroupReply reply;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  grpc::Status s = head_->GetPlacementGroup(&ctx, req, &reply);
+  if (!s.ok()) throw Error("cannot look up placement group " + id + ": the head answered " + s.error_message());
+  if (!reply.found()) throw Error("placement group " + id + " does not exist");
+  std::vector<std::string> out;
+  for (const std::string& node : reply.info().bundle_node_ids())
+    out.push_back(node.empty() ? std::string() : UniqueId::from_binary(node).hex());
+  out.resize(static_cast<size_t>(reply.info().spec().bundles_size()));
+  return out;
+}
+
 RuntimeContext CoreWorker::context() const {
   RuntimeContext c;
   c.node_id = config_.node_id.hex();
+  c.node_ip = config_.node_ip;
   c.worker_id = config_.worker_id.hex();
   c.job_id = config_.job_id.hex();
   c.pid = ::getpid();

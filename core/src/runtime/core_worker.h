@@ -34,6 +34,7 @@ struct CoreWorkerConfig {
   std::string listen_address;  // "unix:/path" this process serves on
   std::string agent_address;
   std::string head_address;
+  std::string node_ip = "127.0.0.1";  // the address other nodes reach this node at
   std::vector<int> gpu_ids;
   std::string session_dir;
   bool force_grpc_streams = false;
@@ -80,6 +81,15 @@ class CoreWorker final : public detail::Runtime, public proto::WorkerService::Se
   bool wait_placement_group(const std::string& id, std::chrono::milliseconds timeout) override;
   void remove_placement_group(const std::string& id) override;
   std::optional<std::pair<std::string, PlacementGroupOptions>> find_placement_group(const std::string& name) override;
+  std::vector<std::string> placement_group_bundle_nodes(const std::string& id) override;
+  bool kv_put(const std::string& key, std::string_view value, bool overwrite, bool cluster) override;
+  std::optional<std::string> kv_get(const std::string& key, bool cluster) override;
+  std::optional<std::string> kv_wait(const std::string& key, std::chrono::milliseconds timeout,
+                                     bool cluster) override;
+  bool kv_del(const std::string& key, bool cluster) override;
+  int64_t kv_add(const std::string& key, int64_t delta, bool cluster) override;
+  std::vector<std::string> kv_keys(const std::string& prefix, bool cluster) override;
+  std::map<std::string, double> cluster_resources(bool available) override;
   const std::string& address() const override { return config_.listen_address; }
   RuntimeContext context() const override;
   size_t inline_threshold() const override { return config_.inline_threshold; }
@@ -119,6 +129,8 @@ class CoreWorker final : public detail::Runtime, public proto::WorkerService::Se
   size_t num_pending_tasks() const;
 
  private:
+  /// A key-value request in this job's namespace, or the cluster's.
+  proto::KvRequest kv_request(const std::string& key, bool cluster) const;
   std::shared_ptr<detail::Buffer> to_buffer(const ValuePtr& value, const ObjectId& id);
   /// Maps a large object, copying it to this node first when it lives on another.
   std::shared_ptr<detail::Buffer> map_shm(const proto::ShmLocation& location);

@@ -6,10 +6,12 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "gantry/ids.h"
@@ -134,6 +136,21 @@ class Runtime {
   virtual void remove_placement_group(const std::string& id) = 0;
   /// The id and options of the live group named `name`.
   virtual std::optional<std::pair<std::string, PlacementGroupOptions>> find_placement_group(const std::string& name) = 0;
+  /// Per bundle, the hex id of the node holding it (empty while it has none).
+  virtual std::vector<std::string> placement_group_bundle_nodes(const std::string& id) = 0;
+
+  /// The head's key-value store (gantry/kv.h); `cluster` picks the cluster's namespace
+  /// over this job's.
+  virtual bool kv_put(const std::string& key, std::string_view value, bool overwrite, bool cluster) = 0;
+  virtual std::optional<std::string> kv_get(const std::string& key, bool cluster) = 0;
+  virtual std::optional<std::string> kv_wait(const std::string& key, std::chrono::milliseconds timeout,
+                                             bool cluster) = 0;
+  virtual bool kv_del(const std::string& key, bool cluster) = 0;
+  virtual int64_t kv_add(const std::string& key, int64_t delta, bool cluster) = 0;
+  virtual std::vector<std::string> kv_keys(const std::string& prefix, bool cluster) = 0;
+  /// Resources of the cluster's live nodes, summed per kind: their totals, or what was
+  /// free at the head's last look (`available`).
+  virtual std::map<std::string, double> cluster_resources(bool available) = 0;
 
   /// This process's address, which owners and borrowers use to reach it.
   virtual const std::string& address() const = 0;

@@ -1,0 +1,503 @@
+// Communicator: joins ranks through the key-value store, picks a backend, runs ops in
+// issue order on one thread, and fails the group promptly when a member goes away.
+#include <unistd.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <random>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "collective/backend.h"
+#include "collective/kv_store.h"
+#include "gantry/collective.h"
+#include "gantry/gantry.h"
+
+namespace gantry::collective {
+namespace detail {
+
+struct WorkState {
+  std::mutex mu;  // guards done, error
+  std::condition_variable cv;
+  bool done = false;
+  std::string error;  // empty: succeeded
+  std::function<void(Backend&)> run;
+  std::string what;  // "allreduce of 1024 float32", for errors
+
+  void finish(std::string why) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (done) return;
+    done = true;
+    error = std::move(why);
+    cv.notify_all();
+  }
+};
+
+namespace {
+
+// What each rank publishes about itself when it joins.
+struct Member {
+  int world_size = 0;
+  int pid = 0;
+  std::string node_id;
+  std::string node_ip;
+  std::string worker_id;
+  std::string nonce;  // rank 0's names this incarnation of the group
+};
+
+std::string encode_member(const Member& m) {
+  std::ostringstream out;
+  out << m.world_size << '\n' << m.pid << '\n' << m.node_id << '\n' << m.node_ip << '\n' << m.worker_id << '\n'
+      << m.nonce << '\n';
+  return out.str();
+}
+
+Member decode_member(const std::string& text, const std::string& group, int rank) {
+  std::istringstream in(text);
+  Member m;
+  std::string ws, pid;
+  if (!std::getline(in, ws) || !std::getline(in, pid) || !std::getline(in, m.node_id) ||
+      !std::getline(in, m.node_ip) || !std::getline(in, m.worker_id) || !std::getline(in, m.nonce))
+    throw CollectiveError("group '" + group + "': the record of rank " + std::to_string(rank) +
+                          " in the key-value store is malformed");
+  try {
+    m.world_size = std::stoi(ws);
+    m.pid = std::stoi(pid);
+  } catch (const std::exception&) {
+    throw CollectiveError("group '" + group + "': the record of rank " + std::to_string(rank) +
+                          " in the key-value store is malformed");
+  }
+  return m;
+}
+
+std::string random_hex(size_t bytes) {
+  std::random_device rd;
+  std::string out;
+  const char* digits = "0123456789abcdef";
+  for (size_t i = 0; i < bytes; ++i) {
+    unsigned v = rd() & 0xff;
+    out += digits[v >> 4];
+    out += digits[v & 15];
+  }
+  return out;
+}
+
+}  // namespace
+
+/// The state behind a Communicator. The op thread runs queued ops in order; the monitor
+/// thread watches the group's abort key and its members' nodes.
+class CommunicatorImpl {
+ public:
+  CommunicatorImpl(JoinOptions options, std::vector<Member> members, std::string prefix, std::string instance)
+      : options_(std::move(options)), members_(std::move(members)), prefix_(std::move(prefix)),
+        instance_(std::move(instance)) {}
+
+  ~CommunicatorImpl() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+      cv_.notify_all();
+    }
+    if (monitor_.joinable()) monitor_.join();
+    std::unique_lock<std::mutex> lock(mu_);
+    // An op stuck in a transport that cannot be interrupted keeps its thread: leave it
+    // behind (it holds the backend through a shared_ptr) rather than hang here.
+    bool stuck = running_ && aborted_;
+    lock.unlock();
+    if (op_thread_.joinable()) {
+      if (stuck) op_thread_.detach();
+      else op_thread_.join();
+    }
+    leave();
+  }
+
+  void start(std::shared_ptr<Backend> backend) {
+    backend_ = std::move(backend);
+    op_thread_ = std::thread([this, backend = backend_] { op_loop(backend); });
+    monitor_ = std::thread([this] { monitor_loop(); });
+  }
+
+  Work submit(std::string what, std::function<void(Backend&)> run) {
+    auto state = std::make_shared<WorkState>();
+    state->what = std::move(what);
+    state->run = std::move(run);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (aborted_) {
+      state->finish(failure(state->what, abort_reason_));
+    } else {
+      queue_.push_back(state);
+      cv_.notify_all();
+    }
+    return Work(state);
+  }
+
+  void abort(const std::string& why, bool tell_peers) {
+    std::vector<std::shared_ptr<WorkState>> failed;
+    std::shared_ptr<Backend> backend;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (aborted_) return;
+      aborted_ = true;
+      abort_reason_ = why;
+      failed.assign(queue_.begin(), queue_.end());
+      queue_.clear();
+      if (current_) failed.push_back(current_);
+      backend = backend_;
+      cv_.notify_all();
+    }
+    for (auto& w : failed) w->finish(failure(w->what, why));
+    if (backend) backend->abort(why);
+    if (tell_peers) {
+      try {
+        kv::put(instance_ + "abort", why, {.overwrite = false, .cluster = options_.cluster_namespace});
+      } catch (const std::exception&) {
+        // the head is gone too: the peers' own checks find out
+      }
+    }
+  }
+
+  const JoinOptions& options() const { return options_; }
+  BackendKind kind() const { return backend_->kind(); }
+
+ private:
+  std::string failure(const std::string& what, const std::string& why) const {
+    return "group '" + options_.group + "' rank " + std::to_string(options_.rank) + ": " + what + " failed: " + why;
+  }
+
+  void op_loop(std::shared_ptr<Backend> backend) {
+    while (true) {
+      std::shared_ptr<WorkState> work;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return stopping_ || aborted_ || !queue_.empty(); });
+        if (aborted_ || (stopping_ && queue_.empty())) return;
+        work = queue_.front();
+        queue_.pop_front();
+        current_ = work;
+        running_ = true;
+      }
+      std::string error;
+      try {
+        work->run(*backend);
+      } catch (const std::exception& e) {
+        error = e.what();
+      }
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        current_.reset();
+        running_ = false;
+      }
+      if (error.empty()) {
+        work->finish({});
+      } else {
+        work->finish(failure(work->what, error));
+        // The group cannot go on: its members may be mid-op. Tell them.
+        abort(error, /*tell_peers=*/true);
+        return;
+      }
+    }
+  }
+
+  // Wakes when any rank posts the group's abort key; while an op runs, also checks that
+  // every member's node is alive (a dead node closes no sockets).
+  void monitor_loop() {
+    const std::string key = instance_ + "abort";
+    std::set<std::string> member_nodes;
+    for (const Member& m : members_) member_nodes.insert(m.node_id);
+    while (true) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (stopping_ || aborted_) return;
+      }
+      std::optional<std::string> why;
+      try {
+        why = kv::wait(key, std::chrono::milliseconds(500), {.cluster = options_.cluster_namespace});
+      } catch (const std::exception& e) {
+        why = std::string("the head cannot be reached: ") + e.what();
+      }
+      if (why) {
+        abort(*why, /*tell_peers=*/false);
+        return;
+      }
+      bool busy;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        busy = running_ || !queue_.empty();
+      }
+      if (!busy || member_nodes.size() <= 1) continue;
+      try {
+        for (const NodeInfo& node : gantry::nodes()) {
+          if (node.alive || !member_nodes.count(node.node_id)) continue;
+          for (size_t r = 0; r < members_.size(); ++r)
+            if (members_[r].node_id == node.node_id) {
+              abort("rank " + std::to_string(r) + " (pid " + std::to_string(members_[r].pid) + ") is on node " +
+                        node.node_id.substr(0, 8) + ", which the cluster declared dead",
+                    /*tell_peers=*/true);
+              return;
+            }
+        }
+      } catch (const std::exception&) {
+      }
+    }
+  }
+
+  // The last rank to leave removes the group's keys, so the name can be joined again.
+  void leave() {
+    try {
+      kv::Scope scope{.cluster = options_.cluster_namespace};
+      if (kv::add(prefix_ + "left", 1, scope) < options_.world_size) return;
+      for (const std::string& key : kv::keys(prefix_, scope)) kv::del(key, scope);
+    } catch (const std::exception&) {
+      // shutdown already ran, or the head is gone: the job's keys go with the job
+    }
+  }
+
+  JoinOptions options_;
+  std::vector<Member> members_;
+  std::string prefix_;    // the group's keys
+  std::string instance_;  // this incarnation's keys (under prefix_)
+  std::shared_ptr<Backend> backend_;
+  std::thread op_thread_;
+  std::thread monitor_;
+
+  std::mutex mu_;  // guards everything below
+  std::condition_variable cv_;
+  std::deque<std::shared_ptr<WorkState>> queue_;
+  std::shared_ptr<WorkState> current_;
+  bool running_ = false;
+  bool stopping_ = false;
+  bool aborted_ = false;
+  std::string abort_reason_;
+};
+
+}  // namespace detail
+
+using detail::CommunicatorImpl;
+using detail::Member;
+using detail::decode_member;
+using detail::encode_member;
+using detail::random_hex;
+
+void Work::wait() const {
+  if (!state_) throw CollectiveError("wait on an empty collective::Work");
+  std::unique_lock<std::mutex> lock(state_->mu);
+  state_->cv.wait(lock, [&] { return state_->done; });
+  if (!state_->error.empty()) throw CollectiveError(state_->error);
+}
+
+bool Work::done() const {
+  if (!state_) return true;
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return state_->done;
+}
+
+bool Work::succeeded() const {
+  if (!state_) return false;
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return state_->done && state_->error.empty();
+}
+
+namespace {
+
+std::string where(const JoinOptions& o) { return "group '" + o.group + "' rank " + std::to_string(o.rank); }
+
+BackendKind choose_backend(const JoinOptions& o, const std::vector<Member>& members) {
+  std::map<std::string, int> per_node;
+  for (const Member& m : members) ++per_node[m.node_id];
+  bool one_node = per_node.size() == 1;
+  if (o.backend == BackendKind::kAuto) return one_node ? BackendKind::kSharedMemory : BackendKind::kGloo;
+  if (o.backend == BackendKind::kSharedMemory && !one_node)
+    throw CollectiveError(where(o) + ": the shared-memory backend needs every rank on one node, but the group spans " +
+                          std::to_string(per_node.size()) + " nodes; use BackendKind::kGloo or kAuto");
+  if (o.backend == BackendKind::kHierarchical || o.backend == BackendKind::kNccl)
+    throw CollectiveError(where(o) + ": the " + to_string(o.backend) +
+                          " backend is not available in this build of gantry; use kAuto, kSharedMemory or kGloo");
+  return o.backend;
+}
+
+}  // namespace
+
+Communicator Communicator::join(const JoinOptions& o) {
+  if (o.group.empty()) throw CollectiveError("Communicator::join: the group needs a name");
+  if (o.group.find('/') != std::string::npos)
+    throw CollectiveError("Communicator::join: a group name must not contain '/' (got '" + o.group + "')");
+  if (o.world_size < 1)
+    throw CollectiveError("Communicator::join: group '" + o.group + "' world_size must be at least 1, not " +
+                          std::to_string(o.world_size));
+  if (o.rank < 0 || o.rank >= o.world_size)
+    throw CollectiveError("Communicator::join: group '" + o.group + "' rank must be in 0.." +
+                          std::to_string(o.world_size - 1) + ", not " + std::to_string(o.rank));
+  if (!is_initialized()) throw CollectiveError("Communicator::join needs gantry::init() first");
+  RuntimeContext here = runtime_context();
+  kv::Scope scope{.cluster = o.cluster_namespace};
+  const std::string prefix = "gantry/collective/" + o.group + "/";
+  auto deadline = std::chrono::steady_clock::now() + o.join_timeout;
+
+  std::string ws = std::to_string(o.world_size);
+  if (!kv::put(prefix + "world_size", ws, {.overwrite = false, .cluster = o.cluster_namespace})) {
+    auto existing = kv::get(prefix + "world_size", scope);
+    if (existing && *existing != ws)
+      throw CollectiveError(where(o) + " joined with world_size " + ws + ", but the group's other ranks use " +
+                            *existing);
+  }
+  Member me{o.world_size, here.pid, here.node_id, here.node_ip, here.worker_id, random_hex(8)};
+  const std::string my_key = prefix + "member/" + std::to_string(o.rank);
+  if (!kv::put(my_key, encode_member(me), {.overwrite = false, .cluster = o.cluster_namespace})) {
+    std::string holder = "another process";
+    if (auto existing = kv::get(my_key, scope)) {
+      try {
+        Member other = decode_member(*existing, o.group, o.rank);
+        holder = "pid " + std::to_string(other.pid) + " on node " + other.node_id.substr(0, 8);
+      } catch (const CollectiveError&) {
+      }
+    }
+    throw CollectiveError(where(o) + " was joined twice: " + holder +
+                          " holds that rank already (destroy its Communicator first, or use a new group name)");
+  }
+  std::vector<Member> members(static_cast<size_t>(o.world_size));
+  for (int r = 0; r < o.world_size; ++r) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    auto text = kv::wait(prefix + "member/" + std::to_string(r), std::max(left, std::chrono::milliseconds(1)), scope);
+    if (!text) {
+      std::string missing;
+      for (int q = r; q < o.world_size; ++q)
+        if (!kv::get(prefix + "member/" + std::to_string(q), scope)) missing += (missing.empty() ? "" : ", ") + std::to_string(q);
+      kv::del(my_key, scope);
+      throw CollectiveError(where(o) + ": ranks " + missing + " did not join within " +
+                            std::to_string(o.join_timeout.count()) + " ms");
+    }
+    members[static_cast<size_t>(r)] = decode_member(*text, o.group, r);
+    if (members[static_cast<size_t>(r)].world_size != o.world_size)
+      throw CollectiveError(where(o) + " joined with world_size " + ws + ", but rank " + std::to_string(r) +
+                            " joined with " + std::to_string(members[static_cast<size_t>(r)].world_size));
+  }
+  BackendKind kind = choose_backend(o, members);
+  const std::string instance = prefix + members[0].nonce + "/";
+  detail::BackendContext context;
+  context.group = o.group;
+  context.rank = o.rank;
+  context.world_size = o.world_size;
+  context.store = std::make_shared<detail::KvStore>(instance + std::string(to_string(kind)) + "/", o.cluster_namespace);
+  context.op_timeout = o.op_timeout;
+  for (const Member& m : members) {
+    context.node_ids.push_back(m.node_id);
+    context.node_ips.push_back(m.node_ip);
+  }
+  auto impl = std::make_unique<CommunicatorImpl>(o, members, prefix, instance);
+  std::shared_ptr<detail::Backend> backend;
+  switch (kind) {
+    case BackendKind::kSharedMemory:
+      backend = detail::make_shm_backend(context);
+      break;
+    case BackendKind::kGloo:
+      backend = detail::make_gloo_backend(context);
+      break;
+    default:
+      throw CollectiveError(where(o) + ": no backend for " + to_string(kind));
+  }
+  impl->start(std::move(backend));
+  return Communicator(std::move(impl));
+}
+
+Communicator::Communicator(std::unique_ptr<detail::CommunicatorImpl> impl) : impl_(std::move(impl)) {}
+Communicator::Communicator(Communicator&&) noexcept = default;
+Communicator& Communicator::operator=(Communicator&&) noexcept = default;
+Communicator::~Communicator() = default;
+
+namespace {
+detail::CommunicatorImpl& live(const std::unique_ptr<detail::CommunicatorImpl>& impl) {
+  if (!impl) throw CollectiveError("use of a moved-from collective::Communicator");
+  return *impl;
+}
+
+std::string describe(const char* op, size_t count, DataType type) {
+  return std::string(op) + " of " + std::to_string(count) + " " + to_string(type);
+}
+
+void check_rank(const detail::CommunicatorImpl& impl, int r, const char* role) {
+  if (r < 0 || r >= impl.options().world_size)
+    throw CollectiveError(where(impl.options()) + ": " + role + " rank " + std::to_string(r) + " is not in 0.." +
+                          std::to_string(impl.options().world_size - 1));
+}
+}  // namespace
+
+int Communicator::rank() const { return live(impl_).options().rank; }
+int Communicator::world_size() const { return live(impl_).options().world_size; }
+const std::string& Communicator::group() const { return live(impl_).options().group; }
+BackendKind Communicator::backend() const { return live(impl_).kind(); }
+
+Work Communicator::allreduce_async(void* data, size_t count, DataType type, ReduceOp op) {
+  return live(impl_).submit(describe("allreduce", count, type),
+                            [=](detail::Backend& b) { b.allreduce(data, count, type, op); });
+}
+void Communicator::allreduce(void* data, size_t count, DataType type, ReduceOp op) {
+  allreduce_async(data, count, type, op).wait();
+}
+
+Work Communicator::broadcast_async(void* data, size_t count, DataType type, int root) {
+  check_rank(live(impl_), root, "broadcast root");
+  return live(impl_).submit(describe("broadcast", count, type),
+                            [=](detail::Backend& b) { b.broadcast(data, count, type, root); });
+}
+void Communicator::broadcast(void* data, size_t count, DataType type, int root) {
+  broadcast_async(data, count, type, root).wait();
+}
+
+Work Communicator::allgather_async(const void* send, void* recv, size_t count, DataType type) {
+  return live(impl_).submit(describe("allgather", count, type),
+                            [=](detail::Backend& b) { b.allgather(send, recv, count, type); });
+}
+void Communicator::allgather(const void* send, void* recv, size_t count, DataType type) {
+  allgather_async(send, recv, count, type).wait();
+}
+
+Work Communicator::reduce_scatter_async(const void* send, void* recv, size_t count, DataType type, ReduceOp op) {
+  return live(impl_).submit(describe("reduce_scatter", count, type),
+                            [=](detail::Backend& b) { b.reduce_scatter(send, recv, count, type, op); });
+}
+void Communicator::reduce_scatter(const void* send, void* recv, size_t count, DataType type, ReduceOp op) {
+  reduce_scatter_async(send, recv, count, type, op).wait();
+}
+
+Work Communicator::reduce_async(void* data, size_t count, DataType type, ReduceOp op, int root) {
+  check_rank(live(impl_), root, "reduce root");
+  return live(impl_).submit(describe("reduce", count, type),
+                            [=](detail::Backend& b) { b.reduce(data, count, type, op, root); });
+}
+void Communicator::reduce(void* data, size_t count, DataType type, ReduceOp op, int root) {
+  reduce_async(data, count, type, op, root).wait();
+}
+
+Work Communicator::barrier_async() {
+  return live(impl_).submit("barrier", [](detail::Backend& b) { b.barrier(); });
+}
+void Communicator::barrier() { barrier_async().wait(); }
+
+Work Communicator::send_async(const void* data, size_t count, DataType type, int to) {
+  check_rank(live(impl_), to, "send destination");
+  if (to == rank()) throw CollectiveError(where(impl_->options()) + ": cannot send to itself");
+  return live(impl_).submit(describe("send", count, type) + " to rank " + std::to_string(to),
+                            [=](detail::Backend& b) { b.send(data, count, type, to); });
+}
+void Communicator::send(const void* data, size_t count, DataType type, int to) {
+  send_async(data, count, type, to).wait();
+}
+
+Work Communicator::recv_async(void* data, size_t count, DataType type, int from) {
+  check_rank(live(impl_), from, "recv source");
+  if (from == rank()) throw CollectiveError(where(impl_->options()) + ": cannot receive from itself");
+  return live(impl_).submit(describe("recv", count, type) + " from rank " + std::to_string(from),
+                            [=](detail::Backend& b) { b.recv(data, count, type, from); });
+}
+void Communicator::recv(void* data, size_t count, DataType type, int from) {
+  recv_async(data, count, type, from).wait();
+}
+
+void Communicator::abort(const std::string& why) { live(impl_).abort(why, /*tell_peers=*/true); }
+
+}  // namespace gantry::collective
