@@ -91,12 +91,12 @@ std::string wait_key(std::string key) {
 }
 GANTRY_REMOTE(wait_key);
 
-// Rank `rank` of a two-rank group: allreduces 100k floats (rank + 1 each) and reports
+// Rank `rank` of a group of `world`: allreduces 100k floats (rank + 1 each) and reports
 // the backend and the first and last element.
-std::string allreduce_rank(std::string group, int rank) {
+std::string allreduce_rank(std::string group, int world, int rank) {
   namespace col = gantry::collective;
   try {
-    auto comm = col::Communicator::join({.group = group, .world_size = 2, .rank = rank});
+    auto comm = col::Communicator::join({.group = group, .world_size = world, .rank = rank});
     std::vector<float> v(100000, static_cast<float>(rank + 1));
     comm.allreduce(std::span<float>(v));
     return std::string(col::to_string(comm.backend())) + " " + std::to_string(static_cast<int>(v.front())) + " " +
@@ -674,8 +674,8 @@ TEST_F(ClusterTest, KeysAndCollectiveGroupsSpanNodes) {
   EXPECT_EQ(got.substr(0, 8), "over on ") << got;
   EXPECT_NE(got.substr(8), here) << "the waiter ran on the other node";
   // Two ranks on two nodes meet through the key-value store and pick Gloo.
-  auto remote_rank = gantry::task(allreduce_rank).options({.resources = {{"K", 1}}}).remote("two-nodes", 1);
-  EXPECT_EQ(allreduce_rank("two-nodes", 0), "gloo 3 3");
+  auto remote_rank = gantry::task(allreduce_rank).options({.resources = {{"K", 1}}}).remote("two-nodes", 2, 1);
+  EXPECT_EQ(allreduce_rank("two-nodes", 2, 0), "gloo 3 3");
   EXPECT_EQ(remote_rank.get(), "gloo 3 3");
   // The job's keys go with the job; the cluster's stay.
   gantry::kv::put("mine", "job");
@@ -686,6 +686,21 @@ TEST_F(ClusterTest, KeysAndCollectiveGroupsSpanNodes) {
   EXPECT_TRUE(gantry::kv::keys().empty());
   EXPECT_EQ(gantry::kv::get("ours", {.cluster = true}), "cluster");
   gantry::kv::del("ours", {.cluster = true});
+  gantry::shutdown();
+}
+
+TEST_F(ClusterTest, TwoRanksOnEachOfTwoNodesGoHierarchical) {
+  CommandResult node = run(cli("start --address " + address_ + " --node-ip-address 127.0.0.1 --num-cpus 2 --resources '{\"H\": 2}'"));
+  ASSERT_EQ(node.code, 0) << node.out;
+  gantry::init({.temp_dir = temp_.string(), .address = address_});
+  auto here = gantry::SchedulingStrategy::node_affinity(gantry::runtime_context().node_id);
+  std::vector<gantry::ObjectRef<std::string>> ranks;
+  ranks.push_back(gantry::task(allreduce_rank).options({.num_cpus = 0.5, .scheduling = here}).remote("2x2", 4, 1));
+  ranks.push_back(gantry::task(allreduce_rank).options({.num_cpus = 0.5, .resources = {{"H", 1}}}).remote("2x2", 4, 2));
+  ranks.push_back(gantry::task(allreduce_rank).options({.num_cpus = 0.5, .resources = {{"H", 1}}}).remote("2x2", 4, 3));
+  // 1 + 2 + 3 + 4
+  EXPECT_EQ(allreduce_rank("2x2", 4, 0), "hierarchical 10 10");
+  for (auto& r : ranks) EXPECT_EQ(r.get(), "hierarchical 10 10");
   gantry::shutdown();
 }
 

@@ -66,5 +66,8 @@ class Backend {
 std::unique_ptr<Backend> make_shm_backend(const BackendContext& context);
 /// Gloo over TCP (gloo_backend.cc).
 std::unique_ptr<Backend> make_gloo_backend(const BackendContext& context);
+/// Shared memory inside each node, Gloo among one leader per node
+/// (hierarchical_backend.cc). Needs `context.node_ids`.
+std::unique_ptr<Backend> make_hierarchical_backend(const BackendContext& context);
 
 }  // namespace gantry::collective::detail

@@ -310,11 +310,16 @@ BackendKind choose_backend(const JoinOptions& o, const std::vector<Member>& memb
   std::map<std::string, int> per_node;
   for (const Member& m : members) ++per_node[m.node_id];
   bool one_node = per_node.size() == 1;
-  if (o.backend == BackendKind::kAuto) return one_node ? BackendKind::kSharedMemory : BackendKind::kGloo;
+  bool shared_nodes = false;
+  for (const auto& [node, ranks] : per_node) shared_nodes |= ranks > 1;
+  if (o.backend == BackendKind::kAuto) {
+    if (one_node) return BackendKind::kSharedMemory;
+    return shared_nodes ? BackendKind::kHierarchical : BackendKind::kGloo;
+  }
   if (o.backend == BackendKind::kSharedMemory && !one_node)
     throw CollectiveError(where(o) + ": the shared-memory backend needs every rank on one node, but the group spans " +
                           std::to_string(per_node.size()) + " nodes; use BackendKind::kGloo or kAuto");
-  if (o.backend == BackendKind::kHierarchical || o.backend == BackendKind::kNccl)
+  if (o.backend == BackendKind::kNccl)
     throw CollectiveError(where(o) + ": the " + to_string(o.backend) +
                           " backend is not available in this build of gantry; use kAuto, kSharedMemory or kGloo");
   return o.backend;
@@ -396,6 +401,9 @@ Communicator Communicator::join(const JoinOptions& o) {
       break;
     case BackendKind::kGloo:
       backend = detail::make_gloo_backend(context);
+      break;
+    case BackendKind::kHierarchical:
+      backend = detail::make_hierarchical_backend(context);
       break;
     default:
       throw CollectiveError(where(o) + ": no backend for " + to_string(kind));

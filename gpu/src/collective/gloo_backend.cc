@@ -322,6 +322,10 @@ class GlooBackend final : public Backend {
       RendezvousStore store(store_, kKeyPrefix, op_timeout_);
       context_->connectFullMesh(store, device);
       tcp_ = context_->track_buffers(&registry_);
+      // Nobody leaves before everyone is connected: a rank that ran no op and left at once
+      // would close pairs that slower peers are still setting up.
+      store_->set("connected/" + std::to_string(rank_), "1");
+      for (int r = 0; r < world_; ++r) store_->get("connected/" + std::to_string(r), op_timeout_);
     } catch (const CollectiveError& e) {
       throw CollectiveError(where("join") + "rendezvous at " + host + " failed: " + e.what());
     } catch (const std::exception& e) {

@@ -45,19 +45,35 @@ void pair_loop(T* __restrict dst, const T* a, const T* b, size_t n, ReduceOp op)
   }
 }
 
-// dst may alias a or b: the loops read element i before writing it, so a scalar pass is
-// correct; the vectorised pass is taken only when dst does not overlap inputs partially.
+// dst[i] = op(dst[i], src[i]) in place; src does not overlap dst.
+template <typename T>
+void inplace_loop(T* dst, const T* __restrict src, size_t n, ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kSum:
+    case ReduceOp::kAvg:
+      for (size_t i = 0; i < n; ++i) dst[i] = static_cast<T>(dst[i] + src[i]);
+      return;
+    case ReduceOp::kProduct:
+      for (size_t i = 0; i < n; ++i) dst[i] = static_cast<T>(dst[i] * src[i]);
+      return;
+    case ReduceOp::kMin:
+      for (size_t i = 0; i < n; ++i) dst[i] = src[i] < dst[i] ? src[i] : dst[i];
+      return;
+    case ReduceOp::kMax:
+      for (size_t i = 0; i < n; ++i) dst[i] = dst[i] < src[i] ? src[i] : dst[i];
+      return;
+  }
+}
+
+// dst may be a or b exactly (every op is commutative, so either runs in place); any other
+// overlap is not allowed.
 template <typename T>
 void pair_typed(void* dst, const void* a, const void* b, size_t n, ReduceOp op) {
   T* d = static_cast<T*>(dst);
   const T* x = static_cast<const T*>(a);
   const T* y = static_cast<const T*>(b);
-  if (d == x || d == y) {
-    // Exact aliasing is safe for element-wise loops; tell the compiler via a copy-free path.
-    Combine<T> c{op};
-    for (size_t i = 0; i < n; ++i) d[i] = c(x[i], y[i]);
-    return;
-  }
+  if (d == x) return inplace_loop<T>(d, y, n, op);
+  if (d == y) return inplace_loop<T>(d, x, n, op);
   pair_loop<T>(d, x, y, n, op);
 }
 
@@ -83,7 +99,7 @@ void many_typed(void* dst, const void* const* inputs, size_t k, size_t n, Reduce
   for (size_t base = 0; base < n; base += kBlock) {
     size_t m = std::min(kBlock, n - base);
     std::memcpy(acc, static_cast<const T*>(inputs[0]) + base, m * sizeof(T));
-    for (size_t j = 1; j < k; ++j) pair_loop<T>(acc, acc, static_cast<const T*>(inputs[j]) + base, m, op);
+    for (size_t j = 1; j < k; ++j) inplace_loop<T>(acc, static_cast<const T*>(inputs[j]) + base, m, op);
     if (op == ReduceOp::kAvg)
       for (size_t i = 0; i < m; ++i) acc[i] = static_cast<T>(acc[i] / static_cast<T>(divisor));
     std::memcpy(d + base, acc, m * sizeof(T));
@@ -103,7 +119,7 @@ void many_half(void* dst, const void* const* inputs, size_t k, size_t n, ReduceO
     for (size_t j = 1; j < k; ++j) {
       const auto* in = static_cast<const uint16_t*>(inputs[j]) + base;
       for (size_t i = 0; i < m; ++i) other[i] = to_f(in[i]);
-      pair_loop<float>(acc, acc, other, m, op);
+      inplace_loop<float>(acc, other, m, op);
     }
     if (op == ReduceOp::kAvg)
       for (size_t i = 0; i < m; ++i) acc[i] /= static_cast<float>(divisor);

@@ -24,8 +24,8 @@
 // allreduce is a pipelined reduce-scatter + allgather: per chunk, each rank copies the
 // slices its peers reduce into its slot (stage 0), reduces its own slice from its buffer
 // and the peers' slots into its slot (stage 1), and copies every reduced slice out
-// (stage 2). Inputs are combined in rank order with reduce_many (half types: float32
-// accumulation, one rounding), so every rank gets bit-identical results. send/recv use a
+// (stage 2). Inputs are combined in rank order (half types: float32 accumulation, one
+// rounding), so every rank gets bit-identical results. send/recv use a
 // two-slot channel per ordered pair of ranks, faulted in only when used.
 //
 // Measured on a 2-vCPU KVM guest and not used: reading peers' buffers directly with
@@ -329,6 +329,7 @@ class ShmBackend final : public Backend {
   template <typename Stage>
   void pipeline(size_t chunks, int depth, Stage stage);
   void staged_reduce(std::byte* data, size_t count, DataType type, ReduceOp op, int root);
+  void reduce_inputs(void* dst, size_t count, DataType type, ReduceOp op);
   void validate_rank(int r, const char* what) const;
 
   const std::string group_;
@@ -755,11 +756,24 @@ void ShmBackend::staged_reduce(std::byte* data, size_t count, DataType type, Red
     } else if (stage == 1) {
       for (int p = 0; p < world_; ++p)
         inputs_[p] = p == rank_ ? static_cast<const void*>(data + lo(rank_) * es) : slot(p, k) + rank_ * slice;
-      reduce_many(slot(rank_, k) + rank_ * slice, inputs_.data(), world_, len(rank_), type, op, world_);
+      reduce_inputs(slot(rank_, k) + rank_ * slice, len(rank_), type, op);
     } else if (root < 0 || root == rank_) {
       for (int p = 0; p < world_; ++p) std::memcpy(data + lo(p) * es, slot(p, k) + p * slice, len(p) * es);
     }
   });
+}
+
+// dst = the reduction of inputs_ (rank order). Two inputs of a non-half type take
+// reduce_pair's single vectorised pass, which gives the same results and measured ~1.5x
+// faster in cache than reduce_many's blocked accumulator (7.2 MB allreduce of 2 ranks:
+// 0.6 vs 0.75 ms); everything else goes through reduce_many.
+void ShmBackend::reduce_inputs(void* dst, size_t count, DataType type, ReduceOp op) {
+  if (world_ == 2 && type != DataType::kFloat16 && type != DataType::kBFloat16) {
+    reduce_pair(dst, inputs_[0], inputs_[1], count, type, op);
+    if (op == ReduceOp::kAvg) divide(dst, count, type, world_);
+    return;
+  }
+  reduce_many(dst, inputs_.data(), world_, count, type, op, world_);
 }
 
 // ---- Collective ops ----------------------------------------------------------------------
@@ -838,7 +852,7 @@ void ShmBackend::reduce_scatter(const void* send, void* recv, size_t count, Data
     } else {
       for (int p = 0; p < world_; ++p)
         inputs_[p] = p == rank_ ? static_cast<const void*>(block(rank_, base)) : slot(p, k) + rank_ * slice;
-      reduce_many(out + base * es, inputs_.data(), world_, n, type, op, world_);
+      reduce_inputs(out + base * es, n, type, op);
     }
   });
 }
