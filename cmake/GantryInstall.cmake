@@ -3,7 +3,7 @@
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
 
-install(TARGETS gantry_core gantry_gpu gantry_proto gantry_build_flags
+install(TARGETS gantry_core gantry_gpu gantry_proto gantry_build_flags gantry_collective gantry_collective_backends
   EXPORT gantryTargets
   ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
@@ -19,12 +19,16 @@ find_dependency(Protobuf)
 find_dependency(gRPC CONFIG)
 find_dependency(fmt CONFIG)
 find_dependency(spdlog CONFIG)
+find_dependency(Gloo)
 if(@GANTRY_HAVE_CUDA@)
   find_dependency(CUDAToolkit)
 endif()
 include("${CMAKE_CURRENT_LIST_DIR}/gantryTargets.cmake")
 if(TARGET gantry::gantry_core AND NOT TARGET gantry::core)
   add_library(gantry::core ALIAS gantry::gantry_core)
+endif()
+if(TARGET gantry::gantry_collective AND NOT TARGET gantry::collective)
+  add_library(gantry::collective ALIAS gantry::gantry_collective)
 endif()
 ]=])
 configure_package_config_file(${CMAKE_CURRENT_BINARY_DIR}/gantryConfig.cmake.in
