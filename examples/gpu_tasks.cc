@@ -167,29 +167,28 @@ int run() {
   GpuView big = gantry::task(gpu_task).options({.num_gpus = static_cast<double>(largest)}).remote().get();
   ok = report(capacity, all_of_one, largest, big) && ok;
 
-  // As many actors on each node as it has GPUs, pinned there and all alive at once, each
-  // holding one GPU for life: on each node, no two of them may have been given the same
-  // device.
+  // As many actors as the cluster has GPUs, all alive at once, each holding one GPU for
+  // life, placed where the scheduler likes: every GPU is taken once, so each node must
+  // host as many as it has GPUs, and on each node no two may share a device.
   std::vector<gantry::ActorHandle<GpuActor>> actors;
-  std::vector<std::string> pinned_to;
   for (const GpuCapacity::Node& node : capacity.nodes())
-    for (int i = 0; i < node.gpus; ++i) {
-      gantry::ActorOptions options{.num_gpus = 1, .scheduling = gantry::SchedulingStrategy::node_affinity(node.id)};
-      actors.push_back(gantry::actor(GpuActor::create).options(options).remote());
-      pinned_to.push_back(node.id);
-    }
+    for (int i = 0; i < node.gpus; ++i) actors.push_back(gantry::actor(GpuActor::create).options({.num_gpus = 1}).remote());
   std::vector<gantry::ObjectRef<GpuView>> actor_views;
   for (auto& actor : actors) actor_views.push_back(actor.task(&GpuActor::view).remote());
   std::map<std::string, std::map<int, int>> holders;  // node id -> device id -> actors holding it
-  for (size_t i = 0; i < actor_views.size(); ++i) {
-    GpuView v = actor_views[i].get(std::chrono::seconds(60));
+  std::map<std::string, int> hosted;                  // node id -> actors on it
+  for (auto& view : actor_views) {
+    GpuView v = view.get(std::chrono::seconds(60));
     ok = report(capacity, "actor num_gpus=1  ", 1, v) && ok;
-    if (v.node_id != pinned_to[i]) {
-      std::cout << "    ^ pinned to node " << capacity.index_of(pinned_to[i]) << "\n";
-      ok = false;
-    }
+    ++hosted[v.node_id];
     for (int id : v.gpu_ids) ++holders[v.node_id][id];
   }
+  for (const GpuCapacity::Node& node : capacity.nodes())
+    if (hosted[node.id] != node.gpus) {
+      std::cout << "    ^ node " << capacity.index_of(node.id) << " hosts " << hosted[node.id] << " one-GPU actors but has "
+                << node.gpus << " GPUs\n";
+      ok = false;
+    }
   for (const auto& [node_id, devices] : holders)
     for (const auto& [id, count] : devices)
       if (count > 1) {

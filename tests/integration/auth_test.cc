@@ -120,6 +120,7 @@ TEST_F(Auth, RefusedCallsChangeNothingAndAreLogged) {
   gantry::proto::KvRequest put;
   put.set_key("planted");
   put.set_value("by an intruder");
+  put.set_cluster(true);
   ::testing::internal::CaptureStderr();
   grpc::Status refused = call_generic(head, "/gantry.proto.Head/KvPut", "not-the-token", serialize(put), 5s);
   std::string log = ::testing::internal::GetCapturedStderr();
@@ -130,6 +131,7 @@ TEST_F(Auth, RefusedCallsChangeNothingAndAreLogged) {
 
   gantry::proto::KvRequest get;
   get.set_key("planted");
+  get.set_cluster(true);
   grpc::ByteBuffer reply;
   ASSERT_TRUE(call_generic(head, "/gantry.proto.Head/KvGet", token_, serialize(get), 5s, &reply).ok());
   std::vector<grpc::Slice> slices;

@@ -198,7 +198,18 @@ std::function<void()> HeadService::place_actor_locked(Actor& actor) {
     }
     strategy.set_bundle_index(bundle);
   } else {
-    node = pick_node_locked(resources, strategy, &why, /*take=*/true, &actor.refused_by);
+    actor.waiting_for_room = false;
+    node = pick_node_locked(resources, strategy, &why, /*take=*/false, &actor.refused_by);
+    bool hard_affinity = strategy.kind() == proto::SchedulingStrategy::NODE_AFFINITY && !strategy.soft();
+    if (node != nullptr && health_.enabled && !hard_affinity && !node->available.contains(resources)) {
+      // No node has room as far as the last health checks show. An actor holds its
+      // resources for life, so one sent to a busy node could wait there for ever while
+      // another node frees up (or was only reported busy a moment ago): look again after
+      // the next health check instead.
+      actor.waiting_for_room = true;
+      return {};
+    }
+    if (node != nullptr) node = pick_node_locked(resources, strategy, &why, /*take=*/true, &actor.refused_by);
   }
   if (node == nullptr) {
     if (!actor.refusal.empty()) why += "; a node that could hold it refused: " + actor.refusal;
@@ -219,11 +230,18 @@ std::function<void()> HeadService::place_actor_locked(Actor& actor) {
   uint64_t placement = ++actor.placement;
   std::string agent_address = node->agent_address;
   std::shared_ptr<proto::NodeAgent::Stub> agent = node->agent;
+  uint64_t promise = 0;
+  if (strategy.kind() != proto::SchedulingStrategy::PLACEMENT_GROUP) {
+    // Bundles hold their own reservations; a plain actor's resources count as taken on
+    // the node until its reports show them.
+    promise = next_promise_++;
+    nodes_.at(node->id).promised.push_back({promise, resources});
+  }
   ++calls_in_flight_;
-  return [this, agent, call, id, placement, agent_address] {
+  return [this, agent, call, id, placement, agent_address, promise] {
     agent->async()->RequestLease(&call->ctx, &call->request, &call->reply,
-                                 [this, call, id, placement, agent_address](grpc::Status s) {
-                                   on_actor_lease(id, placement, agent_address, s, call->reply);
+                                 [this, call, id, placement, agent_address, promise](grpc::Status s) {
+                                   on_actor_lease(id, placement, agent_address, promise, s, call->reply);
                                    std::lock_guard<std::mutex> lock(mu_);
                                    --calls_in_flight_;
                                    cv_.notify_all();
@@ -231,9 +249,27 @@ std::function<void()> HeadService::place_actor_locked(Actor& actor) {
   };
 }
 
+void HeadService::settle_promise_locked(const std::string& agent_address, uint64_t promise, bool granted) {
+  if (promise == 0) return;
+  for (auto& [node_id, node] : nodes_) {
+    if (node.agent_address != agent_address) continue;
+    for (auto it = node.promised.begin(); it != node.promised.end(); ++it) {
+      if (it->id != promise) continue;
+      if (granted) {
+        it->granted = true;
+        it->granted_at = std::chrono::steady_clock::now();
+      } else {
+        node.promised.erase(it);
+      }
+      return;
+    }
+  }
+}
+
 void HeadService::on_actor_lease(const ActorId& id, uint64_t placement, const std::string& agent_address,
-                                 const grpc::Status& status, const proto::LeaseReply& reply) {
+                                 uint64_t promise, const grpc::Status& status, const proto::LeaseReply& reply) {
   std::unique_lock<std::mutex> lock(mu_);
+  settle_promise_locked(agent_address, promise, status.ok() && reply.granted());
   auto it = actors_.find(id);
   bool stale = it == actors_.end() || it->second.placement != placement ||
                it->second.info.state() == proto::ActorInfo::DEAD;
@@ -277,6 +313,7 @@ void HeadService::on_actor_lease(const ActorId& id, uint64_t placement, const st
   *call->request.mutable_args() = actor.spec.args();
   call->request.set_class_name(actor.spec.class_name());
   call->request.set_restart_count(actor.info.num_restarts());
+  call->request.set_max_concurrency(actor.spec.max_concurrency());
   *call->request.mutable_resources() = actor.spec.resources();
   call->request.set_job_id(actor.spec.job_id());
   for (int g : reply.gpu_ids()) call->request.add_gpu_ids(g);
@@ -469,13 +506,21 @@ void HeadService::health_loop() {
         ++calls_in_flight_;
       }
       UniqueId node_id = id;
-      agent->async()->GetNodeStats(&probe->ctx, &probe->request, &probe->reply, [this, probe, node_id](grpc::Status s) {
+      auto sent = std::chrono::steady_clock::now();
+      agent->async()->GetNodeStats(&probe->ctx, &probe->request, &probe->reply, [this, probe, node_id, sent](grpc::Status s) {
         std::lock_guard<std::mutex> guard(mu_);
         auto it = nodes_.find(node_id);
         if (s.ok() && it != nodes_.end()) {
-          it->second.last_seen = std::chrono::steady_clock::now();
+          Node& node = it->second;
+          node.last_seen = std::chrono::steady_clock::now();
           try {
-            it->second.available = from_proto(probe->reply.available());
+            ResourceSet available = from_proto(probe->reply.available());
+            // Leases granted before this probe left are in the node's figure; the rest
+            // are not yet.
+            std::erase_if(node.promised, [&](const Node::Promise& p) { return p.granted && p.granted_at <= sent; });
+            for (const Node::Promise& p : node.promised)
+              if (available.contains(p.resources)) available -= p.resources;
+            node.available = available;
           } catch (const std::exception&) {
             // keep the old figure; a node reporting garbage still answered
           }
@@ -517,6 +562,11 @@ void HeadService::health_loop() {
           actor_failed_locked(actor, why, starts);
     }
     if (groups_changed_) cv_.notify_all();
+    // Actors that found no room at the last look try again with this round's figures
+    // (the probes sent last round have answered by now).
+    for (auto& [actor_id, actor] : actors_)
+      if (actor.waiting_for_room && actor.info.state() != proto::ActorInfo::DEAD)
+        if (auto start = place_actor_locked(actor)) starts.push_back(std::move(start));
     if (!starts.empty()) {
       lock.unlock();
       for (auto& start : starts) start();

@@ -95,7 +95,16 @@ class HeadService final : public proto::Head::WithCallbackMethod_KvWait<proto::H
     bool alive = true;
     std::chrono::steady_clock::time_point last_seen;  // last answered health check
     std::unique_ptr<NodeResources> shape;  // totals only, for feasibility checks
-    ResourceSet available;                 // free at the last health check
+    ResourceSet available;                 // free at the last health check, less `promised`
+    // Actor leases sent to this node: until a health check sent after the lease was
+    // granted answers, the node's own figure may not show them.
+    struct Promise {
+      uint64_t id = 0;
+      ResourceSet resources;
+      bool granted = false;
+      std::chrono::steady_clock::time_point granted_at{};
+    };
+    std::vector<Promise> promised;
     std::shared_ptr<proto::NodeAgent::Stub> agent;
   };
   struct Actor {
@@ -106,6 +115,7 @@ class HeadService final : public proto::Head::WithCallbackMethod_KvWait<proto::H
     bool killed = false;     // killed with no_restart: stays dead
     uint64_t placement = 0;  // generation of the placement attempt in flight
     bool waiting_for_group = false;  // its placement group is not created yet
+    bool waiting_for_room = false;   // no node had room at the last look: placed again after the next health check
     std::set<UniqueId> refused_by;   // nodes that cannot start its job's workers
     std::string refusal;             // the last one's reason
   };
@@ -122,8 +132,10 @@ class HeadService final : public proto::Head::WithCallbackMethod_KvWait<proto::H
   // Needs mu_ held. Prepares placing (or re-placing) `actor`; the returned function starts
   // the async call and must run after mu_ is released (callbacks may run inline).
   std::function<void()> place_actor_locked(Actor& actor);
-  void on_actor_lease(const ActorId& id, uint64_t placement, const std::string& agent_address,
+  void on_actor_lease(const ActorId& id, uint64_t placement, const std::string& agent_address, uint64_t promise,
                       const grpc::Status& status, const proto::LeaseReply& reply);
+  // The lease behind `promise` on the node at `agent_address` was granted (or failed).
+  void settle_promise_locked(const std::string& agent_address, uint64_t promise, bool granted);
   void on_actor_created(const ActorId& id, uint64_t placement, const grpc::Status& status,
                         const proto::CreateActorReply& reply);
   void mark_dead_locked(Actor& actor, const proto::ErrorInfo& cause);
@@ -171,6 +183,7 @@ class HeadService final : public proto::Head::WithCallbackMethod_KvWait<proto::H
   std::map<UniqueId, proto::JobSpec> jobs_;
   uint64_t next_registration_ = 1;
   uint64_t spread_cursor_ = 0;
+  uint64_t next_promise_ = 1;
   std::map<UniqueId, Group> groups_;
   std::unordered_map<std::string, UniqueId> named_groups_;  // live groups only
   uint64_t next_group_order_ = 1;
