@@ -334,6 +334,24 @@ TEST_F(Collective, RankJoinedTwiceOrWithAnotherWorldSizeIsAClearError) {
   EXPECT_THROW(col::Communicator::join({.group = "g", .world_size = 0, .rank = 0}), col::CollectiveError);
 }
 
+TEST_F(Collective, NcclWithoutADeviceIsAClearErrorAndHostBuffersStayOnTheHostBackend) {
+  try {
+    auto comm = col::Communicator::join({.group = "gpu", .world_size = 1, .rank = 0, .backend = col::BackendKind::kNccl});
+    EXPECT_EQ(comm.backend(), col::BackendKind::kNccl) << "a device is present";
+    std::vector<float> host(4, 1.0f);
+    EXPECT_THROW(comm.allreduce(std::span<float>(host)), col::CollectiveError) << "NCCL takes device buffers only";
+  } catch (const col::CollectiveError& e) {
+    std::string what = e.what();
+    EXPECT_TRUE(what.find("CUDA") != std::string::npos || what.find("NCCL") != std::string::npos) << what;
+  }
+  // An automatic group given host buffers never touches CUDA.
+  auto comm = col::Communicator::join({.group = "host", .world_size = 1, .rank = 0});
+  std::vector<double> v = {2.5};
+  comm.allreduce(std::span<double>(v));
+  EXPECT_EQ(v[0], 2.5);
+  EXPECT_EQ(comm.backend(), col::BackendKind::kSharedMemory);
+}
+
 TEST_F(Collective, MissingRankTimesOutNamingIt) {
   auto t0 = std::chrono::steady_clock::now();
   try {

@@ -35,6 +35,9 @@ struct BackendContext {
   /// Per rank: the node it runs on (hex node id) and its host's address for TCP.
   std::vector<std::string> node_ids;
   std::vector<std::string> node_ips;
+  /// The CUDA device the NCCL backend uses: an index among the devices this process sees.
+  /// A worker's CUDA_VISIBLE_DEVICES already narrows them to those gantry assigned, so 0.
+  int cuda_device = 0;
 };
 
 /// One transport's implementation of the collective ops. Ops run one at a time on the
@@ -69,5 +72,13 @@ std::unique_ptr<Backend> make_gloo_backend(const BackendContext& context);
 /// Shared memory inside each node, Gloo among one leader per node
 /// (hierarchical_backend.cc). Needs `context.node_ids`.
 std::unique_ptr<Backend> make_hierarchical_backend(const BackendContext& context);
+/// NCCL on CUDA device buffers, one device per rank (nccl_backend.cc; nccl_unavailable.cc
+/// in builds without CUDA, where it throws). Loads libcudart and libnccl.so.2 with dlopen on
+/// first use; without them, without a visible device, or on an NCCL error it throws
+/// CollectiveError saying what is missing. Ops take device pointers only.
+std::unique_ptr<Backend> make_nccl_backend(const BackendContext& context);
+/// Whether `pointer` is CUDA device memory. False, at the cost of one check per process,
+/// where no CUDA runtime or no device is present (and always in builds without CUDA).
+bool is_cuda_device_pointer(const void* pointer);
 
 }  // namespace gantry::collective::detail

@@ -138,7 +138,7 @@ class CommunicatorImpl {
 
   void abort(const std::string& why, bool tell_peers) {
     std::vector<std::shared_ptr<WorkState>> failed;
-    std::shared_ptr<Backend> backend;
+    std::shared_ptr<Backend> backend, device;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (aborted_) return;
@@ -148,10 +148,12 @@ class CommunicatorImpl {
       queue_.clear();
       if (current_) failed.push_back(current_);
       backend = backend_;
+      device = device_shared_;
       cv_.notify_all();
     }
     for (auto& w : failed) w->finish(failure(w->what, why));
     if (backend) backend->abort(why);
+    if (device) device->abort(why);
     if (tell_peers) {
       try {
         kv::put(instance_ + "abort", why, {.overwrite = false, .cluster = options_.cluster_namespace});
@@ -163,6 +165,20 @@ class CommunicatorImpl {
 
   const JoinOptions& options() const { return options_; }
   BackendKind kind() const { return backend_->kind(); }
+
+  void set_device_context(BackendContext context) { device_context_ = std::move(context); }
+  /// The backend for CUDA device buffers: the group's own when it is NCCL, else an NCCL
+  /// group made on the first op with device buffers (every rank reaches it at the same op,
+  /// as ops run in the same order everywhere). Op thread only.
+  Backend& device_backend(Backend& host) {
+    if (host.kind() == BackendKind::kNccl) return host;
+    if (!device_) {
+      device_ = make_nccl_backend(device_context_);
+      std::lock_guard<std::mutex> lock(mu_);
+      device_shared_ = device_;
+    }
+    return *device_;
+  }
 
  private:
   std::string failure(const std::string& what, const std::string& why) const {
@@ -262,6 +278,9 @@ class CommunicatorImpl {
   std::string prefix_;    // the group's keys
   std::string instance_;  // this incarnation's keys (under prefix_)
   std::shared_ptr<Backend> backend_;
+  BackendContext device_context_;
+  std::shared_ptr<Backend> device_;         // op thread only
+  std::shared_ptr<Backend> device_shared_;  // the same, for abort (guarded by mu_)
   std::thread op_thread_;
   std::thread monitor_;
 
@@ -319,9 +338,6 @@ BackendKind choose_backend(const JoinOptions& o, const std::vector<Member>& memb
   if (o.backend == BackendKind::kSharedMemory && !one_node)
     throw CollectiveError(where(o) + ": the shared-memory backend needs every rank on one node, but the group spans " +
                           std::to_string(per_node.size()) + " nodes; use BackendKind::kGloo or kAuto");
-  if (o.backend == BackendKind::kNccl)
-    throw CollectiveError(where(o) + ": the " + to_string(o.backend) +
-                          " backend is not available in this build of gantry; use kAuto, kSharedMemory or kGloo");
   return o.backend;
 }
 
@@ -394,6 +410,11 @@ Communicator Communicator::join(const JoinOptions& o) {
     context.node_ips.push_back(m.node_ip);
   }
   auto impl = std::make_unique<CommunicatorImpl>(o, members, prefix, instance);
+  {
+    detail::BackendContext device = context;
+    device.store = std::make_shared<detail::KvStore>(instance + "nccl/", o.cluster_namespace);
+    impl->set_device_context(std::move(device));
+  }
   std::shared_ptr<detail::Backend> backend;
   switch (kind) {
     case BackendKind::kSharedMemory:
@@ -404,6 +425,9 @@ Communicator Communicator::join(const JoinOptions& o) {
       break;
     case BackendKind::kHierarchical:
       backend = detail::make_hierarchical_backend(context);
+      break;
+    case BackendKind::kNccl:
+      backend = detail::make_nccl_backend(context);
       break;
     default:
       throw CollectiveError(where(o) + ": no backend for " + to_string(kind));
@@ -427,6 +451,19 @@ std::string describe(const char* op, size_t count, DataType type) {
   return std::string(op) + " of " + std::to_string(count) + " " + to_string(type);
 }
 
+// Whether an op's buffers are CUDA device memory; mixing host and device is an error.
+bool on_device(const void* a, const void* b = nullptr) {
+  bool da = detail::is_cuda_device_pointer(a);
+  if (b != nullptr && detail::is_cuda_device_pointer(b) != da)
+    throw CollectiveError("an op's send and receive buffers must both be in host memory or both on the device");
+  return da;
+}
+
+// The backend for an op: the group's own for host buffers, NCCL for device buffers.
+detail::Backend& pick(detail::CommunicatorImpl& impl, detail::Backend& host, bool device) {
+  return device ? impl.device_backend(host) : host;
+}
+
 void check_rank(const detail::CommunicatorImpl& impl, int r, const char* role) {
   if (r < 0 || r >= impl.options().world_size)
     throw CollectiveError(where(impl.options()) + ": " + role + " rank " + std::to_string(r) + " is not in 0.." +
@@ -440,8 +477,10 @@ const std::string& Communicator::group() const { return live(impl_).options().gr
 BackendKind Communicator::backend() const { return live(impl_).kind(); }
 
 Work Communicator::allreduce_async(void* data, size_t count, DataType type, ReduceOp op) {
-  return live(impl_).submit(describe("allreduce", count, type),
-                            [=](detail::Backend& b) { b.allreduce(data, count, type, op); });
+  auto& impl = live(impl_);
+  bool device = on_device(data);
+  return impl.submit(describe("allreduce", count, type),
+                     [=, &impl](detail::Backend& b) { pick(impl, b, device).allreduce(data, count, type, op); });
 }
 void Communicator::allreduce(void* data, size_t count, DataType type, ReduceOp op) {
   allreduce_async(data, count, type, op).wait();
@@ -449,24 +488,31 @@ void Communicator::allreduce(void* data, size_t count, DataType type, ReduceOp o
 
 Work Communicator::broadcast_async(void* data, size_t count, DataType type, int root) {
   check_rank(live(impl_), root, "broadcast root");
-  return live(impl_).submit(describe("broadcast", count, type),
-                            [=](detail::Backend& b) { b.broadcast(data, count, type, root); });
+  auto& impl = live(impl_);
+  bool device = on_device(data);
+  return impl.submit(describe("broadcast", count, type),
+                     [=, &impl](detail::Backend& b) { pick(impl, b, device).broadcast(data, count, type, root); });
 }
 void Communicator::broadcast(void* data, size_t count, DataType type, int root) {
   broadcast_async(data, count, type, root).wait();
 }
 
 Work Communicator::allgather_async(const void* send, void* recv, size_t count, DataType type) {
-  return live(impl_).submit(describe("allgather", count, type),
-                            [=](detail::Backend& b) { b.allgather(send, recv, count, type); });
+  auto& impl = live(impl_);
+  bool device = on_device(send, recv);
+  return impl.submit(describe("allgather", count, type),
+                     [=, &impl](detail::Backend& b) { pick(impl, b, device).allgather(send, recv, count, type); });
 }
 void Communicator::allgather(const void* send, void* recv, size_t count, DataType type) {
   allgather_async(send, recv, count, type).wait();
 }
 
 Work Communicator::reduce_scatter_async(const void* send, void* recv, size_t count, DataType type, ReduceOp op) {
-  return live(impl_).submit(describe("reduce_scatter", count, type),
-                            [=](detail::Backend& b) { b.reduce_scatter(send, recv, count, type, op); });
+  auto& impl = live(impl_);
+  bool device = on_device(send, recv);
+  return impl.submit(describe("reduce_scatter", count, type), [=, &impl](detail::Backend& b) {
+    pick(impl, b, device).reduce_scatter(send, recv, count, type, op);
+  });
 }
 void Communicator::reduce_scatter(const void* send, void* recv, size_t count, DataType type, ReduceOp op) {
   reduce_scatter_async(send, recv, count, type, op).wait();
@@ -474,8 +520,10 @@ void Communicator::reduce_scatter(const void* send, void* recv, size_t count, Da
 
 Work Communicator::reduce_async(void* data, size_t count, DataType type, ReduceOp op, int root) {
   check_rank(live(impl_), root, "reduce root");
-  return live(impl_).submit(describe("reduce", count, type),
-                            [=](detail::Backend& b) { b.reduce(data, count, type, op, root); });
+  auto& impl = live(impl_);
+  bool device = on_device(data);
+  return impl.submit(describe("reduce", count, type),
+                     [=, &impl](detail::Backend& b) { pick(impl, b, device).reduce(data, count, type, op, root); });
 }
 void Communicator::reduce(void* data, size_t count, DataType type, ReduceOp op, int root) {
   reduce_async(data, count, type, op, root).wait();
@@ -489,8 +537,10 @@ void Communicator::barrier() { barrier_async().wait(); }
 Work Communicator::send_async(const void* data, size_t count, DataType type, int to) {
   check_rank(live(impl_), to, "send destination");
   if (to == rank()) throw CollectiveError(where(impl_->options()) + ": cannot send to itself");
-  return live(impl_).submit(describe("send", count, type) + " to rank " + std::to_string(to),
-                            [=](detail::Backend& b) { b.send(data, count, type, to); });
+  auto& impl = live(impl_);
+  bool device = on_device(data);
+  return impl.submit(describe("send", count, type) + " to rank " + std::to_string(to),
+                     [=, &impl](detail::Backend& b) { pick(impl, b, device).send(data, count, type, to); });
 }
 void Communicator::send(const void* data, size_t count, DataType type, int to) {
   send_async(data, count, type, to).wait();
@@ -499,8 +549,10 @@ void Communicator::send(const void* data, size_t count, DataType type, int to) {
 Work Communicator::recv_async(void* data, size_t count, DataType type, int from) {
   check_rank(live(impl_), from, "recv source");
   if (from == rank()) throw CollectiveError(where(impl_->options()) + ": cannot receive from itself");
-  return live(impl_).submit(describe("recv", count, type) + " from rank " + std::to_string(from),
-                            [=](detail::Backend& b) { b.recv(data, count, type, from); });
+  auto& impl = live(impl_);
+  bool device = on_device(data);
+  return impl.submit(describe("recv", count, type) + " from rank " + std::to_string(from),
+                     [=, &impl](detail::Backend& b) { pick(impl, b, device).recv(data, count, type, from); });
 }
 void Communicator::recv(void* data, size_t count, DataType type, int from) {
   recv_async(data, count, type, from).wait();
