@@ -917,6 +917,11 @@ TEST_F(TlsClusterTest, WorkObjectsAndTheCliRunOverTls) {
   EXPECT_DOUBLE_EQ(gantry::task(total).remote(far).get(30s), 0.5 * (1 << 20) * ((1 << 20) - 1));
   auto tally = gantry::actor(Tally::create).options({.resources = {{"T", 1}}}).remote(1);
   EXPECT_EQ(tally.task(&Tally::bump).remote().get(30s), 2);
+  // The key-value store works over TLS too, from both nodes.
+  gantry::kill(tally);  // it holds the node's one T
+  auto waiter = gantry::task(wait_key).options({.resources = {{"T", 1}}}).remote("over-tls");
+  gantry::kv::put("over-tls", "sealed");
+  EXPECT_EQ(waiter.get(30s).substr(0, 10), "sealed on ");
   gantry::shutdown();
   std::string status = run(std::string(GANTRY_CLI_PATH) + " status --temp-dir " + temp_.string()).out;
   EXPECT_TRUE(std::regex_search(status, std::regex(joined_id(node_.out) + " +alive"))) << status;

@@ -25,7 +25,8 @@ class ActorTaskCaller {
  public:
   ActorTaskCaller(ActorId actor, std::string method) : actor_(actor), method_(std::move(method)) {}
 
-  /// Sends the call; calls from one caller run in the order they were made.
+  /// Sends the call; calls from one caller run in the order they were made (with
+  /// ActorOptions::max_concurrency > 1 they start in that order and may overlap).
   template <typename... As>
   ObjectRef<R> remote(As&&... args) const {
     static_assert(sizeof...(As) == sizeof...(Params), "wrong number of arguments for this actor method");

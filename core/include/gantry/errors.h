@@ -42,6 +42,14 @@ class WorkerCrashedError : public Error {
   using Error::Error;
 };
 
+/// The task or actor call was cancelled with `gantry::cancel` before it finished (dropped
+/// before it ran, stopped cooperatively, or its worker killed with `force`). Rethrown at
+/// `get()`; the message names the function.
+class TaskCancelledError : public Error {
+ public:
+  using Error::Error;
+};
+
 /// The actor is dead: killed, its process died with no restarts left, or its factory threw.
 class ActorDiedError : public Error {
  public:

@@ -281,6 +281,36 @@ std::optional<ActorHandle<T>> get_actor(const std::string& name) {
   return ActorHandle<T>(*id);
 }
 
+/// Cancels the task or actor call whose result `ref` is. Only the process that submitted
+/// it can (a borrowed ref is an error). Thread-safe.
+///
+/// - Not started yet (waiting for arguments or a worker, or queued in a worker behind
+///   other calls): it never runs.
+/// - Running: `gantry::is_cancelled()` turns true inside it. This is cooperative: code
+///   that never asks runs to its end, and its worker stays busy until then. With
+///   `{.force = true}` the task's worker process is killed instead (and replaced); the
+///   task is not retried. Force is refused for actor calls (it would kill the actor; use
+///   gantry::kill).
+/// - Finished: nothing changes, `get()` still returns its value.
+///
+/// Otherwise `get()` throws gantry::TaskCancelledError from then on, at once, whatever the
+/// task still returns. Cancelling a `put` object is an error.
+///
+///     auto r = gantry::task(train).remote(config);
+///     gantry::cancel(r);  // train() sees gantry::is_cancelled() and returns early
+template <typename T>
+void cancel(const ObjectRef<T>& ref, CancelOptions options = {}) {
+  if (!ref.valid()) throw Error("gantry::cancel on an empty gantry::ObjectRef");
+  detail::runtime().cancel(ref.id(), ref.owner(), options);
+}
+
+/// True on the thread running a task or actor call once `gantry::cancel` reached it; a
+/// long task polls it and returns early. False everywhere else (the driver, threads the
+/// task started, tasks not cancelled).
+///
+///     for (int step = 0; step < steps && !gantry::is_cancelled(); ++step) train_step();
+bool is_cancelled();
+
 /// Kills the actor's process. With `no_restart` (the default) it stays dead; otherwise
 /// it restarts if its `max_restarts` allows.
 template <typename T>

@@ -133,6 +133,28 @@ struct ActorOptions {
   bool detached = false;
   /// Where it runs; see SchedulingStrategy.
   SchedulingStrategy scheduling{};
+  /// How many of its method calls may run at once, on a pool of this many threads in
+  /// the actor's worker; must be at least 1 (`remote()` throws gantry::Error otherwise).
+  /// With 1 (the default) calls run one at a time, in each caller's order. With N > 1
+  /// calls start in the order they arrive and up to N overlap, so a long call (a training
+  /// loop) does not hold up short ones (a status poll, a stop request); results come back
+  /// as each call finishes. The actor's own state is then shared between threads: making
+  /// its methods thread-safe (atomics, a mutex) is up to the actor.
+  ///
+  ///     auto t = gantry::actor(Trainer::create).options({.max_concurrency = 2}).remote();
+  ///     auto done = t.task(&Trainer::train).remote();  // long
+  ///     t.task(&Trainer::stop).remote().get();          // runs beside it
+  int max_concurrency = 1;
+};
+
+/// How `gantry::cancel` stops a task.
+///
+///     gantry::cancel(ref);                   // drop it if queued, else ask it to stop
+///     gantry::cancel(ref, {.force = true});  // a running task's worker is killed
+struct CancelOptions {
+  /// Kill the worker process of a task that was sent to one (it is replaced, and the
+  /// task is not retried). Not for actor calls: that would kill the actor.
+  bool force = false;
 };
 
 /// One node of the cluster, as `gantry::nodes()` lists it.

@@ -1,5 +1,7 @@
 #include "runtime/actor_submitter.h"
 
+#include <algorithm>
+
 #include "common/logging.h"
 
 namespace gantry::internal {
@@ -92,6 +94,57 @@ void ActorSubmitter::fail_call(Call& call, const proto::ErrorInfo& error, AfterU
   after.done.push_back({ObjectId::from_binary(call.spec.return_id()), std::move(value), std::move(call.arg_refs)});
 }
 
+void ActorSubmitter::discard_call(Call& call, ValuePtr value, AfterUnlock& after) {
+  after.discarded.push_back({ObjectId::from_binary(call.spec.return_id()), std::move(value), std::move(call.arg_refs)});
+}
+
+CancelOutcome ActorSubmitter::cancel(const TaskId& id, bool force, std::string* notify_worker) {
+  AfterUnlock after;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    const std::string raw = id.binary();
+    auto cancelled_value = [](const Call& call, const std::string& how) {
+      auto value = std::make_shared<proto::ObjectValue>();
+      *value->mutable_error() = make_error(
+          proto::ErrorInfo::TASK_CANCELLED,
+          "actor call " + call.spec.function() + " was cancelled (gantry::cancel) " + how, call.spec.function());
+      return value;
+    };
+    bool found = false;
+    for (auto& [actor, st] : actors_) {
+      auto q = std::find_if(st.queue.begin(), st.queue.end(), [&](const Call& c) { return c.spec.task_id() == raw; });
+      if (q != st.queue.end()) {
+        if (force) return CancelOutcome::kForceRefused;
+        // Not sent yet (the actor is not reachable yet): it never runs.
+        ++st.counts[q->spec.function()].second;
+        after.done.push_back({ObjectId::from_binary(q->spec.return_id()), cancelled_value(*q, "before it was sent"),
+                              std::move(q->arg_refs)});
+        st.queue.erase(q);
+        found = true;
+        break;
+      }
+      auto s = st.seq_of.find(id);
+      if (s == st.seq_of.end()) continue;
+      auto it = st.in_flight.find(s->second);
+      if (it == st.in_flight.end()) continue;
+      if (force) return CancelOutcome::kForceRefused;
+      found = true;
+      Call& call = it->second;
+      if (call.cancelled) break;
+      // Running, or queued in the actor's worker: the worker skips it or tells it.
+      call.cancelled = true;
+      ++st.counts[call.spec.function()].second;
+      after.done.push_back(
+          {ObjectId::from_binary(call.spec.return_id()), cancelled_value(call, "after it was sent to the actor"), {}});
+      *notify_worker = st.address;
+      break;
+    }
+    if (!found) return CancelOutcome::kNotFound;
+  }
+  finish(after);
+  return CancelOutcome::kCancelled;
+}
+
 void ActorSubmitter::on_resolved(const ActorId& id, const grpc::Status& status, const proto::GetActorReply& reply) {
   AfterUnlock after;
   {
@@ -138,6 +191,13 @@ void ActorSubmitter::on_results(const ActorId& id, uint64_t generation, proto::R
       auto it = st.in_flight.find(s->second);
       st.seq_of.erase(s);
       if (it == st.in_flight.end()) continue;
+      if (it->second.cancelled) {
+        auto dropped = std::make_shared<proto::ObjectValue>();
+        dropped->Swap(result.mutable_value());
+        discard_call(it->second, std::move(dropped), after);
+        st.in_flight.erase(it);
+        continue;
+      }
       auto& count = st.counts[it->second.spec.function()];
       ++(result.value().has_error() ? count.second : count.first);
       auto value = std::make_shared<proto::ObjectValue>();
@@ -164,7 +224,9 @@ void ActorSubmitter::on_broken(const ActorId& id, uint64_t generation, const std
     std::deque<Call> retry;
     for (auto& [seq, call] : st.in_flight) {
       st.seq_of.erase(TaskId::from_binary(call.spec.task_id()));
-      if (call.retries_left != 0) {
+      if (call.cancelled) {
+        discard_call(call, nullptr, after);
+      } else if (call.retries_left != 0) {
         if (call.retries_left > 0) --call.retries_left;
         call.spec.set_attempt(call.spec.attempt() + 1);
         retry.push_back(std::move(call));
@@ -190,6 +252,10 @@ void ActorSubmitter::finish(AfterUnlock& after) {
   for (auto& call : after.calls) call();
   for (auto& c : after.done) {
     config_.complete(c.id, std::move(c.value));
+    config_.refs->remove_submitted(c.arg_refs);
+  }
+  for (auto& c : after.discarded) {
+    if (c.value && config_.discard) config_.discard(c.id, std::move(c.value));
     config_.refs->remove_submitted(c.arg_refs);
   }
   std::vector<std::shared_ptr<TaskStream>> retired;

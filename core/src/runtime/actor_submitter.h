@@ -25,6 +25,7 @@ struct ActorSubmitterConfig {
   MemoryStore* store = nullptr;      // not owned
   ReferenceCounter* refs = nullptr;  // not owned
   CompleteCallback complete;
+  DiscardCallback discard;
   size_t inline_threshold = 100 * 1024;
   bool force_grpc_streams = false;
 };
@@ -41,6 +42,11 @@ class ActorSubmitter {
   /// Sets the retry policy for calls to an actor this process created.
   void set_max_task_retries(const ActorId& actor, int max_task_retries);
   void submit(const ActorId& actor, proto::TaskSpec spec, std::vector<ObjectId> arg_refs);
+  /// Cancels call `id` (gantry::cancel): one not sent yet fails at once and is never
+  /// sent; one sent fails at once, `notify_worker` gets the actor's address to send
+  /// CancelTask to, and what the call returns later is dropped. `force` is refused
+  /// (kForceRefused) for a call not finished: it would kill the actor.
+  CancelOutcome cancel(const TaskId& id, bool force, std::string* notify_worker);
   void stop();
   /// Calls not answered yet (at most `limit` in `out`) and, per method, how many
   /// finished and failed; see TaskSubmitter::describe.
@@ -51,6 +57,7 @@ class ActorSubmitter {
     proto::TaskSpec spec;
     std::vector<ObjectId> arg_refs;
     int retries_left = 0;
+    bool cancelled = false;  // its ref holds TaskCancelledError; still in flight
   };
   struct ActorState {
     ActorId id;
@@ -70,6 +77,7 @@ class ActorSubmitter {
   };
   struct AfterUnlock {
     std::vector<TaskSubmitter::Completion> done;
+    std::vector<TaskSubmitter::Completion> discarded;  // cancelled calls that ended
     std::vector<std::function<void()>> calls;
     std::vector<std::shared_ptr<TaskStream>> flush;  // streams given specs, written after unlock
   };
@@ -78,6 +86,8 @@ class ActorSubmitter {
   void flush_locked(ActorState& st, AfterUnlock& after);
   void resolve_locked(ActorState& st, AfterUnlock& after);
   void fail_call(Call& call, const proto::ErrorInfo& error, AfterUnlock& after);
+  // A cancelled call ended (its result came, or the actor died): drops it.
+  void discard_call(Call& call, ValuePtr value, AfterUnlock& after);
   void on_resolved(const ActorId& id, const grpc::Status& status, const proto::GetActorReply& reply);
   void on_results(const ActorId& id, uint64_t generation, proto::ResultBatch& batch);
   void on_broken(const ActorId& id, uint64_t generation, const std::string& why);

@@ -20,6 +20,7 @@
 #include "runtime/local_cluster.h"
 #include "runtime/output_forwarder.h"
 #include "runtime/process_env.h"
+#include "runtime/task_executor.h"
 
 namespace gantry {
 namespace {
@@ -272,6 +273,8 @@ void shutdown() {
 }
 
 bool is_initialized() { return g_runtime.load() != nullptr; }
+
+bool is_cancelled() { return internal::current_task_cancelled(); }
 
 std::vector<int> get_gpu_ids() { return detail::runtime().context().gpu_ids; }
 

@@ -103,6 +103,7 @@ CoreWorker::CoreWorker(CoreWorkerConfig config)
   sc.store = &store_;
   sc.refs = &refs_;
   sc.complete = complete;
+  sc.discard = [this](const ObjectId& id, ValuePtr value) { discard(id, value); };
   sc.keep_lineage = [this](const proto::TaskSpec& spec, const ResourceSet& resources,
                            const proto::SchedulingStrategy& strategy, int retries) {
     std::lock_guard<std::mutex> lock(lineage_mu_);
@@ -122,6 +123,7 @@ CoreWorker::CoreWorker(CoreWorkerConfig config)
   ac.store = &store_;
   ac.refs = &refs_;
   ac.complete = complete;
+  ac.discard = sc.discard;
   ac.inline_threshold = config_.inline_threshold;
   ac.force_grpc_streams = config_.force_grpc_streams;
   actors_ = std::make_unique<ActorSubmitter>(ac);
@@ -251,7 +253,10 @@ ObjectId CoreWorker::seal_object(std::unique_ptr<detail::WritableObject> object,
 }
 
 std::shared_ptr<detail::Buffer> CoreWorker::to_buffer(const ValuePtr& value, const ObjectId& id) {
-  if (value->has_error()) throw_error(value->error());
+  if (value->has_error()) {
+    if (value->error().kind() == proto::ErrorInfo::TASK_CANCELLED) throw TaskCancelledError(value->error().message());
+    throw_error(value->error());
+  }
   if (value->has_shm()) return map_shm(value->shm());
   return std::make_shared<ValueBuffer>(value);
 }
@@ -282,6 +287,8 @@ std::shared_ptr<detail::Buffer> CoreWorker::map_shm(const proto::ShmLocation& lo
 
 void CoreWorker::set_blocked(bool blocked) {
   if (config_.is_driver || !executor_->busy()) return;
+  std::lock_guard<std::mutex> lock(blocked_mu_);
+  if (blocked ? blocked_depth_++ > 0 : --blocked_depth_ > 0) return;
   proto::WorkerBlocked req;
   req.set_worker_id(config_.worker_id.binary());
   req.set_blocked(blocked);
@@ -498,7 +505,7 @@ ObjectId CoreWorker::submit_task(const std::string& function, std::vector<detail
   std::vector<ObjectId> arg_refs;
   for (auto& a : args) *spec.add_args() = to_task_arg(a, &arg_refs);
   store_.add_pending(id);
-  refs_.add_owned(id);
+  refs_.add_owned(id, /*task_result=*/true);
   tasks_->submit(std::move(spec), std::move(arg_refs), std::move(resources), std::move(strategy),
                  options.max_retries, options.retry_exceptions);
   return id;
@@ -509,6 +516,9 @@ ActorId CoreWorker::create_actor(const std::string& factory, const std::string& 
   if (stopped_) throw Error("gantry is shut down");
   ResourceSet resources = resources_of(options.num_cpus, options.num_gpus, options.memory, options.resources,
                                        "actor " + class_key);
+  if (options.max_concurrency < 1)
+    throw Error("invalid options for actor " + class_key + ": max_concurrency must be at least 1, not " +
+                std::to_string(options.max_concurrency));
   ActorId id = ActorId::generate();
   proto::ActorSpec spec;
   spec.set_actor_id(id.binary());
@@ -519,6 +529,7 @@ ActorId CoreWorker::create_actor(const std::string& factory, const std::string& 
   spec.set_max_restarts(options.max_restarts);
   spec.set_max_task_retries(options.max_task_retries);
   spec.set_detached(options.detached);
+  spec.set_max_concurrency(options.max_concurrency);
   spec.set_owner_address(config_.listen_address);
   spec.set_job_id(config_.job_id.binary());
   *spec.mutable_strategy() = strategy_of(options.scheduling, "actor " + class_key);
@@ -561,7 +572,7 @@ ObjectId CoreWorker::submit_actor_task(const ActorId& actor, const std::string& 
   std::vector<ObjectId> arg_refs;
   for (auto& a : args) *spec.add_args() = to_task_arg(a, &arg_refs);
   store_.add_pending(id);
-  refs_.add_owned(id);
+  refs_.add_owned(id, /*task_result=*/true);
   actors_->submit(actor, std::move(spec), std::move(arg_refs));
   return id;
 }
@@ -593,6 +604,34 @@ void CoreWorker::kill_actor(const ActorId& actor, bool no_restart) {
     std::lock_guard<std::mutex> lock(actor_args_mu_);
     actor_args_.erase(actor);
   }
+}
+
+void CoreWorker::cancel(const ObjectId& id, const std::string& owner, const CancelOptions& options) {
+  if (stopped_) throw Error("gantry is shut down");
+  if (owner != config_.listen_address)
+    throw Error("gantry::cancel: object " + id.hex() + " is owned by " + owner +
+                "; only the process that submitted a task can cancel it, not one it was passed to");
+  std::string worker;
+  CancelOutcome outcome = tasks_->cancel(id, options.force, &worker);
+  if (outcome == CancelOutcome::kNotFound) outcome = actors_->cancel(id, options.force, &worker);
+  if (outcome == CancelOutcome::kForceRefused)
+    throw Error(
+        "gantry::cancel: force-cancelling an actor call would kill the actor; use gantry::kill, or cancel "
+        "without force (object " +
+        id.hex() + ")");
+  if (outcome == CancelOutcome::kNotFound) {
+    if (!refs_.is_task_result(id))
+      throw Error("gantry::cancel: object " + id.hex() +
+                  " was not made by a task or actor call (a gantry::put?); "
+                  "only their results can be cancelled");
+    return;  // finished: its value stays
+  }
+  if (worker.empty()) return;
+  proto::CancelTaskRequest request;
+  request.set_task_id(id.binary());
+  auto stub = proto::WorkerService::NewStub(channels_.get(worker));
+  send_and_forget<proto::Empty>(std::move(request), std::chrono::seconds(5),
+                                [&](auto... call) { stub->async()->CancelTask(call...); });
 }
 
 std::vector<NodeInfo> CoreWorker::nodes() {
@@ -786,6 +825,13 @@ void CoreWorker::complete(const ObjectId& id, ValuePtr value) {
   if (has_pins) on_free(id);
 }
 
+void CoreWorker::discard(const ObjectId& id, const ValuePtr& value) {
+  if (value->has_shm()) delete_shm(id, value->shm().node_id());
+  if (value->contained_size() == 0) return;
+  std::vector<proto::ObjectRefMsg> pins(value->contained().begin(), value->contained().end());
+  release_result_pins(id, pins);
+}
+
 void CoreWorker::pin_for_result(const std::vector<std::shared_ptr<detail::RefState>>& nested,
                                 const proto::TaskSpec& spec, proto::ObjectValue* value) {
   if (nested.empty()) return;
@@ -892,6 +938,14 @@ grpc::Status CoreWorker::UpdateBorrowers(grpc::ServerContext* ctx, const proto::
   GANTRY_REQUIRE_TOKEN(ctx);
   for (const auto& raw : req->add()) refs_.add_borrower(ObjectId::from_binary(raw), req->borrower_address());
   for (const auto& raw : req->remove()) refs_.remove_borrower(ObjectId::from_binary(raw), req->borrower_address());
+  return grpc::Status::OK;
+}
+
+grpc::Status CoreWorker::CancelTask(grpc::ServerContext* ctx, const proto::CancelTaskRequest* req, proto::Empty*) {
+  GANTRY_REQUIRE_TOKEN(ctx);
+  TaskId id = TaskId::from_binary(req->task_id());
+  if (id.is_nil()) return {grpc::StatusCode::INVALID_ARGUMENT, "task id must be 16 bytes"};
+  executor_->cancel(id);
   return grpc::Status::OK;
 }
 

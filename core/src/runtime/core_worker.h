@@ -76,6 +76,7 @@ class CoreWorker final : public detail::Runtime, public proto::WorkerService::Se
                              std::vector<detail::EncodedArg> args) override;
   std::optional<ActorId> get_named_actor(const std::string& name, const std::string& class_key) override;
   void kill_actor(const ActorId& actor, bool no_restart) override;
+  void cancel(const ObjectId& id, const std::string& owner, const CancelOptions& options) override;
   std::vector<NodeInfo> nodes() override;
   std::string create_placement_group(const PlacementGroupOptions& options) override;
   bool wait_placement_group(const std::string& id, std::chrono::milliseconds timeout) override;
@@ -105,6 +106,7 @@ class CoreWorker final : public detail::Runtime, public proto::WorkerService::Se
   grpc::Status ListOwned(grpc::ServerContext* ctx, const proto::ListOwnedRequest* req, proto::OwnedState* reply) override;
   grpc::Status UpdateBorrowers(grpc::ServerContext* ctx, const proto::BorrowUpdate* req,
                                proto::Empty* reply) override;
+  grpc::Status CancelTask(grpc::ServerContext* ctx, const proto::CancelTaskRequest* req, proto::Empty* reply) override;
 
   // For the executor.
   /// The bytes of one task argument: inline, mapped from shared memory, or fetched.
@@ -139,10 +141,14 @@ class CoreWorker final : public detail::Runtime, public proto::WorkerService::Se
   void on_free(const ObjectId& id);
   void on_borrow(const ObjectId& id, const std::string& owner, bool add);
   void complete(const ObjectId& id, ValuePtr value);
+  /// Frees what a value that came back for a cancelled task holds (see DiscardCallback).
+  void discard(const ObjectId& id, const ValuePtr& value);
   /// Frees a shared-memory object at this node's agent, which passes it on to
   /// `holder_node` (hex) when the object was made there.
   void delete_shm(const ObjectId& id, const std::string& holder_node = {});
   /// Tells the agent this worker waits in get()/wait() so its CPUs can run other tasks.
+  /// Nests: with several calls of a concurrent actor waiting, the agent hears of the
+  /// first to block and the last to return.
   void set_blocked(bool blocked);
   /// Blocked for its lifetime (no-op in a driver or outside a task).
   class BlockedScope {
@@ -201,6 +207,9 @@ class CoreWorker final : public detail::Runtime, public proto::WorkerService::Se
   /// Runs the task that made `id` again when its value sits on `lost_node` (hex) and it
   /// has lineage left; false when it cannot be rebuilt.
   bool rebuild(const ObjectId& id, const std::string& lost_node);
+
+  std::mutex blocked_mu_;  // guards blocked_depth_; held across the NotifyWorkerBlocked call, so they stay in order
+  int blocked_depth_ = 0;  // calls of this worker blocked in get()/wait()
 
   std::atomic<bool> stopped_{false};
 };

@@ -5,10 +5,11 @@ namespace gantry::internal {
 ReferenceCounter::ReferenceCounter(std::string self_address, FreeCallback on_free, BorrowCallback on_borrow)
     : self_(std::move(self_address)), on_free_(std::move(on_free)), on_borrow_(std::move(on_borrow)) {}
 
-void ReferenceCounter::add_owned(const ObjectId& id) {
+void ReferenceCounter::add_owned(const ObjectId& id, bool task_result) {
   std::lock_guard<std::mutex> lock(mu_);
   Ref& r = refs_[id];
   r.owned = true;
+  r.task_result = task_result;
   r.owner = self_;
   ++r.local;
 }
@@ -108,6 +109,12 @@ bool ReferenceCounter::is_owned(const ObjectId& id) const {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = refs_.find(id);
   return it != refs_.end() && it->second.owned;
+}
+
+bool ReferenceCounter::is_task_result(const ObjectId& id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = refs_.find(id);
+  return it != refs_.end() && it->second.owned && it->second.task_result;
 }
 
 size_t ReferenceCounter::num_tracked() const {

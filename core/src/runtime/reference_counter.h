@@ -25,8 +25,9 @@ class ReferenceCounter {
 
   ReferenceCounter(std::string self_address, FreeCallback on_free, BorrowCallback on_borrow);
 
-  /// A new object owned here, with one local reference.
-  void add_owned(const ObjectId& id);
+  /// A new object owned here, with one local reference; `task_result`: the result of a
+  /// task or actor call this process submitted (else a put).
+  void add_owned(const ObjectId& id, bool task_result = false);
   void add_local(const ObjectId& id, const std::string& owner);
   void remove_local(const ObjectId& id);
   /// Pins objects used as arguments of a task until it finishes.
@@ -37,6 +38,8 @@ class ReferenceCounter {
   void remove_borrower(const ObjectId& id, const std::string& borrower);
 
   bool is_owned(const ObjectId& id) const;
+  /// True for an owned object made by add_owned(id, /*task_result=*/true).
+  bool is_task_result(const ObjectId& id) const;
   size_t num_tracked() const;
 
   /// One object this process owns, for listing.
@@ -52,6 +55,7 @@ class ReferenceCounter {
  private:
   struct Ref {
     bool owned = false;
+    bool task_result = false;
     std::string owner;
     int64_t local = 0;
     int64_t submitted = 0;

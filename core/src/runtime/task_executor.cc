@@ -20,9 +20,13 @@ namespace gantry::internal {
 namespace {
 
 thread_local const proto::TaskSpec* t_current_task = nullptr;
+thread_local const std::atomic<bool>* t_cancelled = nullptr;
 
 constexpr int kMaxResultsPerBatch = 64;
 constexpr auto kMaxResultDelay = std::chrono::milliseconds(1);
+// How long a cancel for a task not (yet) seen here is remembered: the CancelTask call
+// may overtake the task on its stream.
+constexpr auto kRememberCancel = std::chrono::minutes(1);
 
 /// Writes a result inline into the reply, or into shared memory when it is large.
 class ResultWriter final : public detail::ResultSink {
@@ -57,15 +61,127 @@ class ResultWriter final : public detail::ResultSink {
 };
 
 struct CurrentTaskScope {
-  explicit CurrentTaskScope(const proto::TaskSpec* spec) { t_current_task = spec; }
-  ~CurrentTaskScope() { t_current_task = nullptr; }
+  CurrentTaskScope(const proto::TaskSpec* spec, const std::atomic<bool>* cancelled) {
+    t_current_task = spec;
+    t_cancelled = cancelled;
+  }
+  ~CurrentTaskScope() {
+    t_current_task = nullptr;
+    t_cancelled = nullptr;
+  }
 };
 
 }  // namespace
 
 const proto::TaskSpec* current_task() { return t_current_task; }
 
+bool current_task_cancelled() { return t_cancelled != nullptr && t_cancelled->load(std::memory_order_relaxed); }
+
+/// Threads that run an actor's calls when its max_concurrency is above 1: jobs start in
+/// the order they are posted, up to `max_threads` at once. Threads are started as calls
+/// need them and then kept. Thread-safe; `mu_` guards the queue and the counts.
+class TaskExecutor::CallPool {
+ public:
+  explicit CallPool(int max_threads) : max_threads_(static_cast<size_t>(max_threads)) {}
+  ~CallPool() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+  CallPool(const CallPool&) = delete;
+  CallPool& operator=(const CallPool&) = delete;
+
+  void post(std::function<void()> job) {
+    std::lock_guard<std::mutex> lock(mu_);
+    jobs_.push_back(std::move(job));
+    if (idle_ >= jobs_.size() || threads_.size() >= max_threads_) {
+      cv_.notify_one();
+      return;
+    }
+    threads_.emplace_back([this] { work(); });
+  }
+
+ private:
+  void work() {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (true) {
+      ++idle_;
+      cv_.wait(lock, [this] { return stopping_ || !jobs_.empty(); });
+      --idle_;
+      if (stopping_) return;
+      std::function<void()> job = std::move(jobs_.front());
+      jobs_.pop_front();
+      lock.unlock();
+      job();
+      lock.lock();
+    }
+  }
+
+  const size_t max_threads_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;
+  std::vector<std::thread> threads_;
+  size_t idle_ = 0;  // threads waiting for a job
+  bool stopping_ = false;
+};
+
+TaskExecutor::TaskExecutor(CoreWorker& core) : core_(core) {}
+
+TaskExecutor::~TaskExecutor() = default;
+
 bool TaskExecutor::busy() const { return running_.load() > 0; }
+
+void TaskExecutor::cancel(const TaskId& id) {
+  std::lock_guard<std::mutex> lock(cancel_mu_);
+  for (const RunningTask& t : running_tasks_) {
+    if (t.id == id) {
+      t.cancelled->store(true, std::memory_order_relaxed);
+      return;
+    }
+  }
+  // Not running: queued here, on its way, or already finished (then it is pruned later).
+  auto now = std::chrono::steady_clock::now();
+  std::erase_if(cancelled_early_, [&](const auto& entry) { return now - entry.second > kRememberCancel; });
+  cancelled_early_[id] = now;
+}
+
+bool TaskExecutor::begin_task(const TaskId& id, std::atomic<bool>* cancelled) {
+  std::lock_guard<std::mutex> lock(cancel_mu_);
+  if (!cancelled_early_.empty() && cancelled_early_.erase(id) > 0) return false;
+  running_tasks_.push_back({id, cancelled});
+  return true;
+}
+
+void TaskExecutor::end_task(const TaskId& id) {
+  std::lock_guard<std::mutex> lock(cancel_mu_);
+  for (auto it = running_tasks_.begin(); it != running_tasks_.end(); ++it) {
+    if (it->id == id) {
+      *it = running_tasks_.back();
+      running_tasks_.pop_back();
+      return;
+    }
+  }
+}
+
+void TaskExecutor::run(const proto::TaskSpec& spec, proto::TaskResult* result, bool relabel) {
+  TaskId id = TaskId::from_binary(spec.task_id());
+  std::atomic<bool> cancelled{false};
+  if (!begin_task(id, &cancelled)) {
+    const std::string& label = spec.name().empty() ? spec.function() : spec.name();
+    result->set_task_id(spec.task_id());
+    *result->mutable_value()->mutable_error() = make_error(
+        proto::ErrorInfo::TASK_CANCELLED, label + " was cancelled (gantry::cancel) before it started", label);
+    return;
+  }
+  ++running_;
+  execute(spec, result, &cancelled, relabel);
+  --running_;
+  end_task(id);
+}
 
 proto::ErrorInfo TaskExecutor::current_exception_error(const std::string& function) const {
   std::string type = "unknown exception";
@@ -85,13 +201,14 @@ proto::ErrorInfo TaskExecutor::current_exception_error(const std::string& functi
   return error;
 }
 
-void TaskExecutor::execute(const proto::TaskSpec& spec, proto::TaskResult* result) {
+void TaskExecutor::execute(const proto::TaskSpec& spec, proto::TaskResult* result, const std::atomic<bool>* cancelled,
+                           bool relabel) {
   auto start = std::chrono::steady_clock::now();
   result->set_task_id(spec.task_id());
   proto::ObjectValue* value = result->mutable_value();
-  CurrentTaskScope scope(&spec);
+  CurrentTaskScope scope(&spec, cancelled);
   const std::string& label = spec.name().empty() ? spec.function() : spec.name();
-  if (OutputForwarder* out = core_.output()) out->set_label(label);
+  if (OutputForwarder* out = core_.output(); out != nullptr && relabel) out->set_label(label);
   try {
     std::vector<std::shared_ptr<detail::Buffer>> keep;
     std::vector<detail::ArgView> views;
@@ -152,9 +269,7 @@ bool TaskExecutor::run_into(const proto::TaskSpec& spec, proto::ResultBatch* pen
                             std::chrono::steady_clock::time_point* first_pending) {
   {
     std::lock_guard<std::mutex> exec(exec_mu_);
-    ++running_;
-    execute(spec, pending->add_results());
-    --running_;
+    run(spec, pending->add_results(), /*relabel=*/true);
   }
   if (pending->results_size() == 1) *first_pending = std::chrono::steady_clock::now();
   return pending->results_size() >= kMaxResultsPerBatch ||
@@ -172,6 +287,23 @@ void TaskExecutor::serve_socket(std::unique_ptr<FrameSocket> socket) {
     return;
   }
   socket->set_read_timeout(std::chrono::milliseconds(0));
+  if (CallPool* pool = pool_.load(std::memory_order_acquire)) {
+    // Calls overlap: a reader thread takes batches while this one writes results.
+    std::string in_frame, out_frame;
+    serve_concurrent({[&](proto::TaskBatch* b) {
+                        if (!socket->read(&in_frame)) return false;
+                        if (b->ParseFromString(in_frame)) return true;
+                        GANTRY_LOG_WARN("dropping a task stream: malformed task batch of {} bytes", in_frame.size());
+                        return false;
+                      },
+                      [&](const proto::ResultBatch& r) {
+                        r.SerializeToString(&out_frame);
+                        return socket->write(out_frame);
+                      },
+                      [&] { socket->shutdown_both(); }},
+                     *pool);
+    return;
+  }
   // One thread does everything: it reads a batch when it has nothing to run, and while
   // it writes results into a full socket it takes the batches the caller sends meanwhile
   // (write_reading), so neither side waits on the other. A call costs no thread hand-off.
@@ -214,7 +346,71 @@ void TaskExecutor::serve_socket(std::unique_ptr<FrameSocket> socket) {
   if (broken) socket->shutdown_both();
 }
 
+void TaskExecutor::serve_concurrent(const BatchIo& io, CallPool& pool) {
+  // Shared with calls still running when the stream ends early (the caller went away):
+  // their results are dropped.
+  struct StreamState {
+    std::mutex mu;  // guards everything below
+    std::condition_variable cv;
+    proto::ResultBatch results;  // finished, not sent yet
+    int running = 0;             // handed to the pool, not finished
+    bool reader_done = false;
+    bool broken = false;
+  };
+  auto st = std::make_shared<StreamState>();
+  // A reader thread hands calls to the pool in arrival order, so they start in that order.
+  std::thread reader([this, &io, &pool, st] {
+    proto::TaskBatch batch;
+    while (io.read(&batch)) {
+      for (auto& t : *batch.mutable_tasks()) {
+        {
+          std::lock_guard<std::mutex> lock(st->mu);
+          ++st->running;
+        }
+        auto spec = std::make_shared<proto::TaskSpec>(std::move(t));
+        pool.post([this, st, spec] {
+          proto::TaskResult result;
+          run(*spec, &result, /*relabel=*/false);
+          std::lock_guard<std::mutex> lock(st->mu);
+          --st->running;
+          if (!st->broken) st->results.add_results()->Swap(&result);
+          st->cv.notify_all();
+        });
+      }
+      batch.Clear();
+    }
+    std::lock_guard<std::mutex> lock(st->mu);
+    st->reader_done = true;
+    st->cv.notify_all();
+  });
+  // This thread sends results as calls finish, together when several are ready, until the
+  // caller ends the stream and every call it sent has answered.
+  std::unique_lock<std::mutex> lock(st->mu);
+  while (true) {
+    st->cv.wait(lock, [&] { return st->results.results_size() > 0 || (st->reader_done && st->running == 0); });
+    if (st->results.results_size() == 0) break;
+    proto::ResultBatch out;
+    out.Swap(&st->results);
+    lock.unlock();
+    bool ok = io.write(out);
+    lock.lock();
+    if (!ok) {
+      st->broken = true;
+      break;
+    }
+  }
+  bool broken = st->broken;
+  lock.unlock();
+  // A reader blocked in read returns when the caller ends the stream, or when cancel does.
+  if (broken) io.cancel();
+  reader.join();
+}
+
 void TaskExecutor::serve(const BatchIo& io) {
+  if (CallPool* pool = pool_.load(std::memory_order_acquire)) {
+    serve_concurrent(io, *pool);
+    return;
+  }
   // The gRPC stream cannot wait for "readable or writable" at once, so two threads share
   // the reading. When the executor has nothing to do it reads the next
   // batch itself, so a lone call goes socket -> user code without a thread hand-off. While
@@ -319,6 +515,10 @@ void TaskExecutor::create_actor(const proto::CreateActorRequest& req, proto::Cre
     actor_class_ = factory->class_key;
     actor_id_ = ActorId::from_binary(req.actor_id());
     actor_resources_ = req.resources();
+    if (req.max_concurrency() > 1) {
+      pool_owner_ = std::make_unique<CallPool>(req.max_concurrency());
+      pool_.store(pool_owner_.get(), std::memory_order_release);
+    }
     reply->set_ok(true);
   } catch (...) {
     running_ = 0;

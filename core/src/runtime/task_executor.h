@@ -8,6 +8,8 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
+#include <vector>
 
 #include "gantry/ids.h"
 #include "gantry/worker.grpc.pb.h"
@@ -23,13 +25,21 @@ struct CurrentTask {
 };
 /// The task running on this thread, or null.
 const proto::TaskSpec* current_task();
+/// True on the thread running a task once the task's owner cancelled it (CancelTask).
+bool current_task_cancelled();
 
-/// Executes tasks and actor calls in a worker: one at a time, in arrival order per
-/// stream. Results go back in batches, flushed when the queue runs dry, when 64 are
-/// waiting, or 1 ms after the first.
+/// Executes tasks and actor calls in a worker. Results go back in batches, flushed when
+/// the queue runs dry, when 64 are waiting, or 1 ms after the first.
+///
+/// By default one at a time, in arrival order per stream: each stream's thread runs its
+/// calls itself under `exec_mu_`. An actor created with max_concurrency N > 1 instead runs
+/// its calls on a pool of up to N threads (CallPool): a stream's reader thread hands each
+/// call to the pool in arrival order, and the stream's thread sends results back as calls
+/// finish, so they may return out of order (callers match them by task id).
 class TaskExecutor {
  public:
-  explicit TaskExecutor(CoreWorker& core) : core_(core) {}
+  explicit TaskExecutor(CoreWorker& core);
+  ~TaskExecutor();
 
   /// Serves one gRPC PushTasks stream until the caller ends it.
   grpc::Status push_tasks(grpc::ServerContext* ctx,
@@ -37,6 +47,10 @@ class TaskExecutor {
   /// Serves one framed task socket until the caller ends it.
   void serve_socket(std::unique_ptr<FrameSocket> socket);
   void create_actor(const proto::CreateActorRequest& req, proto::CreateActorReply* reply);
+  /// Cancels task `id` sent to this worker: a running one sees is_cancelled(); one not
+  /// started yet, or not even arrived yet (remembered for a minute), is answered with a
+  /// TASK_CANCELLED error instead of running. Thread-safe.
+  void cancel(const TaskId& id);
   /// True while a task or method runs in this process.
   bool busy() const;
   const ActorId& actor_id() const { return actor_id_; }
@@ -50,21 +64,44 @@ class TaskExecutor {
     std::function<bool(const proto::ResultBatch&)> write;
     std::function<void()> cancel;
   };
+  class CallPool;
   void serve(const BatchIo& io);
+  // Serves a stream of an actor with max_concurrency > 1: calls run on `pool`.
+  void serve_concurrent(const BatchIo& io, CallPool& pool);
   // Runs `spec` and appends its result to `pending`; true when the batch is due to be sent
   // (full, or its first result waited long enough).
   bool run_into(const proto::TaskSpec& spec, proto::ResultBatch* pending,
                 std::chrono::steady_clock::time_point* first_pending);
-  void execute(const proto::TaskSpec& spec, proto::TaskResult* result);
+  // Runs `spec` into `result`, or answers TASK_CANCELLED when it was cancelled before it
+  // started. `relabel`: name the output lines after it (not while calls overlap).
+  void run(const proto::TaskSpec& spec, proto::TaskResult* result, bool relabel);
+  void execute(const proto::TaskSpec& spec, proto::TaskResult* result, const std::atomic<bool>* cancelled,
+               bool relabel);
+  // Registers a task about to run with its cancellation flag; false when it was cancelled.
+  bool begin_task(const TaskId& id, std::atomic<bool>* cancelled);
+  void end_task(const TaskId& id);
   proto::ErrorInfo current_exception_error(const std::string& function) const;
 
   CoreWorker& core_;
-  mutable std::mutex exec_mu_;  // held while user code runs: one call at a time
+  mutable std::mutex exec_mu_;  // held while user code runs inline: one call at a time
   std::shared_ptr<void> actor_;
   std::string actor_class_;
   ActorId actor_id_;
   proto::Resources actor_resources_;
   std::atomic<int> running_{0};
+  // The actor's call pool (max_concurrency > 1): set by create_actor before the actor is
+  // reported alive, so before any caller's stream to it starts; kept for the process's life.
+  std::unique_ptr<CallPool> pool_owner_;
+  std::atomic<CallPool*> pool_{nullptr};
+
+  struct RunningTask {
+    TaskId id;
+    std::atomic<bool>* cancelled;  // not owned: lives on the running thread's stack
+  };
+  std::mutex cancel_mu_;  // guards running_tasks_ and cancelled_early_
+  std::vector<RunningTask> running_tasks_;
+  // Cancelled before they started here, with when; pruned after a minute.
+  std::unordered_map<TaskId, std::chrono::steady_clock::time_point> cancelled_early_;
 };
 
 }  // namespace gantry::internal

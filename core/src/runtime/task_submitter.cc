@@ -283,6 +283,12 @@ void TaskSubmitter::on_results(const std::string& key, uint64_t handle, proto::R
       double us = static_cast<double>(result.exec_us());
       KeyState::FunctionStats& stats = ks.functions[task.spec.function()];
       stats.avg_us = stats.avg_us < 0 ? us : 0.8 * stats.avg_us + 0.2 * us;
+      if (task.cancelled) {
+        auto dropped = std::make_shared<proto::ObjectValue>();
+        dropped->Swap(result.mutable_value());
+        discard_task_locked(it, std::move(dropped), after);
+        continue;
+      }
       const proto::ObjectValue& value = result.value();
       if (value.has_error() && value.error().kind() == proto::ErrorInfo::TASK_ERROR && task.retry_exceptions &&
           task.retries_left != 0) {
@@ -323,17 +329,14 @@ void TaskSubmitter::on_broken(const std::string& key, uint64_t handle, const std
     if (wit == ks.workers.end()) return;
     LeasedWorker& w = *wit->second;
     // Re-run in submission order ahead of newer work.
-    std::vector<TaskId> lost(w.in_flight.begin(), w.in_flight.end());
-    auto sequence = [&](const TaskId& id) {
-      auto it = tasks_.find(id);
-      return it == tasks_.end() ? uint64_t{0} : it->second->spec.sequence();
-    };
-    std::sort(lost.begin(), lost.end(), [&](const TaskId& a, const TaskId& b) { return sequence(a) < sequence(b); });
+    std::vector<TaskId> lost = in_submission_order_locked(w.in_flight);
     for (auto rit = lost.rbegin(); rit != lost.rend(); ++rit) {
       auto it = tasks_.find(*rit);
       if (it == tasks_.end()) continue;
       Task& task = *it->second;
-      if (task.retries_left != 0) {
+      if (task.cancelled) {
+        discard_task_locked(it, nullptr, after);
+      } else if (task.retries_left != 0) {
         if (task.retries_left > 0) --task.retries_left;
         task.spec.set_attempt(task.spec.attempt() + 1);
         GANTRY_LOG_INFO("worker pid {} died running {}; retrying (attempt {})", w.pid, task.spec.function(),
@@ -355,6 +358,90 @@ void TaskSubmitter::on_broken(const std::string& key, uint64_t handle, const std
     dispatch_locked(ks, after);
   }
   finish(after);
+}
+
+std::vector<TaskId> TaskSubmitter::in_submission_order_locked(const std::unordered_set<TaskId>& ids) const {
+  std::vector<TaskId> out(ids.begin(), ids.end());
+  auto sequence = [&](const TaskId& id) {
+    auto it = tasks_.find(id);
+    return it == tasks_.end() ? uint64_t{0} : it->second->spec.sequence();
+  };
+  std::sort(out.begin(), out.end(), [&](const TaskId& a, const TaskId& b) { return sequence(a) < sequence(b); });
+  return out;
+}
+
+void TaskSubmitter::discard_task_locked(std::unordered_map<TaskId, std::unique_ptr<Task>>::iterator it, ValuePtr value,
+                                        AfterUnlock& after) {
+  Task& task = *it->second;
+  after.discarded.push_back({ObjectId::from_binary(task.spec.return_id()), std::move(value), std::move(task.arg_refs)});
+  tasks_.erase(it);
+}
+
+CancelOutcome TaskSubmitter::cancel(const TaskId& id, bool force, std::string* notify_worker) {
+  AfterUnlock after;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = tasks_.find(id);
+    if (it == tasks_.end()) return CancelOutcome::kNotFound;
+    Task& task = *it->second;
+    if (task.cancelled) return CancelOutcome::kCancelled;  // its worker was told already
+    const std::string name = task.spec.name().empty() ? task.spec.function() : task.spec.name();
+    KeyState& ks = keys_[task.key];
+    uint64_t handle = 0;
+    LeasedWorker* w = nullptr;
+    for (auto& [h, worker] : ks.workers) {
+      if (worker->in_flight.count(id) > 0) {
+        handle = h;
+        w = worker.get();
+        break;
+      }
+    }
+    if (w == nullptr) {
+      // Waiting for its arguments or for a worker: it never runs.
+      std::erase(ks.queue, id);
+      fail_task_locked(id,
+                       make_error(proto::ErrorInfo::TASK_CANCELLED,
+                                  "task " + name + " was cancelled (gantry::cancel) before it started", name),
+                       after);
+    } else if (force) {
+      // The other tasks sent to that worker wait behind this one (a worker runs one task
+      // at a time): they go back to the queue, in order, without spending a retry.
+      std::vector<TaskId> others = in_submission_order_locked(w->in_flight);
+      for (auto rit = others.rbegin(); rit != others.rend(); ++rit) {
+        auto other = tasks_.find(*rit);
+        if (*rit == id || other == tasks_.end()) continue;
+        if (other->second->cancelled)
+          discard_task_locked(other, nullptr, after);
+        else
+          ks.queue.push_front(*rit);
+      }
+      w->in_flight.clear();
+      fail_task_locked(
+          id,
+          make_error(proto::ErrorInfo::TASK_CANCELLED,
+                     "task " + name + " was cancelled (gantry::cancel with force): its worker process (pid " +
+                         std::to_string(w->pid) + ") was killed",
+                     name),
+          after);
+      // Returning the lease as failed makes the agent kill the process.
+      drop_worker_locked(ks, handle, /*failed=*/true, after);
+      dispatch_locked(ks, after);
+    } else {
+      // Running, or queued in the worker: the worker skips it or tells it. The ref fails
+      // now; what the task returns later is dropped.
+      task.cancelled = true;
+      ++ks.functions[task.spec.function()].failed;
+      auto value = std::make_shared<proto::ObjectValue>();
+      *value->mutable_error() = make_error(
+          proto::ErrorInfo::TASK_CANCELLED,
+          "task " + name + " was cancelled (gantry::cancel) after it was sent to worker pid " + std::to_string(w->pid),
+          name);
+      after.done.push_back({ObjectId::from_binary(task.spec.return_id()), std::move(value), {}});
+      *notify_worker = w->address;
+    }
+  }
+  finish(after);
+  return CancelOutcome::kCancelled;
 }
 
 void TaskSubmitter::fail_task_locked(const TaskId& id, proto::ErrorInfo error, AfterUnlock& after) {
@@ -416,6 +503,10 @@ void TaskSubmitter::finish(AfterUnlock& after) {
   for (auto& call : after.calls) call();
   for (auto& c : after.done) {
     config_.complete(c.id, std::move(c.value));
+    config_.refs->remove_submitted(c.arg_refs);
+  }
+  for (auto& c : after.discarded) {
+    if (c.value && config_.discard) config_.discard(c.id, std::move(c.value));
     config_.refs->remove_submitted(c.arg_refs);
   }
 }

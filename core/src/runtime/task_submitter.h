@@ -25,6 +25,16 @@ namespace gantry::internal {
 
 /// How a finished task's value reaches its owner's tables.
 using CompleteCallback = std::function<void(const ObjectId& id, ValuePtr value)>;
+/// A value that came back for a task whose ref already holds TaskCancelledError: frees
+/// what it holds (a shared-memory result, refs pinned for it).
+using DiscardCallback = std::function<void(const ObjectId& id, ValuePtr value)>;
+
+/// What `cancel` found.
+enum class CancelOutcome {
+  kNotFound,      ///< not a task of this submitter, or it finished
+  kCancelled,     ///< its ref now holds TaskCancelledError (or already did)
+  kForceRefused,  ///< force on an actor call, which would kill the actor; nothing changed
+};
 
 /// A finished task whose large result could be rebuilt by running it again (all its
 /// arguments are inline): its spec and how it was scheduled.
@@ -39,6 +49,7 @@ struct SubmitterConfig {
   MemoryStore* store = nullptr;      // not owned
   ReferenceCounter* refs = nullptr;  // not owned
   CompleteCallback complete;
+  DiscardCallback discard;
   LineageCallback keep_lineage;  // called under the submitter's lock, before `complete`
   size_t inline_threshold = 100 * 1024;
   std::chrono::milliseconds lease_linger{100};
@@ -62,6 +73,12 @@ class TaskSubmitter {
   /// them, already counted by the caller's ObjectRefs, and pinned here until the task ends.
   void submit(proto::TaskSpec spec, std::vector<ObjectId> arg_refs, ResourceSet resources,
               proto::SchedulingStrategy strategy, int max_retries, bool retry_exceptions);
+  /// Cancels task `id` (gantry::cancel): one not sent to a worker yet fails at once and
+  /// never runs. One sent to a worker fails at once too; with `force` its worker is killed
+  /// (the other tasks sent there are queued again without spending a retry), else
+  /// `notify_worker` gets the worker's address to send CancelTask to, and whatever the
+  /// task returns later is dropped.
+  CancelOutcome cancel(const TaskId& id, bool force, std::string* notify_worker);
   /// Cancels streams and lease requests; tasks still queued are dropped. Idempotent.
   void stop();
   size_t num_tasks() const;
@@ -84,6 +101,7 @@ class TaskSubmitter {
     int retries_left = 0;
     bool retry_exceptions = false;
     int unresolved = 0;
+    bool cancelled = false;  // its ref holds TaskCancelledError; still in flight on a worker
   };
   struct LeasedWorker {
     uint64_t lease_id = 0;  // the granting agent's
@@ -118,6 +136,7 @@ class TaskSubmitter {
   /// store callbacks) and RPCs (whose callbacks may run inline).
   struct AfterUnlock {
     std::vector<Completion> done;
+    std::vector<Completion> discarded;  // cancelled tasks that ended: value (may be null) and pins to drop
     std::vector<std::function<void()>> calls;
     std::vector<std::shared_ptr<TaskStream>> flush;  // streams given specs, written after unlock
   };
@@ -139,6 +158,11 @@ class TaskSubmitter {
   void fail_task_locked(const TaskId& id, proto::ErrorInfo error, AfterUnlock& after);
   void fail_queue_locked(KeyState& ks, const proto::ErrorInfo& error, AfterUnlock& after);
   void drop_worker_locked(KeyState& ks, uint64_t handle, bool failed, AfterUnlock& after);
+  // `ids` in submission order (unknown ones first).
+  std::vector<TaskId> in_submission_order_locked(const std::unordered_set<TaskId>& ids) const;
+  // A cancelled task ended (its result came, or its worker died): drops it.
+  void discard_task_locked(std::unordered_map<TaskId, std::unique_ptr<Task>>::iterator it, ValuePtr value,
+                           AfterUnlock& after);
 
   void on_dependency_ready(const TaskId& id);
   void on_lease(const std::string& key, proto::NodeAgent::Stub* agent,

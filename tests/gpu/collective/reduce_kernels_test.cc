@@ -61,7 +61,7 @@ void check_ops(col::DataType type) {
     if (op == col::ReduceOp::kAvg) divide(pair.data(), n, type, 3);
     for (size_t i = 0; i < n; ++i) {
       T a = inputs[0][i], b = inputs[1][i], c = inputs[2][i];
-      T want;
+      T want{};
       switch (op) {
         case col::ReduceOp::kSum: want = static_cast<T>(a + b + c); break;
         case col::ReduceOp::kAvg: want = static_cast<T>(static_cast<T>(a + b + c) / static_cast<T>(3)); break;

@@ -128,6 +128,8 @@ class Runtime {
   virtual std::optional<ActorId> get_named_actor(const std::string& name,
                                                  const std::string& class_key) = 0;
   virtual void kill_actor(const ActorId& actor, bool no_restart) = 0;
+  /// Cancels the task or actor call whose result is `id` (see gantry::cancel).
+  virtual void cancel(const ObjectId& id, const std::string& owner, const CancelOptions& options) = 0;
   /// The cluster's nodes, in the order they joined.
   virtual std::vector<NodeInfo> nodes() = 0;
   /// Placement groups (see gantry/placement_group.h); ids are hex.
