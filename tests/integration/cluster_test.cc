@@ -674,10 +674,10 @@ TEST_F(ClusterTest, KeysAndCollectiveGroupsSpanNodes) {
   std::string got = waiter.get();
   EXPECT_EQ(got.substr(0, 8), "over on ") << got;
   EXPECT_NE(got.substr(8), here) << "the waiter ran on the other node";
-  // Two ranks on two nodes meet through the key-value store and pick Gloo.
+  // Two ranks on two nodes meet through the key-value store and pick gantry's TCP.
   auto remote_rank = gantry::task(allreduce_rank).options({.resources = {{"K", 1}}}).remote("two-nodes", 2, 1);
-  EXPECT_EQ(allreduce_rank("two-nodes", 2, 0), "gloo 3 3");
-  EXPECT_EQ(remote_rank.get(), "gloo 3 3");
+  EXPECT_EQ(allreduce_rank("two-nodes", 2, 0), "tcp 3 3");
+  EXPECT_EQ(remote_rank.get(), "tcp 3 3");
   // The job's keys go with the job; the cluster's stay.
   gantry::kv::put("mine", "job");
   gantry::kv::put("ours", "cluster", {.cluster = true});
@@ -922,6 +922,14 @@ TEST_F(TlsClusterTest, WorkObjectsAndTheCliRunOverTls) {
   auto waiter = gantry::task(wait_key).options({.resources = {{"T", 1}}}).remote("over-tls");
   gantry::kv::put("over-tls", "sealed");
   EXPECT_EQ(waiter.get(30s).substr(0, 10), "sealed on ");
+  // A group across the two nodes works, and says that its data is not encrypted.
+  auto remote_rank = gantry::task(allreduce_rank).options({.resources = {{"T", 1}}}).remote("tls-group", 2, 1);
+  ::testing::internal::CaptureStderr();
+  std::string mine = allreduce_rank("tls-group", 2, 0);
+  std::string said = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(mine, "tcp 3 3");
+  EXPECT_EQ(remote_rank.get(30s), "tcp 3 3");
+  EXPECT_NE(said.find("not encrypted"), std::string::npos) << said;
   gantry::shutdown();
   std::string status = run(std::string(GANTRY_CLI_PATH) + " status --temp-dir " + temp_.string()).out;
   EXPECT_TRUE(std::regex_search(status, std::regex(joined_id(node_.out) + " +alive"))) << status;

@@ -289,6 +289,16 @@ TEST_F(Collective, EveryOpTypeAndSizeOnGlooWorldSizesOneToFour) {
   }
 }
 
+TEST_F(Collective, EveryOpTypeAndSizeOnAuthenticatedTcpWorldSizesOneToFour) {
+  for (int world = 1; world <= 4; ++world) {
+    std::vector<gantry::ObjectRef<std::string>> results;
+    for (int r = 0; r < world; ++r)
+      results.push_back(gantry::task(run_suite).remote("tcp-" + std::to_string(world), world, r,
+                                                       static_cast<int>(col::BackendKind::kTcp)));
+    expect_all_ok(gantry::get(results), "tcp");
+  }
+}
+
 TEST_F(Collective, DriverJoinsWithTasksAndAsyncOpsCompleteInOrder) {
   auto peer = gantry::task(join_and_allreduce).remote("mixed", 2, 1);
   auto comm = col::Communicator::join({.group = "mixed", .world_size = 2, .rank = 0});

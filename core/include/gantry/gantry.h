@@ -245,6 +245,27 @@ WaitResult<T> wait(const std::vector<ObjectRef<T>>& refs, size_t num_returns,
   return out;
 }
 
+/// While alive in a task or actor call, tells the node that this worker is waiting (for
+/// peers, a lock, I/O) rather than computing, so the CPUs its task holds may run other
+/// work meanwhile, as `get`, `wait` and `kv::wait` do by themselves. Scopes nest; outside
+/// a task (the driver, a thread of your own) it does nothing.
+///
+///     { gantry::BlockedScope waiting; peers_ready.wait(); }
+class BlockedScope {
+ public:
+  BlockedScope() : runtime_(detail::runtime_if_alive()) {
+    if (runtime_ != nullptr) runtime_->set_blocked(true);
+  }
+  ~BlockedScope() {
+    if (runtime_ != nullptr) runtime_->set_blocked(false);
+  }
+  BlockedScope(const BlockedScope&) = delete;
+  BlockedScope& operator=(const BlockedScope&) = delete;
+
+ private:
+  detail::Runtime* runtime_;  // not owned
+};
+
 /// A reference of any value type, for waiting on references of different types together.
 /// Any `ObjectRef<T>` converts to it and keeps its object alive.
 class AnyObjectRef {

@@ -172,6 +172,8 @@ struct RuntimeContext {
   /// The address other nodes reach this node at ("127.0.0.1" on the embedded cluster):
   /// where a process here can listen for its peers (a rendezvous, a collective group).
   std::string node_ip;
+  /// Whether the cluster's TCP endpoints use TLS (`gantry start --tls-cert`).
+  bool tls = false;
   std::string worker_id;
   std::string job_id;
   std::string task_id;   ///< empty in the driver

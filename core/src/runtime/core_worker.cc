@@ -286,7 +286,8 @@ std::shared_ptr<detail::Buffer> CoreWorker::map_shm(const proto::ShmLocation& lo
 }
 
 void CoreWorker::set_blocked(bool blocked) {
-  if (config_.is_driver || !executor_->busy()) return;
+  // Only the threads running tasks hold CPUs to lend.
+  if (config_.is_driver || !executor_->busy() || current_task() == nullptr) return;
   std::lock_guard<std::mutex> lock(blocked_mu_);
   if (blocked ? blocked_depth_++ > 0 : --blocked_depth_ > 0) return;
   proto::WorkerBlocked req;
@@ -762,6 +763,7 @@ RuntimeContext CoreWorker::context() const {
   RuntimeContext c;
   c.node_id = config_.node_id.hex();
   c.node_ip = config_.node_ip;
+  c.tls = tls_enabled();
   c.worker_id = config_.worker_id.hex();
   c.job_id = config_.job_id.hex();
   c.pid = ::getpid();
@@ -938,6 +940,19 @@ grpc::Status CoreWorker::UpdateBorrowers(grpc::ServerContext* ctx, const proto::
   GANTRY_REQUIRE_TOKEN(ctx);
   for (const auto& raw : req->add()) refs_.add_borrower(ObjectId::from_binary(raw), req->borrower_address());
   for (const auto& raw : req->remove()) refs_.remove_borrower(ObjectId::from_binary(raw), req->borrower_address());
+  return grpc::Status::OK;
+}
+
+grpc::Status CoreWorker::StealTasks(grpc::ServerContext* ctx, const proto::StealTasksRequest* req,
+                                    proto::StealTasksReply* reply) {
+  GANTRY_REQUIRE_TOKEN(ctx);
+  std::vector<TaskId> ids;
+  for (const std::string& id : req->task_ids()) {
+    TaskId task = TaskId::from_binary(id);
+    if (task.is_nil()) return {grpc::StatusCode::INVALID_ARGUMENT, "task ids must be 16 bytes"};
+    ids.push_back(task);
+  }
+  for (const TaskId& id : executor_->steal(ids)) reply->add_stolen(id.binary());
   return grpc::Status::OK;
 }
 

@@ -91,6 +91,9 @@ class CoreWorker final : public detail::Runtime, public proto::WorkerService::Se
   int64_t kv_add(const std::string& key, int64_t delta, bool cluster) override;
   std::vector<std::string> kv_keys(const std::string& prefix, bool cluster) override;
   std::map<std::string, double> cluster_resources(bool available) override;
+  /// Tells the agent this worker waits (get, wait, kv::wait, a collective) so its CPUs can
+  /// run other tasks. Nests.
+  void set_blocked(bool blocked) override;
   const std::string& address() const override { return config_.listen_address; }
   RuntimeContext context() const override;
   size_t inline_threshold() const override { return config_.inline_threshold; }
@@ -106,6 +109,8 @@ class CoreWorker final : public detail::Runtime, public proto::WorkerService::Se
   grpc::Status ListOwned(grpc::ServerContext* ctx, const proto::ListOwnedRequest* req, proto::OwnedState* reply) override;
   grpc::Status UpdateBorrowers(grpc::ServerContext* ctx, const proto::BorrowUpdate* req,
                                proto::Empty* reply) override;
+  grpc::Status StealTasks(grpc::ServerContext* ctx, const proto::StealTasksRequest* req,
+                          proto::StealTasksReply* reply) override;
   grpc::Status CancelTask(grpc::ServerContext* ctx, const proto::CancelTaskRequest* req, proto::Empty* reply) override;
 
   // For the executor.
@@ -149,7 +154,6 @@ class CoreWorker final : public detail::Runtime, public proto::WorkerService::Se
   /// Tells the agent this worker waits in get()/wait() so its CPUs can run other tasks.
   /// Nests: with several calls of a concurrent actor waiting, the agent hears of the
   /// first to block and the last to return.
-  void set_blocked(bool blocked);
   /// Blocked for its lifetime (no-op in a driver or outside a task).
   class BlockedScope {
    public:

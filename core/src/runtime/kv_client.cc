@@ -2,6 +2,7 @@
 #include "gantry/errors.h"
 #include "gantry/kv.h"
 #include "runtime/core_worker.h"
+#include "runtime/task_executor.h"
 
 namespace gantry::internal {
 namespace {
@@ -62,6 +63,10 @@ std::optional<std::string> CoreWorker::kv_wait(const std::string& key, std::chro
   proto::KvReply reply;
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::max(timeout, std::chrono::milliseconds(0)));
+  // A task waiting on a key (a rendezvous) lends its CPUs; other threads of the process
+  // (a communicator's monitor, say) do not count.
+  std::optional<BlockedScope> blocked;
+  if (current_task() != nullptr) blocked.emplace(*this);
   grpc::Status s = head_->KvWait(&ctx, kv_request(key, cluster), &reply);
   if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED || s.error_code() == grpc::StatusCode::ABORTED)
     return std::nullopt;

@@ -149,15 +149,40 @@ void TaskExecutor::cancel(const TaskId& id) {
   cancelled_early_[id] = now;
 }
 
-bool TaskExecutor::begin_task(const TaskId& id, std::atomic<bool>* cancelled) {
+std::vector<TaskId> TaskExecutor::steal(const std::vector<TaskId>& ids) {
   std::lock_guard<std::mutex> lock(cancel_mu_);
-  if (!cancelled_early_.empty() && cancelled_early_.erase(id) > 0) return false;
+  auto now = std::chrono::steady_clock::now();
+  std::erase_if(stolen_, [&](const auto& entry) { return now - entry.second > kRememberCancel; });
+  std::vector<TaskId> out;
+  for (const TaskId& id : ids) {
+    if (finished_.count(id)) continue;
+    bool running = false;
+    for (const RunningTask& t : running_tasks_) running |= t.id == id;
+    if (running) continue;
+    stolen_[id] = now;
+    out.push_back(id);
+  }
+  return out;
+}
+
+TaskExecutor::Start TaskExecutor::begin_task(const TaskId& id, std::atomic<bool>* cancelled) {
+  std::lock_guard<std::mutex> lock(cancel_mu_);
+  if (!stolen_.empty() && stolen_.erase(id) > 0) return Start::kStolen;
+  if (!cancelled_early_.empty() && cancelled_early_.erase(id) > 0) return Start::kCancelled;
   running_tasks_.push_back({id, cancelled});
-  return true;
+  return Start::kRun;
 }
 
 void TaskExecutor::end_task(const TaskId& id) {
   std::lock_guard<std::mutex> lock(cancel_mu_);
+  if (finished_ring_.size() < kFinishedKept) {
+    finished_ring_.push_back(id);
+  } else {
+    finished_.erase(finished_ring_[finished_next_]);
+    finished_ring_[finished_next_] = id;
+    finished_next_ = (finished_next_ + 1) % kFinishedKept;
+  }
+  finished_.insert(id);
   for (auto it = running_tasks_.begin(); it != running_tasks_.end(); ++it) {
     if (it->id == id) {
       *it = running_tasks_.back();
@@ -170,7 +195,13 @@ void TaskExecutor::end_task(const TaskId& id) {
 void TaskExecutor::run(const proto::TaskSpec& spec, proto::TaskResult* result, bool relabel) {
   TaskId id = TaskId::from_binary(spec.task_id());
   std::atomic<bool> cancelled{false};
-  if (!begin_task(id, &cancelled)) {
+  Start start = begin_task(id, &cancelled);
+  if (start == Start::kStolen) {
+    result->set_task_id(spec.task_id());
+    result->set_stolen(true);
+    return;
+  }
+  if (start == Start::kCancelled) {
     const std::string& label = spec.name().empty() ? spec.function() : spec.name();
     result->set_task_id(spec.task_id());
     *result->mutable_value()->mutable_error() = make_error(

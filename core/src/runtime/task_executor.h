@@ -9,6 +9,9 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
+#include <vector>
+#include <unordered_map>
 #include <vector>
 
 #include "gantry/ids.h"
@@ -51,6 +54,10 @@ class TaskExecutor {
   /// started yet, or not even arrived yet (remembered for a minute), is answered with a
   /// TASK_CANCELLED error instead of running. Thread-safe.
   void cancel(const TaskId& id);
+  /// Of `ids`, those this worker will never run, now marked to be skipped (answered as
+  /// stolen) should they come up: any not running and not among the recently finished.
+  /// Thread-safe.
+  std::vector<TaskId> steal(const std::vector<TaskId>& ids);
   /// True while a task or method runs in this process.
   bool busy() const;
   const ActorId& actor_id() const { return actor_id_; }
@@ -77,8 +84,11 @@ class TaskExecutor {
   void run(const proto::TaskSpec& spec, proto::TaskResult* result, bool relabel);
   void execute(const proto::TaskSpec& spec, proto::TaskResult* result, const std::atomic<bool>* cancelled,
                bool relabel);
-  // Registers a task about to run with its cancellation flag; false when it was cancelled.
-  bool begin_task(const TaskId& id, std::atomic<bool>* cancelled);
+  // Registers a task about to run with its cancellation flag, unless it was cancelled or
+  // stolen before it started.
+  enum class Start { kRun, kCancelled, kStolen };
+  Start begin_task(const TaskId& id, std::atomic<bool>* cancelled);
+  static constexpr size_t kFinishedKept = 4096;
   void end_task(const TaskId& id);
   proto::ErrorInfo current_exception_error(const std::string& function) const;
 
@@ -98,8 +108,15 @@ class TaskExecutor {
     TaskId id;
     std::atomic<bool>* cancelled;  // not owned: lives on the running thread's stack
   };
-  std::mutex cancel_mu_;  // guards running_tasks_ and cancelled_early_
+  std::mutex cancel_mu_;  // guards running_tasks_, cancelled_early_, stolen_, finished_
   std::vector<RunningTask> running_tasks_;
+  // Given back to their caller (steal) before they started: skipped when they come up.
+  std::unordered_map<TaskId, std::chrono::steady_clock::time_point> stolen_;
+  // The last kFinishedKept tasks that ran here (a ring and its index), so a steal never
+  // takes back one whose result is still on its way.
+  std::vector<TaskId> finished_ring_;
+  size_t finished_next_ = 0;
+  std::unordered_set<TaskId> finished_;
   // Cancelled before they started here, with when; pruned after a minute.
   std::unordered_map<TaskId, std::chrono::steady_clock::time_point> cancelled_early_;
 };

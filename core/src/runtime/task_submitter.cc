@@ -10,6 +10,9 @@ namespace {
 // Tasks kept in flight per worker: enough to cover this much execution time.
 constexpr double kPipelineTargetUs = 2000;
 constexpr size_t kMaxPipelineDepth = 256;
+// A worker with tasks queued behind a running one that has shown no progress for this
+// long (and for several times its function's usual time) gives the queued ones back.
+constexpr auto kStealAfter = std::chrono::milliseconds(50);
 
 }  // namespace
 
@@ -158,14 +161,20 @@ void TaskSubmitter::dispatch_locked(KeyState& ks, AfterUnlock& after) {
     }
     size_t depth = pipeline_depth_locked(ks, front->second->spec.function());
     LeasedWorker* best = nullptr;
-    for (auto& [lease, w] : ks.workers)
+    for (auto& [lease, w] : ks.workers) {
+      if (w->stalled && !w->in_flight.empty()) continue;  // stuck: nothing more behind it
       if (w->in_flight.size() < depth && (best == nullptr || w->in_flight.size() < best->in_flight.size()))
         best = w.get();
+    }
     if (best == nullptr) break;
     TaskId id = front->first;
     Task& task = *front->second;
     ks.queue.pop_front();
     if (!resolve_args_locked(task, after)) continue;
+    if (best->in_flight.empty()) {
+      best->progress_at = std::chrono::steady_clock::now();
+      best->stalled = false;
+    }
     best->in_flight.insert(id);
     best->stream->enqueue(task.spec);
     if (after.flush.empty() || after.flush.back() != best->stream) after.flush.push_back(best->stream);
@@ -274,7 +283,13 @@ void TaskSubmitter::on_results(const std::string& key, uint64_t handle, proto::R
     KeyState& ks = keys_[key];
     auto wit = ks.workers.find(handle);
     LeasedWorker* w = wit == ks.workers.end() ? nullptr : wit->second.get();
+    if (w != nullptr) {
+      w->progress_at = std::chrono::steady_clock::now();
+      w->stalled = false;
+    }
     for (auto& result : *batch.mutable_results()) {
+      // Given back by a steal: it was queued again already and may be running elsewhere.
+      if (result.stolen()) continue;
       TaskId id = TaskId::from_binary(result.task_id());
       if (w != nullptr) w->in_flight.erase(id);
       auto it = tasks_.find(id);
@@ -511,6 +526,54 @@ void TaskSubmitter::finish(AfterUnlock& after) {
   }
 }
 
+void TaskSubmitter::steal_locked(KeyState& ks, uint64_t handle, LeasedWorker& w, AfterUnlock& after) {
+  auto call = std::make_shared<StealCall>();
+  for (const TaskId& id : in_submission_order_locked(w.in_flight))
+    if (auto t = tasks_.find(id); t != tasks_.end() && !t->second->cancelled) call->request.add_task_ids(id.binary());
+  if (call->request.task_ids_size() == 0) return;
+  w.stealing = true;
+  w.stalled = true;
+  ++calls_in_flight_;
+  call->stub = proto::WorkerService::NewStub(config_.channels->get(w.address));
+  call->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  std::string key = ks.key;
+  after.calls.push_back([this, call, key, handle] {
+    call->stub->async()->StealTasks(&call->ctx, &call->request, &call->reply, [this, call, key, handle](grpc::Status s) {
+      on_stolen(key, handle, s, call->reply);
+    });
+  });
+}
+
+void TaskSubmitter::on_stolen(const std::string& key, uint64_t handle, const grpc::Status& status,
+                              const proto::StealTasksReply& reply) {
+  AfterUnlock after;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    --calls_in_flight_;
+    cv_.notify_all();
+    if (stopping_) return;
+    KeyState& ks = keys_[key];
+    auto wit = ks.workers.find(handle);
+    if (wit == ks.workers.end()) return;
+    LeasedWorker& w = *wit->second;
+    w.stealing = false;
+    std::vector<TaskId> back;
+    if (status.ok())
+      for (const std::string& bytes : reply.stolen()) {
+        TaskId id = TaskId::from_binary(bytes);
+        if (w.in_flight.erase(id) > 0 && tasks_.count(id)) back.push_back(id);
+      }
+    if (!back.empty()) {
+      GANTRY_LOG_DEBUG("took {} task(s) back from worker pid {}, whose running task outlasts its usual time",
+                       back.size(), w.pid);
+      // Ahead of newer work, in submission order.
+      for (auto it = back.rbegin(); it != back.rend(); ++it) ks.queue.push_front(*it);
+      dispatch_locked(ks, after);
+    }
+  }
+  finish(after);
+}
+
 void TaskSubmitter::housekeeping_loop() {
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_) {
@@ -519,6 +582,17 @@ void TaskSubmitter::housekeeping_loop() {
     AfterUnlock after;
     auto now = std::chrono::steady_clock::now();
     for (auto& [key, ks] : keys_) {
+      for (auto& [handle, w] : ks.workers) {
+        if (w->in_flight.size() < 2 || w->stealing || now - w->progress_at < kStealAfter) continue;
+        // Several times what the slowest of its functions usually takes, too.
+        double usual_us = 0;
+        for (const TaskId& id : w->in_flight)
+          if (auto t = tasks_.find(id); t != tasks_.end())
+            if (auto f = ks.functions.find(t->second->spec.function()); f != ks.functions.end())
+              usual_us = std::max(usual_us, f->second.avg_us);
+        if (now - w->progress_at < std::chrono::microseconds(static_cast<int64_t>(4 * usual_us))) continue;
+        steal_locked(ks, handle, *w, after);
+      }
       if (!ks.queue.empty()) continue;
       std::vector<uint64_t> idle;
       for (const auto& [lease, w] : ks.workers)

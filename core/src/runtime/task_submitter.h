@@ -111,6 +111,11 @@ class TaskSubmitter {
     std::shared_ptr<TaskStream> stream;
     std::unordered_set<TaskId> in_flight;
     std::chrono::steady_clock::time_point idle_since;
+    // When it last showed progress (a result came, or work reached it idle); tasks queued
+    // behind one that runs much longer than that are stolen back (steal_locked).
+    std::chrono::steady_clock::time_point progress_at;
+    bool stealing = false;  // a StealTasks call is out
+    bool stalled = false;   // gets no more queued work until a result comes back
   };
   struct KeyState {
     std::string key;
@@ -141,6 +146,12 @@ class TaskSubmitter {
     std::vector<std::shared_ptr<TaskStream>> flush;  // streams given specs, written after unlock
   };
   struct LeaseCall;
+  struct StealCall {
+    grpc::ClientContext ctx;
+    proto::StealTasksRequest request;
+    proto::StealTasksReply reply;
+    std::unique_ptr<proto::WorkerService::Stub> stub;
+  };
 
   // All *_locked methods need mu_ held.
   void dispatch_locked(KeyState& ks, AfterUnlock& after);
@@ -165,6 +176,13 @@ class TaskSubmitter {
                            AfterUnlock& after);
 
   void on_dependency_ready(const TaskId& id);
+  // Work stealing: asks a worker whose running task outlasts what its function usually
+  // takes for the tasks queued behind it, and queues those it gives back again (on other
+  // workers, or new leases). Ranks of a group that wait for each other would otherwise
+  // wait behind each other for ever.
+  void steal_locked(KeyState& ks, uint64_t handle, LeasedWorker& w, AfterUnlock& after);
+  void on_stolen(const std::string& key, uint64_t handle, const grpc::Status& status,
+                 const proto::StealTasksReply& reply);
   void on_lease(const std::string& key, proto::NodeAgent::Stub* agent,
                 const std::string& spilled_to, const grpc::Status& status, const proto::LeaseReply& reply);
   void on_results(const std::string& key, uint64_t handle, proto::ResultBatch& batch);

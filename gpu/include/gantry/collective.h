@@ -39,13 +39,18 @@ const char* to_string(ReduceOp op);
 
 /// Which transport a group uses.
 enum class BackendKind {
-  kAuto,          ///< shared memory when every rank is on one node, else hierarchical or Gloo
+  kAuto,          ///< shared memory on one node, else TCP (one rank per node) or hierarchical
   kSharedMemory,  ///< one /dev/shm segment mapped by every rank (one node only)
-  kGloo,          ///< Gloo's TCP transport between every pair of ranks
-  kHierarchical,  ///< shared memory inside each node, Gloo between one leader per node
+  /// libgloo's TCP transport between every pair of ranks. Its connections accept any
+  /// peer (no token check): use it only on networks you trust.
+  kGloo,
+  kHierarchical,  ///< shared memory inside each node, TCP between one leader per node
   kNccl,          ///< NCCL, for buffers in CUDA device memory
+  /// gantry's own TCP connections between every pair of ranks, each opened with a
+  /// challenge-response on a secret only the group's members (token holders) can read.
+  kTcp,
 };
-/// "shm", "gloo", "hierarchical", "nccl" ("auto" for kAuto).
+/// "shm", "gloo", "hierarchical", "nccl", "tcp" ("auto" for kAuto).
 const char* to_string(BackendKind kind);
 
 /// A collective operation failed: a member died, the group was aborted, an op timed out,

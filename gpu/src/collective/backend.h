@@ -69,6 +69,10 @@ class Backend {
 std::unique_ptr<Backend> make_shm_backend(const BackendContext& context);
 /// Gloo over TCP (gloo_backend.cc).
 std::unique_ptr<Backend> make_gloo_backend(const BackendContext& context);
+/// gantry's own TCP connections between every pair of ranks, each authenticated with a
+/// group secret shared through the store (tcp_backend.cc). Binds `context.node_ips[rank]`
+/// (127.0.0.1 when absent); joining waits up to `context.op_timeout`.
+std::unique_ptr<Backend> make_tcp_backend(const BackendContext& context);
 /// Shared memory inside each node, Gloo among one leader per node
 /// (hierarchical_backend.cc). Needs `context.node_ids`.
 std::unique_ptr<Backend> make_hierarchical_backend(const BackendContext& context);

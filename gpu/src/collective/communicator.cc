@@ -12,6 +12,7 @@
 #include <set>
 #include <sstream>
 #include <thread>
+#include <cstdio>
 
 #include "collective/backend.h"
 #include "collective/kv_store.h"
@@ -305,7 +306,13 @@ using detail::random_hex;
 void Work::wait() const {
   if (!state_) throw CollectiveError("wait on an empty collective::Work");
   std::unique_lock<std::mutex> lock(state_->mu);
-  state_->cv.wait(lock, [&] { return state_->done; });
+  if (!state_->done) {
+    // A rank waiting on its peers lends its CPUs, so they can be scheduled.
+    lock.unlock();
+    BlockedScope waiting;
+    lock.lock();
+    state_->cv.wait(lock, [&] { return state_->done; });
+  }
   if (!state_->error.empty()) throw CollectiveError(state_->error);
 }
 
@@ -333,7 +340,7 @@ BackendKind choose_backend(const JoinOptions& o, const std::vector<Member>& memb
   for (const auto& [node, ranks] : per_node) shared_nodes |= ranks > 1;
   if (o.backend == BackendKind::kAuto) {
     if (one_node) return BackendKind::kSharedMemory;
-    return shared_nodes ? BackendKind::kHierarchical : BackendKind::kGloo;
+    return shared_nodes ? BackendKind::kHierarchical : BackendKind::kTcp;
   }
   if (o.backend == BackendKind::kSharedMemory && !one_node)
     throw CollectiveError(where(o) + ": the shared-memory backend needs every rank on one node, but the group spans " +
@@ -355,6 +362,7 @@ Communicator Communicator::join(const JoinOptions& o) {
                           std::to_string(o.world_size - 1) + ", not " + std::to_string(o.rank));
   if (!is_initialized()) throw CollectiveError("Communicator::join needs gantry::init() first");
   RuntimeContext here = runtime_context();
+  BlockedScope waiting;  // for the other ranks: a task here lends its CPUs meanwhile
   kv::Scope scope{.cluster = o.cluster_namespace};
   const std::string prefix = "gantry/collective/" + o.group + "/";
   auto deadline = std::chrono::steady_clock::now() + o.join_timeout;
@@ -398,6 +406,19 @@ Communicator Communicator::join(const JoinOptions& o) {
                             " joined with " + std::to_string(members[static_cast<size_t>(r)].world_size));
   }
   BackendKind kind = choose_backend(o, members);
+  bool spans_nodes = false;
+  for (const Member& m : members) spans_nodes |= m.node_id != members[0].node_id;
+  if (spans_nodes && here.tls && kind != BackendKind::kNccl) {
+    static std::once_flag told;
+    std::call_once(told, [&] {
+      std::fprintf(stderr,
+                   "gantry::collective: group '%s' spans nodes; its data travels between them over %s, not "
+                   "encrypted: the cluster's TLS covers gantry's gRPC endpoints only\n",
+                   o.group.c_str(),
+                   kind == BackendKind::kGloo ? "Gloo's TCP connections, which are not authenticated either"
+                                              : "gantry's TCP connections, authenticated with the group's secret but");
+    });
+  }
   const std::string instance = prefix + members[0].nonce + "/";
   detail::BackendContext context;
   context.group = o.group;
@@ -422,6 +443,9 @@ Communicator Communicator::join(const JoinOptions& o) {
       break;
     case BackendKind::kGloo:
       backend = detail::make_gloo_backend(context);
+      break;
+    case BackendKind::kTcp:
+      backend = detail::make_tcp_backend(context);
       break;
     case BackendKind::kHierarchical:
       backend = detail::make_hierarchical_backend(context);

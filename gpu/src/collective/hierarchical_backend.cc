@@ -1,12 +1,13 @@
 // Hierarchical collectives for groups with several ranks on each of several nodes: shared
-// memory inside each node, Gloo among one leader per node, so the network carries one
-// copy of the data per node instead of one per rank.
+// memory inside each node, gantry's authenticated TCP connections (tcp_backend.cc) among
+// one leader per node, so the network carries one copy of the data per node instead of
+// one per rank.
 //
 //   allreduce  = local reduce to the node's leader, leaders' allreduce, local broadcast
 //   broadcast  = to the root node's leader locally, leaders' broadcast, local broadcast
 //   reduce     = an allreduce whose result only the root keeps
 //   barrier    = local, leaders, local
-// allgather, reduce_scatter and point-to-point go through a Gloo group of all ranks
+// allgather, reduce_scatter and point-to-point go through a TCP group of all ranks
 // (their data is per rank, so a node-level detour would not save network traffic).
 #include <algorithm>
 #include <cstring>
@@ -76,12 +77,12 @@ class HierarchicalBackend final : public Backend {
         if (static_cast<size_t>(r) < context.node_ips.size())
           leaders.node_ips.push_back(context.node_ips[static_cast<size_t>(r)]);
       }
-      leaders_backend_ = make_gloo_backend(leaders);
+      leaders_backend_ = make_tcp_backend(leaders);
     }
     BackendContext all = context;
     all.group = context.group + "/all";
     all.store = std::make_shared<PrefixStore>(context.store, "all/");
-    all_ = make_gloo_backend(all);
+    all_ = make_tcp_backend(all);
   }
 
   BackendKind kind() const override { return BackendKind::kHierarchical; }

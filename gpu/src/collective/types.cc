@@ -46,6 +46,7 @@ const char* to_string(BackendKind kind) {
     case BackendKind::kGloo: return "gloo";
     case BackendKind::kHierarchical: return "hierarchical";
     case BackendKind::kNccl: return "nccl";
+    case BackendKind::kTcp: return "tcp";
   }
   return "unknown";
 }

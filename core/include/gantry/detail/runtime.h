@@ -154,6 +154,10 @@ class Runtime {
   /// free at the head's last look (`available`).
   virtual std::map<std::string, double> cluster_resources(bool available) = 0;
 
+  /// The running task or actor call is waiting (true) or runs again (false): while any
+  /// wait is open, its worker lends its CPUs to other work. Nests; no-op in a driver.
+  virtual void set_blocked(bool blocked) = 0;
+
   /// This process's address, which owners and borrowers use to reach it.
   virtual const std::string& address() const = 0;
   virtual RuntimeContext context() const = 0;
