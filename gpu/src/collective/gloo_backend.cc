@@ -83,30 +83,7 @@ uint64_t make_slot(uint8_t prefix, uint64_t sequence) {
   return static_cast<uint64_t>(prefix) << 56 | (sequence & ((uint64_t{1} << 56) - 1));
 }
 
-bool is_half(DataType type) { return type == DataType::kFloat16 || type == DataType::kBFloat16; }
-
 std::unique_ptr<uint8_t[]> scratch_bytes(size_t bytes) { return std::make_unique_for_overwrite<uint8_t[]>(bytes); }
-
-// float16/bfloat16 -> float32 and back, for the float32 accumulators.
-std::vector<float> widen(const void* data, size_t count, DataType type) {
-  std::vector<float> out(count);
-  const auto* in = static_cast<const uint16_t*>(data);
-  if (type == DataType::kFloat16) {
-    for (size_t i = 0; i < count; ++i) out[i] = half_to_float(in[i]);
-  } else {
-    for (size_t i = 0; i < count; ++i) out[i] = bfloat16_to_float(in[i]);
-  }
-  return out;
-}
-
-void narrow(const float* in, void* data, size_t count, DataType type) {
-  auto* out = static_cast<uint16_t*>(data);
-  if (type == DataType::kFloat16) {
-    for (size_t i = 0; i < count; ++i) out[i] = float_to_half(in[i]);
-  } else {
-    for (size_t i = 0; i < count; ++i) out[i] = float_to_bfloat16(in[i]);
-  }
-}
 
 // Calls f(T{}) with the C++ type of a type gloo can reduce natively.
 template <typename F>

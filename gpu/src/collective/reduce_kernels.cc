@@ -234,6 +234,26 @@ void reduce_many(void* dst, const void* const* inputs, size_t n, size_t count, D
   }
 }
 
+std::vector<float> widen(const void* data, size_t count, DataType type) {
+  std::vector<float> out(count);
+  const auto* in = static_cast<const uint16_t*>(data);
+  if (type == DataType::kFloat16) {
+    for (size_t i = 0; i < count; ++i) out[i] = half_to_float(in[i]);
+  } else {
+    for (size_t i = 0; i < count; ++i) out[i] = bfloat16_to_float(in[i]);
+  }
+  return out;
+}
+
+void narrow(const float* in, void* data, size_t count, DataType type) {
+  auto* out = static_cast<uint16_t*>(data);
+  if (type == DataType::kFloat16) {
+    for (size_t i = 0; i < count; ++i) out[i] = float_to_half(in[i]);
+  } else {
+    for (size_t i = 0; i < count; ++i) out[i] = float_to_bfloat16(in[i]);
+  }
+}
+
 void divide(void* data, size_t count, DataType type, int divisor) {
   switch (type) {
     case DataType::kFloat32: return divide_typed<float>(data, count, divisor);

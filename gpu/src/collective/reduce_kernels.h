@@ -2,6 +2,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "gantry/collective.h"
 
@@ -29,5 +30,11 @@ void reduce_many(void* dst, const void* const* inputs, size_t n, size_t count, D
 
 /// data[i] /= divisor (integer types: truncating division), for kAvg.
 void divide(void* data, size_t count, DataType type, int divisor);
+
+/// Whether `type` is float16 or bfloat16 (reduced through float32 copies).
+inline bool is_half(DataType type) { return type == DataType::kFloat16 || type == DataType::kBFloat16; }
+/// `count` float16 or bfloat16 elements as float32, and back (rounding to nearest even).
+std::vector<float> widen(const void* data, size_t count, DataType type);
+void narrow(const float* in, void* data, size_t count, DataType type);
 
 }  // namespace gantry::collective::detail

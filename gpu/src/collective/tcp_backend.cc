@@ -281,28 +281,6 @@ void set_keep_alive(int fd) {
   ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
 }
 
-bool is_half(DataType type) { return type == DataType::kFloat16 || type == DataType::kBFloat16; }
-
-std::vector<float> widen(const void* data, size_t count, DataType type) {
-  std::vector<float> out(count);
-  const auto* in = static_cast<const uint16_t*>(data);
-  if (type == DataType::kFloat16) {
-    for (size_t i = 0; i < count; ++i) out[i] = half_to_float(in[i]);
-  } else {
-    for (size_t i = 0; i < count; ++i) out[i] = bfloat16_to_float(in[i]);
-  }
-  return out;
-}
-
-void narrow(const float* in, void* data, size_t count, DataType type) {
-  auto* out = static_cast<uint16_t*>(data);
-  if (type == DataType::kFloat16) {
-    for (size_t i = 0; i < count; ++i) out[i] = float_to_half(in[i]);
-  } else {
-    for (size_t i = 0; i < count; ++i) out[i] = float_to_bfloat16(in[i]);
-  }
-}
-
 uint8_t* bytes_of(void* p) { return static_cast<uint8_t*>(p); }
 const uint8_t* bytes_of(const void* p) { return static_cast<const uint8_t*>(p); }
 
