@@ -108,6 +108,20 @@ std::string allreduce_rank(std::string group, int world, int rank) {
 }
 GANTRY_REMOTE(allreduce_rank);
 
+// Rank 1 of `group`: tells the driver its pid, then allreduces until the group fails.
+std::string allreduce_until_failure(std::string group) {
+  namespace col = gantry::collective;
+  try {
+    auto comm = col::Communicator::join({.group = group, .world_size = 2, .rank = 1});
+    gantry::kv::put(group + "/pid", std::to_string(::getpid()));
+    std::vector<float> v(1000, 1.0f);
+    while (true) comm.allreduce(std::span<float>(v));
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+}
+GANTRY_REMOTE(allreduce_until_failure);
+
 class Tally {
  public:
   static Tally* create(int start) { return new Tally(start); }
@@ -721,6 +735,38 @@ TEST_F(ClusterTest, ABurstOfGpuActorsFillsEveryNodesGpus) {
   std::set<int> counts;
   for (const auto& [n, c] : per_node) counts.insert(c);
   EXPECT_EQ(counts, (std::set<int>{2, 4}));
+  gantry::shutdown();
+}
+
+TEST_F(ClusterTest, AGroupFailsWhenAMembersNodeIsDeclaredDead) {
+  // A frozen machine closes no sockets: the node's agent and the rank's worker are stopped
+  // (SIGSTOP), the head declares the node dead after --node-timeout (2 s), and the
+  // communicator's monitor fails the group's op.
+  CommandResult node = run(cli("start --address " + address_ + " --node-ip-address 127.0.0.1 --num-cpus 1 --resources '{\"Z\": 1}'"));
+  ASSERT_EQ(node.code, 0) << node.out;
+  gantry::init({.temp_dir = temp_.string(), .address = address_});
+  namespace col = gantry::collective;
+  auto peer = gantry::task(allreduce_until_failure).options({.resources = {{"Z", 1}}, .max_retries = 0}).remote("frozen");
+  auto comm = col::Communicator::join({.group = "frozen", .world_size = 2, .rank = 0});
+  auto pid = gantry::kv::wait("frozen/pid", std::chrono::seconds(30));
+  ASSERT_TRUE(pid.has_value());
+  std::vector<float> v(1000, 1.0f);
+  for (int i = 0; i < 5; ++i) comm.allreduce(std::span<float>(v));
+  pid_t agent = node_pid(node.out), worker = std::stoi(*pid);
+  ASSERT_EQ(::kill(agent, SIGSTOP), 0);
+  ASSERT_EQ(::kill(worker, SIGSTOP), 0);
+  auto t0 = std::chrono::steady_clock::now();
+  try {
+    while (true) comm.allreduce(std::span<float>(v));
+  } catch (const col::CollectiveError& e) {
+    EXPECT_NE(std::string(e.what()).find("declared dead"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("rank 1"), std::string::npos) << e.what();
+  }
+  auto took = std::chrono::steady_clock::now() - t0;
+  EXPECT_LT(took, std::chrono::seconds(8)) << "node timeout 2 s plus the monitor's look";
+  ::kill(worker, SIGKILL);
+  ::kill(agent, SIGKILL);
+  ::kill(agent, SIGCONT);
   gantry::shutdown();
 }
 
