@@ -6,8 +6,9 @@
 //     gantry_collective_bench --quick    # 4 KiB .. 1 MiB, few iterations (the smoke test)
 //
 // Output: one line per measurement, `allreduce BACKEND BYTES MS ALGBW_GBPS BUSBW_GBPS`
-// (BACKEND: shm, gloo, libgloo_baseline, memcpy_baseline); lines starting with '#' are
-// comments. MS is the median over the iterations. Bus bandwidth = algbw * 2(n-1)/n.
+// (BACKEND: shm, tcp, hierarchical, gloo, libgloo_baseline, memcpy_baseline); lines
+// starting with '#' are comments. With 2 ranks on one node, hierarchical is its shared
+// memory group plus a leaders' group of one. NCCL is not measured here. MS is the median over the iterations. Bus bandwidth = algbw * 2(n-1)/n.
 // Speed never fails the run: the exit status is non-zero only when an op throws.
 
 #include <gloo/allreduce.h>
@@ -178,7 +179,12 @@ int main(int argc, char** argv) {
     bench_memcpy(quick);
     bench_libgloo(quick);
     bench_gantry(col::BackendKind::kSharedMemory, quick);
+    bench_gantry(col::BackendKind::kTcp, quick);
+    bench_gantry(col::BackendKind::kHierarchical, quick);
     bench_gantry(col::BackendKind::kGloo, quick);
+    // NCCL runs on device buffers, which this program (built without the CUDA runtime)
+    // does not allocate.
+    std::cout << "# nccl: not measured here (device buffers); nccl_backend_test runs it on a GPU machine\n";
   } catch (const std::exception& e) {
     std::cerr << "collective_bench: " << e.what() << "\n";
     gantry::shutdown();

@@ -6,7 +6,7 @@
 // libcudart and libnccl are dlopen'ed), one command per line:
 // clang-format off
 //   g++ -std=c++20 -O2 -Wall -Wextra -Igpu/src -Igpu/include -Icore/include -isystem /usr/local/cuda/include -c gpu/src/collective/nccl_backend.cc -o /tmp/nccl_backend.o
-//   g++ -std=c++20 -O2 -DGANTRY_HAVE_NCCL=1 -Igpu/src -Igpu/include -Icore/include -isystem /usr/local/cuda/include gpu/src/collective/nccl_backend.cc tests/gpu/collective/nccl_backend_test.cc -lgtest -lgtest_main -ldl -pthread -o /tmp/nccl_backend_test
+//   g++ -std=c++20 -O2 -DGANTRY_HAVE_NCCL=1 -Igpu/src -Igpu/include -Icore/include -isystem /usr/local/cuda/include gpu/src/collective/nccl_backend.cc gpu/src/collective/types.cc gpu/src/collective/reduce_kernels.cc tests/gpu/collective/nccl_backend_test.cc -lgtest -lgtest_main -ldl -pthread -o /tmp/nccl_backend_test
 // clang-format on
 //
 // Buffers. Every op takes pointers to CUDA device memory (cudaMalloc'ed or managed) of the

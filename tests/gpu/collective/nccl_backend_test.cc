@@ -27,45 +27,23 @@
 #include <thread>
 #include <vector>
 
+#include "backend_test_support.h"
 #include "collective/backend.h"
 #include "collective/fake_store.h"
+#include "collective/reduce_kernels.h"
 
 extern char** environ;
 
 namespace {
 
 namespace col = gantry::collective;
-using col::CollectiveError;
-using col::DataType;
-using col::ReduceOp;
-using col::detail::Backend;
-using col::detail::BackendContext;
-using col::detail::FakeStore;
-using Clock = std::chrono::steady_clock;
+using namespace gantry::collective::testing;
 using std::chrono::milliseconds;
 
 constexpr milliseconds kOpTimeout(60000);
 constexpr ReduceOp kOps[] = {ReduceOp::kSum, ReduceOp::kAvg, ReduceOp::kMin, ReduceOp::kMax, ReduceOp::kProduct};
 // Set in the child process the no-device test starts on a GPU machine.
 constexpr const char* kChildMarker = "GANTRY_NCCL_TEST_NO_DEVICE_CHILD";
-
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-const char* op_name(ReduceOp op) {
-  switch (op) {
-    case ReduceOp::kSum:
-      return "sum";
-    case ReduceOp::kAvg:
-      return "avg";
-    case ReduceOp::kMin:
-      return "min";
-    case ReduceOp::kMax:
-      return "max";
-    case ReduceOp::kProduct:
-      return "product";
-  }
-  return "?";
-}
 
 // ---- The CUDA runtime, as far as the test needs it -------------------------------------
 
@@ -160,23 +138,9 @@ class DeviceBuffer {
 
 // ---- Element types and the host reference ----------------------------------------------
 
-uint16_t to_bfloat16(float f) {  // round to nearest even; the test's values are finite
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
-  bits += 0x7fff + ((bits >> 16) & 1);
-  return static_cast<uint16_t>(bits >> 16);
-}
-float from_bfloat16(uint16_t b) {
-  uint32_t bits = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
 struct Float32 {
   using Storage = float;
   static constexpr DataType kType = DataType::kFloat32;
-  static constexpr const char* kName = "float32";
   static constexpr bool kIntegral = false;
   static Storage make(double v) { return static_cast<float>(v); }
   static double value(Storage s) { return s; }
@@ -184,15 +148,13 @@ struct Float32 {
 struct BFloat16 {
   using Storage = uint16_t;
   static constexpr DataType kType = DataType::kBFloat16;
-  static constexpr const char* kName = "bfloat16";
   static constexpr bool kIntegral = false;
-  static Storage make(double v) { return to_bfloat16(static_cast<float>(v)); }
-  static double value(Storage s) { return from_bfloat16(s); }
+  static Storage make(double v) { return col::detail::float_to_bfloat16(static_cast<float>(v)); }
+  static double value(Storage s) { return col::detail::bfloat16_to_float(s); }
 };
 struct Int64 {
   using Storage = int64_t;
   static constexpr DataType kType = DataType::kInt64;
-  static constexpr const char* kName = "int64";
   static constexpr bool kIntegral = true;
   static Storage make(double v) { return static_cast<int64_t>(v); }
   static double value(Storage s) { return static_cast<double>(s); }
@@ -206,24 +168,7 @@ int input(int rank, size_t i) { return static_cast<int>((rank * 7 + i * 13 + 3) 
 // truncating for integer types (gantry's rule, and NCCL's).
 double expected(int world, size_t i, ReduceOp op, bool integral) {
   double acc = input(0, i);
-  for (int r = 1; r < world; ++r) {
-    double v = input(r, i);
-    switch (op) {
-      case ReduceOp::kSum:
-      case ReduceOp::kAvg:
-        acc += v;
-        break;
-      case ReduceOp::kProduct:
-        acc *= v;
-        break;
-      case ReduceOp::kMin:
-        acc = std::min(acc, v);
-        break;
-      case ReduceOp::kMax:
-        acc = std::max(acc, v);
-        break;
-    }
-  }
+  for (int r = 1; r < world; ++r) acc = combine<double>(acc, input(r, i), op);
   if (op == ReduceOp::kAvg) acc = integral ? static_cast<double>(static_cast<int64_t>(acc) / world) : acc / world;
   return acc;
 }
@@ -272,25 +217,9 @@ class Group {
 // Empty (with a test failure) when any rank failed.
 Group build_backends(int world, milliseconds op_timeout = kOpTimeout) {
   auto store = std::make_shared<FakeStore>();
-  std::vector<std::unique_ptr<Backend>> backends(static_cast<size_t>(world));
-  std::vector<std::string> errors(static_cast<size_t>(world));
-  std::vector<std::thread> threads;
-  for (int r = 0; r < world; ++r)
-    threads.emplace_back([&, r] {
-      try {
-        backends[static_cast<size_t>(r)] = col::detail::make_nccl_backend(context_for(r, world, store, op_timeout));
-      } catch (const std::exception& e) {
-        errors[static_cast<size_t>(r)] = e.what();
-      }
-    });
-  for (auto& t : threads) t.join();
-  bool ok = true;
-  for (int r = 0; r < world; ++r)
-    if (!errors[static_cast<size_t>(r)].empty()) {
-      ADD_FAILURE() << "rank " << r << " failed to build: " << errors[static_cast<size_t>(r)];
-      ok = false;
-    }
-  if (!ok) backends.clear();
+  std::vector<std::unique_ptr<Backend>> backends = build_on_threads(
+      world, [&](int r) { return col::detail::make_nccl_backend(context_for(r, world, store, op_timeout)); });
+  if (std::find(backends.begin(), backends.end(), nullptr) != backends.end()) backends.clear();
   return Group(std::move(backends));
 }
 
@@ -390,8 +319,8 @@ TEST(NcclBackendWithoutDevice, BuildingThrowsCollectiveErrorNamingTheCause) {
   EXPECT_FALSE(built) << "a backend was built although " << test_cuda().unusable;
   EXPECT_FALSE(other_exception) << "not a CollectiveError: " << message;
   std::cout << "  make_nccl_backend without a device: " << message << "\n";
-  EXPECT_NE(message.find("no-device-group"), std::string::npos) << message;
-  EXPECT_NE(message.find("CUDA"), std::string::npos) << message;
+  EXPECT_CONTAINS(message, "no-device-group");
+  EXPECT_CONTAINS(message, "CUDA");
   // Says what to do: install something, or use a host backend.
   EXPECT_TRUE(message.find("kSharedMemory") != std::string::npos || message.find("install") != std::string::npos)
       << message;
@@ -438,8 +367,8 @@ void check_allreduce(int rank, int world, Backend& backend) {
       size_t wrong = 0, first = 0;
       for (size_t i = 0; i < count; ++i)
         if (E::value(out[i]) != expected(world, i, op, E::kIntegral) && wrong++ == 0) first = i;
-      EXPECT_EQ(wrong, 0u) << E::kName << " " << op_name(op) << " of " << count << " on rank " << rank << ": element "
-                           << first << " is " << E::value(out[first]) << ", expected "
+      EXPECT_EQ(wrong, 0u) << col::to_string(E::kType) << " " << col::to_string(op) << " of " << count << " on rank "
+                           << rank << ": element " << first << " is " << E::value(out[first]) << ", expected "
                            << expected(world, first, op, E::kIntegral);
     }
 }
@@ -511,7 +440,7 @@ TEST_P(NcclBackendTest, RefusesHostBuffers) {
       backend.allreduce(host.data(), host.size(), DataType::kFloat32, ReduceOp::kSum);
       ADD_FAILURE() << "rank " << rank << ": an allreduce of a host buffer did not throw";
     } catch (const CollectiveError& e) {
-      EXPECT_NE(std::string(e.what()).find("not CUDA memory"), std::string::npos) << e.what();
+      EXPECT_CONTAINS(e.what(), "not CUDA memory");
     }
     backend.barrier();  // the refused op did not break the communicator
   });
@@ -608,7 +537,7 @@ TEST_F(NcclBackendTwoRanksTest, OpTimeoutAbortsAndThrows) {
       later = e.what();
     }
   });
-  EXPECT_NE(error.find("did not complete within 1500 ms"), std::string::npos) << error;
+  EXPECT_CONTAINS(error, "did not complete within 1500 ms");
   EXPECT_GE(took, 1.4);
   EXPECT_LT(took, 15.0);
   EXPECT_EQ(later, error) << "later ops throw the first failure";
@@ -624,7 +553,7 @@ TEST(NcclBackendDeviceIndex, OutOfRangeThrows) {
     col::detail::make_nccl_backend(context);
     ADD_FAILURE() << "built a backend on device " << context.cuda_device;
   } catch (const CollectiveError& e) {
-    EXPECT_NE(std::string(e.what()).find("is not among the"), std::string::npos) << e.what();
+    EXPECT_CONTAINS(e.what(), "is not among the");
   }
 }
 

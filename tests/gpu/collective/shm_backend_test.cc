@@ -6,7 +6,6 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -16,7 +15,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -24,29 +22,21 @@
 #include <thread>
 #include <vector>
 
+#include "backend_test_support.h"
 #include "collective/fake_store.h"
 #include "collective/reduce_kernels.h"
 
 namespace {
 
 namespace col = gantry::collective;
-using col::CollectiveError;
-using col::DataType;
-using col::ReduceOp;
-using col::detail::Backend;
-using col::detail::BackendContext;
-using col::detail::FakeStore;
+using namespace gantry::collective::testing;
 using col::detail::ShmBackendOptions;
-using col::detail::Store;
-using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
 constexpr milliseconds kOpTimeout(30000);
 constexpr DataType kTypes[] = {DataType::kFloat32, DataType::kFloat64, DataType::kFloat16, DataType::kBFloat16,
                                DataType::kInt32,   DataType::kInt64,   DataType::kUInt8};
 constexpr ReduceOp kOps[] = {ReduceOp::kSum, ReduceOp::kAvg, ReduceOp::kMin, ReduceOp::kMax, ReduceOp::kProduct};
-
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 // ---- Typed buffers and the serial reference ---------------------------------------------
 
@@ -69,22 +59,6 @@ struct BFloat16Ops {
   static float to_acc(uint16_t s) { return col::detail::bfloat16_to_float(s); }
   static uint16_t from_acc(float a) { return col::detail::float_to_bfloat16(a); }
 };
-
-template <typename Acc>
-Acc combine(Acc a, Acc b, ReduceOp op) {
-  switch (op) {
-    case ReduceOp::kSum:
-    case ReduceOp::kAvg:
-      return static_cast<Acc>(a + b);
-    case ReduceOp::kProduct:
-      return static_cast<Acc>(a * b);
-    case ReduceOp::kMin:
-      return b < a ? b : a;
-    case ReduceOp::kMax:
-      return a < b ? b : a;
-  }
-  return a;
-}
 
 // Calls fn(Storage{}, Acc{}, Ops{}) for `type`.
 template <typename Fn>
@@ -189,25 +163,13 @@ BackendContext context(const std::shared_ptr<Store>& store, int rank, int world,
   return c;
 }
 
-using Backends = std::vector<std::unique_ptr<Backend>>;
+using Backends = Group;
 
 // Joins `world` ranks, one thread each, through one FakeStore.
 Backends join_group(int world, ShmBackendOptions options = {}, milliseconds timeout = kOpTimeout,
                     std::shared_ptr<FakeStore> store = std::make_shared<FakeStore>()) {
-  Backends backends(world);
-  std::vector<std::string> errors(world);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < world; ++r)
-    threads.emplace_back([&, r] {
-      try {
-        backends[r] = col::detail::make_shm_backend(context(store, r, world, timeout), options);
-      } catch (const std::exception& e) {
-        errors[r] = e.what();
-      }
-    });
-  for (auto& t : threads) t.join();
-  for (int r = 0; r < world; ++r) EXPECT_EQ(errors[r], "") << "rank " << r << " failed to join";
-  return backends;
+  return build_on_threads(
+      world, [&](int r) { return col::detail::make_shm_backend(context(store, r, world, timeout), options); });
 }
 
 // Runs fn(rank) on one thread per rank. A rank that throws aborts its backend, so that its
@@ -233,49 +195,6 @@ std::vector<std::string> run_ranks(Backends& backends, Fn fn) {
 void expect_no_errors(const std::vector<std::string>& errors) {
   for (size_t r = 0; r < errors.size(); ++r) EXPECT_EQ(errors[r], "") << "rank " << r;
 }
-
-// ---- A store that works across processes --------------------------------------------------
-
-// Keys are files in a directory; `get` polls. Enough for forked ranks to meet.
-class FileStore final : public Store {
- public:
-  explicit FileStore(std::string dir) : dir_(std::move(dir)) {}
-  void set(const std::string& key, const std::string& value) override {
-    std::string path = path_of(key), tmp = path + ".tmp" + std::to_string(::getpid());
-    std::ofstream(tmp) << value;
-    std::filesystem::rename(tmp, path);
-  }
-  std::string get(const std::string& key, milliseconds timeout) override {
-    auto deadline = Clock::now() + timeout;
-    for (;;) {
-      std::ifstream in(path_of(key));
-      if (in) {
-        std::stringstream text;
-        text << in.rdbuf();
-        return text.str();
-      }
-      if (Clock::now() >= deadline) throw CollectiveError("file store: key '" + key + "' not set within the timeout");
-      std::this_thread::sleep_for(milliseconds(1));
-    }
-  }
-  int64_t add(const std::string& key, int64_t delta) override {
-    int fd = ::open((path_of(key) + ".counter").c_str(), O_RDWR | O_CREAT, 0600);
-    ::flock(fd, LOCK_EX);
-    int64_t value = 0;
-    if (::pread(fd, &value, sizeof value, 0) != sizeof value) value = 0;
-    value += delta;
-    ::pwrite(fd, &value, sizeof value, 0);
-    ::close(fd);  // releases the lock
-    return value;
-  }
-
- private:
-  std::string path_of(std::string key) const {
-    std::replace(key.begin(), key.end(), '/', '_');
-    return dir_ + "/" + key;
-  }
-  std::string dir_;
-};
 
 std::string read_file(const std::string& path) {
   std::ifstream in(path);
@@ -316,8 +235,9 @@ int forked_rank(const std::string& dir, int rank, bool die) {
 
 // First in the file: it forks, which is safest before any test has started threads.
 TEST(ShmBackendProcesses, SurvivorOfAKilledRankFailsNamingIt) {
-  std::string dir = std::filesystem::temp_directory_path() / ("shm-backend-test-" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
+  TempDir temp_dir("shm-backend-test");
+  ASSERT_FALSE(temp_dir.path().empty()) << "mkdtemp failed";
+  const std::string& dir = temp_dir.path();
   pid_t children[2];
   for (int rank = 0; rank < 2; ++rank) {
     children[rank] = ::fork();
@@ -347,12 +267,11 @@ TEST(ShmBackendProcesses, SurvivorOfAKilledRankFailsNamingIt) {
   ASSERT_TRUE(WIFEXITED(status[0])) << "rank 0 status " << status[0];
   ASSERT_EQ(WEXITSTATUS(status[0]), 0) << "rank 0: 3 = wrong allreduce result, 4 = never noticed the death";
   std::string error = read_file(dir + "/error-0");
-  EXPECT_NE(error.find("rank 1 (pid " + std::to_string(children[1]) + ")"), std::string::npos) << error;
-  EXPECT_NE(error.find("exited during allreduce"), std::string::npos) << error;
-  EXPECT_NE(error.find("forked-group"), std::string::npos) << error;
+  EXPECT_CONTAINS(error, "rank 1 (pid " + std::to_string(children[1]) + ")");
+  EXPECT_CONTAINS(error, "exited during allreduce");
+  EXPECT_CONTAINS(error, "forked-group");
   double latency = (std::stoll(read_file(dir + "/caught-at-0")) - died_at) / 1e9;
   EXPECT_LE(latency, 5.0) << "the survivor took " << latency << " s to notice";
-  std::filesystem::remove_all(dir);
 }
 
 // ---- Every op, every type, every world size -------------------------------------------------
@@ -590,8 +509,8 @@ TEST(ShmBackendFailures, AbortFailsTheOpInProgressAndThePeers) {
   aborted.store(true);
   for (auto& t : threads) t.join();
   for (int r = 0; r < 3; ++r) {
-    EXPECT_NE(errors[r].find("operator pressed stop"), std::string::npos) << "rank " << r << ": " << errors[r];
-    EXPECT_NE(errors[r].find("test-group"), std::string::npos) << errors[r];
+    EXPECT_CONTAINS(errors[r], "operator pressed stop") << "rank " << r;
+    EXPECT_CONTAINS(errors[r], "test-group");
     EXPECT_GE(latency[r], 0.0) << "rank " << r;
     EXPECT_LT(latency[r], 2.0) << "rank " << r;
   }
@@ -612,7 +531,7 @@ TEST(ShmBackendFailures, AbortWorksInAWorldOfOne) {
     backends[0]->allreduce(&x, 1, DataType::kFloat32, ReduceOp::kSum);
     FAIL() << "allreduce after abort succeeded";
   } catch (const CollectiveError& e) {
-    EXPECT_NE(std::string(e.what()).find("done here"), std::string::npos) << e.what();
+    EXPECT_CONTAINS(e.what(), "done here");
   }
 }
 
@@ -625,9 +544,9 @@ TEST(ShmBackendFailures, OpTimeoutNamesTheOpAndTheMissingRank) {
     FAIL() << "allreduce without rank 1 succeeded";
   } catch (const CollectiveError& e) {
     std::string what = e.what();
-    EXPECT_NE(what.find("allreduce"), std::string::npos) << what;
-    EXPECT_NE(what.find("timed out after 300 ms"), std::string::npos) << what;
-    EXPECT_NE(what.find("rank 1"), std::string::npos) << what;
+    EXPECT_CONTAINS(what, "allreduce");
+    EXPECT_CONTAINS(what, "timed out after 300 ms");
+    EXPECT_CONTAINS(what, "rank 1");
   }
   double elapsed = seconds_since(t0);
   EXPECT_GE(elapsed, 0.3);
@@ -650,8 +569,8 @@ TEST(ShmBackendFailures, PeerThatLeftFailsItsReceiver) {
     backends[0]->recv(&x, 1, DataType::kFloat32, 1);
     FAIL() << "recv from a destroyed peer succeeded";
   } catch (const CollectiveError& e) {
-    EXPECT_NE(std::string(e.what()).find("rank 1"), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("left the group"), std::string::npos) << e.what();
+    EXPECT_CONTAINS(e.what(), "rank 1");
+    EXPECT_CONTAINS(e.what(), "left the group");
   }
   EXPECT_LT(seconds_since(t0), 2.0);
   leaver.join();
@@ -665,7 +584,7 @@ TEST(ShmBackendFailures, MismatchedMessageSizeFailsTheReceiver) {
     if (r == 1) backends[1]->recv(data.data(), 20, DataType::kFloat32, 0);
   });
   EXPECT_EQ(errors[0], "");
-  EXPECT_NE(errors[1].find("expected 80 bytes from rank 0"), std::string::npos) << errors[1];
+  EXPECT_CONTAINS(errors[1], "expected 80 bytes from rank 0");
 }
 
 TEST(ShmBackendFailures, BadRootOrPeerIsRejected) {
@@ -704,20 +623,20 @@ TEST(ShmBackendJoin, SegmentIsUnlinkedOnceEveryoneMappedIt) {
 TEST(ShmBackendJoin, MissingRankTimesOut) {
   auto t0 = Clock::now();
   std::string error = join_error(std::make_shared<FakeStore>(), 0, 2);
-  EXPECT_NE(error.find("join timed out after 300 ms"), std::string::npos) << error;
-  EXPECT_NE(error.find("missing ranks: 1"), std::string::npos) << error;
+  EXPECT_CONTAINS(error, "join timed out after 300 ms");
+  EXPECT_CONTAINS(error, "missing ranks: 1");
   EXPECT_LT(seconds_since(t0), 2.0);
   error = join_error(std::make_shared<FakeStore>(), 1, 2);  // rank 0 never publishes
-  EXPECT_NE(error.find("rank 1 of group 'test-group'"), std::string::npos) << error;
-  EXPECT_NE(error.find("published no shared memory segment"), std::string::npos) << error;
+  EXPECT_CONTAINS(error, "rank 1 of group 'test-group'");
+  EXPECT_CONTAINS(error, "published no shared memory segment");
 }
 
 TEST(ShmBackendJoin, GarbageSegmentNamesAreRejected) {
   auto store = std::make_shared<FakeStore>();
   store->set(col::detail::kShmSegmentKey, "../../etc/passwd");
-  EXPECT_NE(join_error(store, 1, 2).find("not a gantry segment name"), std::string::npos);
+  EXPECT_CONTAINS(join_error(store, 1, 2), "not a gantry segment name");
   store->set(col::detail::kShmSegmentKey, "/gantry-col-00000000deadbeef");
-  EXPECT_NE(join_error(store, 1, 2).find("cannot open shared memory segment"), std::string::npos);
+  EXPECT_CONTAINS(join_error(store, 1, 2), "cannot open shared memory segment");
 }
 
 TEST(ShmBackendJoin, ForeignSegmentsAreRejected) {
@@ -735,9 +654,9 @@ TEST(ShmBackendJoin, ForeignSegmentsAreRejected) {
   auto store = std::make_shared<FakeStore>();
   store->set(col::detail::kShmSegmentKey, name);
   make_segment(16, 0);
-  EXPECT_NE(join_error(store, 1, 2).find("too small"), std::string::npos);
+  EXPECT_CONTAINS(join_error(store, 1, 2), "too small");
   make_segment(1 << 16, 0x5a);
-  EXPECT_NE(join_error(store, 1, 2).find("not a version 1 gantry collective segment"), std::string::npos);
+  EXPECT_CONTAINS(join_error(store, 1, 2), "not a version 1 gantry collective segment");
   ::shm_unlink(name.c_str());
 }
 
@@ -748,8 +667,8 @@ TEST(ShmBackendJoin, WorldSizeMismatchFailsBothSides) {
   std::thread rank0([&] { rank0_error = join_error(store, 0, 2, milliseconds(10000)); });
   std::string rank1_error = join_error(store, 1, 3, milliseconds(10000));
   rank0.join();
-  EXPECT_NE(rank1_error.find("world size 3 but rank 0 created the group with 2"), std::string::npos) << rank1_error;
-  EXPECT_NE(rank0_error.find("another world size"), std::string::npos) << rank0_error;
+  EXPECT_CONTAINS(rank1_error, "world size 3 but rank 0 created the group with 2");
+  EXPECT_CONTAINS(rank0_error, "another world size");
   EXPECT_LT(seconds_since(t0), 2.0);
 }
 
@@ -767,9 +686,9 @@ TEST(ShmBackendJoin, SameRankTwiceIsRejected) {
 
 TEST(ShmBackendJoin, InvalidContextsAreRejected) {
   auto store = std::make_shared<FakeStore>();
-  EXPECT_NE(join_error(store, 2, 2).find("rank 2 is not in 0..1"), std::string::npos);
-  EXPECT_NE(join_error(store, 0, 0).find("world size 0"), std::string::npos);
-  EXPECT_NE(join_error(nullptr, 0, 2).find("no store"), std::string::npos);
+  EXPECT_CONTAINS(join_error(store, 2, 2), "rank 2 is not in 0..1");
+  EXPECT_CONTAINS(join_error(store, 0, 0), "world size 0");
+  EXPECT_CONTAINS(join_error(nullptr, 0, 2), "no store");
 }
 
 }  // namespace
