@@ -306,8 +306,10 @@ using detail::random_hex;
 void Work::wait() const {
   if (!state_) throw CollectiveError("wait on an empty collective::Work");
   std::unique_lock<std::mutex> lock(state_->mu);
-  if (!state_->done) {
-    // A rank waiting on its peers lends its CPUs, so they can be scheduled.
+  // Most ops finish within moments. One that does not is waiting for its peers: the rank
+  // then lends its CPUs (telling the agent costs two calls, too much for every op), so
+  // peers queued for them can start.
+  if (!state_->cv.wait_for(lock, std::chrono::milliseconds(5), [&] { return state_->done; })) {
     lock.unlock();
     BlockedScope waiting;
     lock.lock();
