@@ -90,6 +90,9 @@ std::string random_hex(size_t bytes) {
 
 }  // namespace
 
+/// How long an abort waits for the op in progress to leave its interrupted transport.
+constexpr auto kLetGo = std::chrono::seconds(3);
+
 /// The state behind a Communicator. The op thread runs queued ops in order; the monitor
 /// thread watches the group's abort key and its members' nodes.
 class CommunicatorImpl {
@@ -145,9 +148,10 @@ class CommunicatorImpl {
       if (aborted_) return;
       aborted_ = true;
       abort_reason_ = why;
+      // Ops not started yet fail now; the one in progress fails when the interrupted
+      // transport lets go of the caller's buffers (below).
       failed.assign(queue_.begin(), queue_.end());
       queue_.clear();
-      if (current_) failed.push_back(current_);
       backend = backend_;
       device = device_shared_;
       cv_.notify_all();
@@ -162,6 +166,14 @@ class CommunicatorImpl {
         // the head is gone too: the peers' own checks find out
       }
     }
+    std::shared_ptr<WorkState> stuck;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (!cv_.wait_for(lock, kLetGo, [&] { return !running_; })) stuck = current_;
+    }
+    // A transport that did not let go within kLetGo: its op fails anyway, so no caller
+    // waits on it for ever (its buffers may still be read until the op timeout).
+    if (stuck) stuck->finish(failure(stuck->what, why));
   }
 
   const JoinOptions& options() const { return options_; }
@@ -208,6 +220,7 @@ class CommunicatorImpl {
         std::lock_guard<std::mutex> lock(mu_);
         current_.reset();
         running_ = false;
+        cv_.notify_all();
       }
       if (error.empty()) {
         work->finish({});
