@@ -97,7 +97,9 @@ GANTRY_REMOTE(wait_key);
 std::string allreduce_rank(std::string group, int world, int rank) {
   namespace col = gantry::collective;
   try {
-    auto comm = col::Communicator::join({.group = group, .world_size = world, .rank = rank});
+    // A group whose name starts with "gloo-" asks for Gloo; the others choose for themselves.
+    auto backend = group.rfind("gloo-", 0) == 0 ? col::BackendKind::kGloo : col::BackendKind::kAuto;
+    auto comm = col::Communicator::join({.group = group, .world_size = world, .rank = rank, .backend = backend});
     std::vector<float> v(100000, static_cast<float>(rank + 1));
     comm.allreduce(std::span<float>(v));
     return std::string(col::to_string(comm.backend())) + " " + std::to_string(static_cast<int>(v.front())) + " " +
@@ -692,6 +694,10 @@ TEST_F(ClusterTest, KeysAndCollectiveGroupsSpanNodes) {
   auto remote_rank = gantry::task(allreduce_rank).options({.resources = {{"K", 1}}}).remote("two-nodes", 2, 1);
   EXPECT_EQ(allreduce_rank("two-nodes", 2, 0), "tcp 3 3");
   EXPECT_EQ(remote_rank.get(), "tcp 3 3");
+  // Gloo, when asked for, across the two nodes too.
+  auto gloo_rank = gantry::task(allreduce_rank).options({.resources = {{"K", 1}}}).remote("gloo-two-nodes", 2, 1);
+  EXPECT_EQ(allreduce_rank("gloo-two-nodes", 2, 0), "gloo 3 3");
+  EXPECT_EQ(gloo_rank.get(), "gloo 3 3");
   // The job's keys go with the job; the cluster's stay.
   gantry::kv::put("mine", "job");
   gantry::kv::put("ours", "cluster", {.cluster = true});
