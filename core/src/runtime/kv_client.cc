@@ -68,8 +68,10 @@ std::optional<std::string> CoreWorker::kv_wait(const std::string& key, std::chro
   std::optional<BlockedScope> blocked;
   if (current_task() != nullptr) blocked.emplace(*this);
   grpc::Status s = head_->KvWait(&ctx, kv_request(key, cluster), &reply);
-  if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED || s.error_code() == grpc::StatusCode::ABORTED)
-    return std::nullopt;
+  // A deadline shorter than the round trip ends the call before the head could answer for
+  // a key that exists: a short wait must not miss it, so look once more.
+  if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) return kv_get(key, cluster);
+  if (s.error_code() == grpc::StatusCode::ABORTED) return std::nullopt;
   if (!s.ok()) throw_kv("wait", key, s);
   if (!reply.found()) return std::nullopt;
   return std::move(*reply.mutable_value());
