@@ -1,0 +1,136 @@
+#include "gantry/train/checkpoint.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <system_error>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "checkpoint_access.h"
+#include "gantry/train/data.h"
+
+namespace gantry::train {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr const char* kModelFile = "model.pt";
+constexpr const char* kOptimizerFile = "optimizer.pt";
+
+Json read_metadata(const fs::path& dir) {
+  fs::path file = dir / Checkpoint::kMetadataFile;
+  std::ifstream in(file);
+  if (!in) return Json::object();
+  try {
+    Json j = Json::parse(in);
+    return j.is_object() ? j : Json::object();
+  } catch (const Json::exception& e) {
+    throw Error("checkpoint metadata " + file.string() + " is not valid JSON: " + e.what());
+  }
+}
+
+void write_metadata(const fs::path& dir, const Json& metadata) {
+  fs::path file = dir / Checkpoint::kMetadataFile;
+  std::ofstream out(file, std::ios::trunc);
+  out << metadata.dump(2) << "\n";
+  if (!out) throw Error("cannot write " + file.string());
+}
+
+torch::Device device_of(const torch::nn::Module& model) {
+  for (const auto& p : model.parameters()) return p.device();
+  for (const auto& b : model.buffers()) return b.device();
+  return torch::kCPU;
+}
+
+}  // namespace
+
+std::string make_temp_directory(const std::string& prefix) {
+  std::error_code ec;
+  fs::path base = fs::temp_directory_path(ec);
+  if (ec) base = "/tmp";
+  std::string pattern = (base / (prefix + "-XXXXXX")).string();
+  std::vector<char> buf(pattern.begin(), pattern.end());
+  buf.push_back('\0');
+  if (mkdtemp(buf.data()) == nullptr) throw Error("cannot create a temporary directory like " + pattern);
+  return std::string(buf.data());
+}
+
+Checkpoint::State::~State() {
+  if (owns_directory) {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+}
+
+Checkpoint Checkpoint::from_directory(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) throw Error("checkpoint directory " + dir + " does not exist");
+  return CheckpointAccess::make(fs::absolute(dir).string(), read_metadata(dir), false, nullptr);
+}
+
+Checkpoint Checkpoint::from_model(const torch::nn::Module& model, const torch::optim::Optimizer* optimizer,
+                                  int epoch) {
+  std::string dir = make_temp_directory("gantry-checkpoint");
+  Checkpoint ck = CheckpointAccess::make(dir, Json{{"epoch", epoch}}, true, nullptr);
+  try {
+    torch::serialize::OutputArchive model_archive;
+    model.save(model_archive);
+    model_archive.save_to((fs::path(dir) / kModelFile).string());
+    if (optimizer != nullptr) {
+      torch::serialize::OutputArchive optimizer_archive;
+      optimizer->save(optimizer_archive);
+      optimizer_archive.save_to((fs::path(dir) / kOptimizerFile).string());
+    }
+  } catch (const c10::Error& e) {
+    throw Error("cannot save the model to a checkpoint in " + dir + ": " + e.what_without_backtrace());
+  }
+  write_metadata(dir, ck.metadata());
+  return ck;
+}
+
+int Checkpoint::load(torch::nn::Module& model, torch::optim::Optimizer* optimizer) const {
+  fs::path dir(path());
+  fs::path model_file = dir / kModelFile;
+  std::error_code ec;
+  if (!fs::exists(model_file, ec)) {
+    throw Error("checkpoint " + path() + " has no " + kModelFile + " (was it made by Checkpoint::from_model?)");
+  }
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(model_file.string(), device_of(model));
+    model.load(archive);
+  } catch (const c10::Error& e) {
+    throw Error("checkpoint " + model_file.string() + " does not match the model: " + e.what_without_backtrace());
+  }
+  if (optimizer != nullptr) {
+    fs::path optimizer_file = dir / kOptimizerFile;
+    if (!fs::exists(optimizer_file, ec)) throw Error("checkpoint " + path() + " has no " + kOptimizerFile);
+    try {
+      torch::serialize::InputArchive archive;
+      archive.load_from(optimizer_file.string());
+      optimizer->load(archive);
+    } catch (const c10::Error& e) {
+      throw Error("checkpoint " + optimizer_file.string() + " does not match the optimizer: " +
+                  e.what_without_backtrace());
+    }
+  }
+  int e = epoch().value_or(-1);
+  if (state_->resume != nullptr && e >= 0) state_->resume->loaded_epoch = e;
+  return e;
+}
+
+void Checkpoint::set_metadata(const std::string& key, Json value) {
+  state_->metadata[key] = std::move(value);
+  write_metadata(path(), state_->metadata);
+}
+
+std::optional<int> Checkpoint::epoch() const {
+  auto it = state_->metadata.find("epoch");
+  if (it == state_->metadata.end() || !it->is_number_integer()) return std::nullopt;
+  return it->get<int>();
+}
+
+}  // namespace gantry::train
