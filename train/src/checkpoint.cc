@@ -39,6 +39,33 @@ void write_metadata(const fs::path& dir, const Json& metadata) {
   if (!out) throw Error("cannot write " + file.string());
 }
 
+// LibTorch's Module::load replaces a parameter of another shape silently: check first
+// that every parameter and buffer is in the archive with the module's shape.
+void check_shapes(const torch::nn::Module& module, torch::serialize::InputArchive& archive, const std::string& prefix,
+                  const std::string& file) {
+  auto check = [&](const std::string& name, const torch::Tensor& mine, bool is_buffer) {
+    torch::Tensor saved;
+    if (!archive.try_read(name, saved, is_buffer)) {
+      throw Error("checkpoint " + file + " has no " + prefix + name + ": it does not match the model");
+    }
+    if (saved.sizes() != mine.sizes()) {
+      std::ostringstream why;
+      why << "checkpoint " << file << " holds " << prefix << name << " of shape " << saved.sizes()
+          << ", the model's is " << mine.sizes();
+      throw Error(why.str());
+    }
+  };
+  for (const auto& p : module.named_parameters(/*recurse=*/false)) check(p.key(), p.value(), false);
+  for (const auto& b : module.named_buffers(/*recurse=*/false)) check(b.key(), b.value(), true);
+  for (const auto& child : module.named_children()) {
+    torch::serialize::InputArchive nested;
+    if (!archive.try_read(child.key(), nested)) {
+      throw Error("checkpoint " + file + " has no module " + prefix + child.key() + ": it does not match the model");
+    }
+    check_shapes(*child.value(), nested, prefix + child.key() + ".", file);
+  }
+}
+
 torch::Device device_of(const torch::nn::Module& model) {
   for (const auto& p : model.parameters()) return p.device();
   for (const auto& b : model.buffers()) return b.device();
@@ -101,6 +128,7 @@ int Checkpoint::load(torch::nn::Module& model, torch::optim::Optimizer* optimize
   try {
     torch::serialize::InputArchive archive;
     archive.load_from(model_file.string(), device_of(model));
+    check_shapes(model, archive, "", model_file.string());
     model.load(archive);
   } catch (const c10::Error& e) {
     throw Error("checkpoint " + model_file.string() + " does not match the model: " + e.what_without_backtrace());

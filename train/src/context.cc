@@ -23,7 +23,9 @@ void TrainContext::report(const Json& metrics, std::optional<Checkpoint> checkpo
 
 std::shared_ptr<DistributedDataParallel> TrainContext::make_ddp(std::shared_ptr<torch::nn::Module> module,
                                                                 DdpOptions options) {
-  return std::make_shared<DistributedDataParallel>(std::move(module), run_->communicator(), options);
+  auto ddp = std::make_shared<DistributedDataParallel>(std::move(module), run_->communicator(), options);
+  run_->keep(ddp);
+  return ddp;
 }
 
 std::shared_ptr<detail::ResumeState> TrainContext::resume_state() { return run_->resume_state(); }

@@ -40,6 +40,9 @@ class WorkerRun {
   std::optional<Checkpoint> checkpoint();
   const std::shared_ptr<ResumeState>& resume_state() const { return resume_; }
   void report(const Json& metrics, std::optional<Checkpoint> checkpoint, ReportOptions options);
+  /// Keeps a prepared model's wrapper alive for the run: gradients stay synchronised even
+  /// when the loop drops the handle `prepare_model` returned.
+  void keep(std::shared_ptr<DistributedDataParallel> ddp) { models_.push_back(std::move(ddp)); }
 
  private:
   void set_environment() const;
@@ -53,6 +56,7 @@ class WorkerRun {
   std::optional<collective::Communicator> comm_;
   std::shared_ptr<ResumeState> resume_ = std::make_shared<ResumeState>();
   std::optional<Checkpoint> restored_;  // materialised on first use
+  std::vector<std::shared_ptr<DistributedDataParallel>> models_;
   int64_t next_report_ = 0;
   int64_t samples_reported_ = 0;
 

@@ -12,6 +12,7 @@
 #include <limits>
 #include <list>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
@@ -35,6 +36,10 @@ class Writer {
   explicit Writer(uint8_t* out = nullptr) : out_(out) {}
 
   size_t size() const { return pos_; }
+  /// True when this writer only counts bytes. An encoder must count exactly the bytes it
+  /// later writes, but may skip work that only produces their contents (making a tensor
+  /// contiguous, say): while counting, `bin` and `raw` never read their data pointer.
+  bool counting() const { return out_ == nullptr; }
 
   void nil() { byte(0xc0); }
   void boolean(bool v) { byte(v ? 0xc3 : 0xc2); }
@@ -104,6 +109,37 @@ class Reader {
   const uint8_t* data_;
   size_t size_;
   size_t pos_ = 0;
+};
+
+/// While alive on a thread, tells codecs that the value decoded on that thread lies in
+/// `[data, data + size)` and that `keep_alive` keeps those bytes readable, unchanged by
+/// anyone else and private to this process: a write through them (a copy-on-write
+/// mapping) changes neither the object nor any other reader. A codec of a large type may
+/// then alias the bytes instead of copying them (gantry/train/tensor.h does, for tensors).
+/// `ObjectRef::get` opens one over a value mapped from this node's shared-memory store;
+/// call arguments and inline values are decoded without one. Scopes nest; not shared
+/// between threads.
+class DecodeSource {
+ public:
+  DecodeSource(const uint8_t* data, size_t size, std::shared_ptr<void> keep_alive);
+  ~DecodeSource();
+  DecodeSource(const DecodeSource&) = delete;
+  DecodeSource& operator=(const DecodeSource&) = delete;
+
+  /// For a codec: a handle that keeps the `n` bytes at `p` as described above for as long
+  /// as the handle lives, when they lie inside the innermost source open on this thread;
+  /// null otherwise (then copy them). Holding the handle keeps the whole object in the
+  /// store.
+  ///
+  ///     if (auto keep = gantry::DecodeSource::retain(p, n)) alias(p, n, std::move(keep));
+  ///     else copy(p, n);
+  static std::shared_ptr<void> retain(const void* p, size_t n);
+
+ private:
+  const uint8_t* data_;
+  size_t size_;
+  std::shared_ptr<void> keep_alive_;
+  const DecodeSource* previous_;
 };
 
 /// `Codec<T>` encodes and decodes one type. Specialise it for a type you cannot change;

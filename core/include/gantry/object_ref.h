@@ -59,6 +59,14 @@ class ObjectRef {
     if constexpr (std::is_void_v<T>) {
       return;
     } else {
+      if (!buffer->copy_on_write()) return decode_from<T>(buffer->data(), buffer->size());
+      // A codec may alias these bytes past this call (DecodeSource): the handle holds the
+      // mapping, and a reference so that the store cannot reuse the object's file.
+      struct Retained {
+        std::shared_ptr<detail::Buffer> buffer;
+        std::shared_ptr<detail::RefState> ref;
+      };
+      DecodeSource source(buffer->data(), buffer->size(), std::make_shared<Retained>(Retained{buffer, state_}));
       return decode_from<T>(buffer->data(), buffer->size());
     }
   }

@@ -412,4 +412,26 @@ void Reader::skip() {
   }
 }
 
+namespace {
+
+thread_local const DecodeSource* t_decode_source = nullptr;
+
+}  // namespace
+
+DecodeSource::DecodeSource(const uint8_t* data, size_t size, std::shared_ptr<void> keep_alive)
+    : data_(data), size_(size), keep_alive_(std::move(keep_alive)), previous_(t_decode_source) {
+  t_decode_source = this;
+}
+
+DecodeSource::~DecodeSource() { t_decode_source = previous_; }
+
+std::shared_ptr<void> DecodeSource::retain(const void* p, size_t n) {
+  const DecodeSource* source = t_decode_source;
+  if (source == nullptr || source->keep_alive_ == nullptr || source->data_ == nullptr) return nullptr;
+  auto begin = reinterpret_cast<uintptr_t>(source->data_);
+  auto at = reinterpret_cast<uintptr_t>(p);
+  if (at < begin || at - begin > source->size_ || n > source->size_ - (at - begin)) return nullptr;
+  return source->keep_alive_;
+}
+
 }  // namespace gantry

@@ -42,7 +42,13 @@ std::unique_ptr<MappedFile> MappedFile::create(const std::string& path, size_t s
   return std::unique_ptr<MappedFile>(new MappedFile(path, static_cast<uint8_t*>(p), size, size, fd));
 }
 
-std::unique_ptr<MappedFile> MappedFile::open_read_only(const std::string& path) {
+std::unique_ptr<MappedFile> MappedFile::open_read_only(const std::string& path) { return open_existing(path, false); }
+
+std::unique_ptr<MappedFile> MappedFile::open_copy_on_write(const std::string& path) {
+  return open_existing(path, true);
+}
+
+std::unique_ptr<MappedFile> MappedFile::open_existing(const std::string& path, bool copy_on_write) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw ObjectLostError("shared-memory object " + path + " is gone: " + errno_text());
   struct stat st {};
@@ -54,7 +60,10 @@ std::unique_ptr<MappedFile> MappedFile::open_read_only(const std::string& path) 
   size_t size = static_cast<size_t>(st.st_size);
   void* p = nullptr;
   if (size > 0) {
-    p = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+    // A private mapping may be writable although the file is open read-only: writes
+    // never reach the file.
+    p = copy_on_write ? ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0)
+                      : ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
     if (p == MAP_FAILED) {
       std::string why = errno_text();
       ::close(fd);

@@ -25,6 +25,10 @@ class MappedFile {
   static std::unique_ptr<MappedFile> create(const std::string& path, size_t size, bool reuse = false);
   /// Maps an existing file read-only. Throws gantry::ObjectLostError when it is gone.
   static std::unique_ptr<MappedFile> open_read_only(const std::string& path);
+  /// Maps an existing file copy-on-write (MAP_PRIVATE): reads see the file's pages, a
+  /// write goes to a private copy of the page it touches, never to the file. What readers
+  /// decode may alias such a mapping (see gantry::DecodeSource). Throws as open_read_only.
+  static std::unique_ptr<MappedFile> open_copy_on_write(const std::string& path);
 
   ~MappedFile();
   MappedFile(const MappedFile&) = delete;
@@ -37,6 +41,7 @@ class MappedFile {
 
  private:
   friend class WarmMappings;
+  static std::unique_ptr<MappedFile> open_existing(const std::string& path, bool copy_on_write);
   MappedFile(std::string path, uint8_t* data, size_t size, size_t mapped, int fd)
       : path_(std::move(path)), data_(data), size_(size), mapped_(mapped), fd_(fd) {}
 

@@ -30,12 +30,13 @@ class ValueBuffer final : public detail::Buffer {
   ValuePtr value_;
 };
 
-/// A large value mapped from the node's shared-memory store.
+/// A large value mapped (copy-on-write) from the node's shared-memory store.
 class MappedBuffer final : public detail::Buffer {
  public:
   explicit MappedBuffer(std::unique_ptr<MappedFile> file) : file_(std::move(file)) {}
   const uint8_t* data() const override { return file_->data(); }
   size_t size() const override { return file_->size(); }
+  bool copy_on_write() const override { return true; }
 
  private:
   std::unique_ptr<MappedFile> file_;
@@ -263,7 +264,7 @@ std::shared_ptr<detail::Buffer> CoreWorker::to_buffer(const ValuePtr& value, con
 
 std::shared_ptr<detail::Buffer> CoreWorker::map_shm(const proto::ShmLocation& location) {
   if (location.node_id().empty() || location.node_id() == config_.node_id.hex())
-    return std::make_shared<MappedBuffer>(MappedFile::open_read_only(location.path()));
+    return std::make_shared<MappedBuffer>(MappedFile::open_copy_on_write(location.path()));
   // Another node's object: our agent copies it here (once per node), then we map the copy.
   // A copy evicted between the reply and our open is pulled again.
   BlockedScope blocked(*this);
@@ -278,7 +279,7 @@ std::shared_ptr<detail::Buffer> CoreWorker::map_shm(const proto::ShmLocation& lo
                   " from node " + location.node_id() + ": this node's agent answered " + s.error_message());
     if (reply.has_error()) throw_error(reply.error());
     try {
-      return std::make_shared<MappedBuffer>(MappedFile::open_read_only(reply.path()));
+      return std::make_shared<MappedBuffer>(MappedFile::open_copy_on_write(reply.path()));
     } catch (const ObjectLostError&) {
       if (attempt > 0) throw;
     }

@@ -26,6 +26,9 @@ class Buffer {
   virtual ~Buffer() = default;
   virtual const uint8_t* data() const = 0;
   virtual size_t size() const = 0;
+  /// True when the bytes are a copy-on-write mapping of their own: this process may write
+  /// through them without changing the object or what any other reader sees.
+  virtual bool copy_on_write() const { return false; }
 };
 
 /// A shared-memory object being written by its creator; `seal()` publishes it.

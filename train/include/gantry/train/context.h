@@ -65,7 +65,8 @@ class TrainContext {
   std::optional<Checkpoint> checkpoint();
 
   /// Moves `model` to `device()`, makes it rank 0's on every rank, and averages its
-  /// gradients from now on. A collective call: every rank makes it, in the same order.
+  /// gradients from now on (the context keeps the wrapper alive for the run). A
+  /// collective call: every rank makes it, in the same order.
   template <typename M>
   std::shared_ptr<DistributedDataParallel> prepare_model(std::shared_ptr<M> model, DdpOptions options = {}) {
     static_assert(std::is_base_of_v<torch::nn::Module, M>, "prepare_model takes a torch::nn::Module");
