@@ -628,6 +628,23 @@ int list_command(const std::string& what, const std::string& address_flag, const
   return 0;
 }
 
+// `gantry train ...` runs gantry-train, installed next to this program: it is a gantry
+// driver (its workers are copies of it), which this command is not. Returns only on failure.
+int train_command(const std::vector<std::string>& args) {
+  std::error_code ec;
+  std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  std::string train = (self.parent_path() / "gantry-train").string();
+  std::vector<std::string> argv = {train};
+  argv.insert(argv.end(), args.begin(), args.end());
+  std::vector<char*> pointers;
+  for (std::string& arg : argv) pointers.push_back(arg.data());
+  pointers.push_back(nullptr);
+  ::execv(train.c_str(), pointers.data());
+  std::cerr << "gantry train: cannot run " << train << ": " << std::strerror(errno)
+            << " (gantry-train is built and installed next to gantry)\n";
+  return kExitFailure;
+}
+
 // A check that a numeric flag is `min` or more. CLI11's NonNegativeNumber and
 // PositiveNumber would name their upper bound, the largest double, in full: a 309-digit
 // number that says nothing to the user.
@@ -708,6 +725,10 @@ int run(int argc, char** argv) {
   list_cmd->add_option("--address", list_address, "the head's HOST:PORT (default: GANTRY_ADDRESS, else the head started on this machine)");
   list_cmd->add_option("--temp-dir", list_temp_dir, "where this machine's sessions are (to find the address and token)");
 
+  auto* train_cmd = app.add_subcommand("train", "run training programs on the cluster: gantry train launch --help");
+  train_cmd->prefix_command();  // everything after `train`, --help included, goes to gantry-train
+  train_cmd->set_help_flag();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -715,6 +736,7 @@ int run(int argc, char** argv) {
     return rc == 0 ? 0 : kExitUsage;
   }
   try {
+    if (train_cmd->parsed()) return train_command(train_cmd->remaining());
     if (start_cmd->parsed()) {
       if (start.resources.empty()) start.resources = "{}";
       parse_resources(start.resources);  // a bad value is a usage error, before anything starts
