@@ -11,14 +11,14 @@
 /// `n` points, half on each of two spirals, with a little noise; labels 0 and 1.
 class Spirals : public torch::data::datasets::Dataset<Spirals> {
  public:
-  explicit Spirals(int64_t n, uint64_t seed = 7, double turns = 1.0) {
+  explicit Spirals(int64_t n, uint64_t seed = 7, double turns = 1.0, double noise = 0.02) {
     torch::Generator gen = torch::make_generator<torch::CPUGeneratorImpl>(seed);
     torch::Tensor t = torch::rand({n}, gen, torch::kDouble) * turns * 2 * M_PI + 0.5;
     labels_ = torch::arange(n, torch::kLong) % 2;
     torch::Tensor sign = labels_.to(torch::kDouble) * 2 - 1;
     torch::Tensor x = sign * t * torch::cos(t) / (turns * 2 * M_PI);
     torch::Tensor y = sign * t * torch::sin(t) / (turns * 2 * M_PI);
-    points_ = torch::stack({x, y}, 1).to(torch::kFloat) + torch::randn({n, 2}, gen) * 0.02;
+    points_ = torch::stack({x, y}, 1).to(torch::kFloat) + torch::randn({n, 2}, gen) * noise;
   }
 
   torch::data::Example<> get(size_t i) override {

@@ -83,7 +83,8 @@ Json options_to_json(const TrainerOptions& o) {
                 {"max_failures", o.run.failure.max_failures},
                 {"verbose", o.run.verbose},
                 {"report_timeout_ms", o.run.report_timeout.count()}}},
-              {"config", o.config.json()}};
+              {"config", o.config.json()},
+              {"resume_from_checkpoint", o.resume_from_checkpoint ? o.resume_from_checkpoint->path() : ""}};
 }
 
 TrainerOptions options_from_json(const Json& j) {
@@ -103,6 +104,9 @@ TrainerOptions options_from_json(const Json& j) {
   o.run.verbose = r.at("verbose").get<int>();
   o.run.report_timeout = std::chrono::milliseconds(r.at("report_timeout_ms").get<int64_t>());
   o.config = Config(j.at("config"));
+  if (std::string from = j.value("resume_from_checkpoint", ""); !from.empty()) {
+    o.resume_from_checkpoint = Checkpoint::from_directory(from);
+  }
   return o;
 }
 
@@ -348,8 +352,14 @@ TrainerDriver::Group TrainerDriver::start_group(int attempt) {
   int port = g.actors[first].task(&TrainWorker::free_port).remote().get(std::chrono::minutes(1));
 
   CheckpointFiles files;
+  std::optional<std::string> from;
   if (auto latest = manager_.latest()) {
-    fs::path dir(latest->path);
+    from = latest->path;
+  } else if (options_.resume_from_checkpoint.has_value()) {
+    from = options_.resume_from_checkpoint->path();
+  }
+  if (from.has_value()) {
+    fs::path dir(*from);
     for (const auto& entry : fs::recursive_directory_iterator(dir)) {
       if (!entry.is_regular_file()) continue;
       std::string rel = fs::relative(entry.path(), dir).string();
@@ -511,8 +521,12 @@ void TrainerDriver::commit_checkpoint(const Group& g, std::vector<ReportRecord>&
     if (r == 0 && !files.metadata_json.empty()) metadata = Json::parse(files.metadata_json);
     for (auto& [rel, bytes] : files.files) {
       if (auto [it, fresh] = writer.emplace(rel, r); !fresh) {
-        say(0, "checkpoint file " + rel + " of rank " + std::to_string(r) + " has the name rank " +
-                   std::to_string(it->second) + "'s has: kept rank " + std::to_string(it->second) + "'s");
+        // Ranks often save the same replica (model.pt): equal bytes are one file.
+        if (records[it->second].checkpoint.files[rel] != bytes) {
+          say(2, "checkpoint file " + rel + " of rank " + std::to_string(r) + " differs from rank " +
+                     std::to_string(it->second) + "'s of the same name: kept rank " + std::to_string(it->second) +
+                     "'s (use distinct names for sharded state)");
+        }
         continue;
       }
       fs::path file = tmp / rel;

@@ -2,9 +2,11 @@
 
 #include <chrono>
 #include <map>
+#include <optional>
 #include <string>
 
 #include "gantry/options.h"
+#include "gantry/train/checkpoint.h"
 #include "gantry/train/config.h"
 
 namespace gantry::train {
@@ -75,6 +77,10 @@ struct TrainerOptions {
   ScalingConfig scaling{};
   RunConfig run{};
   Config config{};
+  /// A checkpoint the run starts from when it has none of its own (a pretrained model to
+  /// fine-tune, a run to continue under a new name): every worker's `ctx.checkpoint()`
+  /// gives it until the run commits one.
+  std::optional<Checkpoint> resume_from_checkpoint{};
 };
 
 }  // namespace gantry::train
