@@ -39,10 +39,13 @@ void write_metadata(const fs::path& dir, const Json& metadata) {
   if (!out) throw Error("cannot write " + file.string());
 }
 
-// LibTorch's Module::load replaces a parameter of another shape silently: check first
-// that every parameter and buffer is in the archive with the module's shape.
-void check_shapes(const torch::nn::Module& module, torch::serialize::InputArchive& archive, const std::string& prefix,
-                  const std::string& file) {
+// Copies every parameter and buffer of `module` from `archive`, after checking that each
+// is there with the module's shape. Not Module::load: it replaces a tensor of another shape
+// silently, and it swaps the parameters' storage (set_), which gives them new gradient
+// accumulators and so drops the hooks a data-parallel wrapper put on the old ones.
+void load_into(torch::nn::Module& module, torch::serialize::InputArchive& archive, const std::string& prefix,
+               const std::string& file) {
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> copies;  // (mine, saved)
   auto check = [&](const std::string& name, const torch::Tensor& mine, bool is_buffer) {
     torch::Tensor saved;
     if (!archive.try_read(name, saved, is_buffer)) {
@@ -54,6 +57,7 @@ void check_shapes(const torch::nn::Module& module, torch::serialize::InputArchiv
           << ", the model's is " << mine.sizes();
       throw Error(why.str());
     }
+    copies.emplace_back(mine, saved);
   };
   for (const auto& p : module.named_parameters(/*recurse=*/false)) check(p.key(), p.value(), false);
   for (const auto& b : module.named_buffers(/*recurse=*/false)) check(b.key(), b.value(), true);
@@ -62,8 +66,10 @@ void check_shapes(const torch::nn::Module& module, torch::serialize::InputArchiv
     if (!archive.try_read(child.key(), nested)) {
       throw Error("checkpoint " + file + " has no module " + prefix + child.key() + ": it does not match the model");
     }
-    check_shapes(*child.value(), nested, prefix + child.key() + ".", file);
+    load_into(*child.value(), nested, prefix + child.key() + ".", file);
   }
+  torch::NoGradGuard no_grad;
+  for (auto& [mine, saved] : copies) mine.copy_(saved);
 }
 
 torch::Device device_of(const torch::nn::Module& model) {
@@ -128,8 +134,7 @@ int Checkpoint::load(torch::nn::Module& model, torch::optim::Optimizer* optimize
   try {
     torch::serialize::InputArchive archive;
     archive.load_from(model_file.string(), device_of(model));
-    check_shapes(model, archive, "", model_file.string());
-    model.load(archive);
+    load_into(model, archive, "", model_file.string());
   } catch (const c10::Error& e) {
     throw Error("checkpoint " + model_file.string() + " does not match the model: " + e.what_without_backtrace());
   }

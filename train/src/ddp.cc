@@ -7,6 +7,9 @@
 #include <utility>
 
 #include <torch/csrc/autograd/engine.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
 
 #include "gantry/errors.h"
 
@@ -89,10 +92,29 @@ void broadcast_coalesced(collective::Communicator& comm, const std::vector<torch
 
 }  // namespace
 
+// Runs after a parameter's gradient accumulator has added this backward's gradient to
+// `.grad`: the point where the whole (accumulated) gradient is known.
+class AccumulatedHook final : public torch::autograd::FunctionPostHook {
+ public:
+  AccumulatedHook(std::function<void()> ready) : ready_(std::move(ready)) {}
+  torch::autograd::variable_list operator()(const torch::autograd::variable_list& outputs,
+                                            const torch::autograd::variable_list&) override {
+    ready_();
+    return outputs;
+  }
+
+ private:
+  std::function<void()> ready_;
+};
+
 struct DistributedDataParallel::Impl {
   struct Slot {
     size_t bucket = 0;
     int64_t offset = 0;
+    // `.grad` as this parameter's part of its bucket's buffer: the gradient accumulator
+    // adds into it in place, so gradients are never copied in or out. An alias, not an
+    // autograd view, so that optimizers may detach_() and zero_() it.
+    torch::Tensor alias;
   };
   struct Bucket {
     std::vector<size_t> params;
@@ -109,34 +131,79 @@ struct DistributedDataParallel::Impl {
   std::vector<torch::Tensor> buffers;
   std::vector<Slot> slots;
   std::vector<Bucket> buckets;
-  std::vector<unsigned> hooks;
+  // Held so that each parameter keeps the accumulator (and so the hook) it has now.
+  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators;
+  std::vector<uintptr_t> hooks;
+  std::vector<unsigned> tensor_hooks;
 
   std::mutex mu;  // guards the per-backward state below (hooks may run on device threads)
   bool require_sync = true;
   bool in_backward = false;
+  std::vector<bool> seen;   // its tensor hook ran in this backward
+  std::vector<bool> late;   // its gradient arrives without our post hook (see before_gradient)
   std::vector<bool> ready;
   size_t next_launch = 0;
   Stats stats;
 
-  void on_gradient(size_t i, const torch::Tensor& grad) {
+  // Makes `.grad` of parameter `i` its bucket alias again if something replaced it (an
+  // optimizer's zero_grad(set_to_none), the accumulator stealing a fresh gradient),
+  // keeping its value; an undefined gradient becomes zeros.
+  void bind_gradient(size_t i) {
+    Slot& s = slots[i];
+    torch::Tensor& grad = params[i].mutable_grad();
+    if (grad.defined() && grad.data_ptr() == s.alias.data_ptr()) return;
+    torch::NoGradGuard no_grad;
+    if (grad.defined()) {
+      s.alias.copy_(grad);
+    } else {
+      s.alias.zero_();
+    }
+    grad = s.alias;
+  }
+
+  // Hooks the accumulator parameter `i` has now; returns false when it was hooked already.
+  bool hook_accumulator(size_t i) {
+    auto accumulator = torch::autograd::impl::grad_accumulator(params[i]);
+    if (accumulator == nullptr) throw Error("parameter " + names[i] + " has no gradient accumulator (not a leaf?)");
+    if (i < accumulators.size() && accumulators[i] == accumulator) return false;
+    uintptr_t key = accumulator->add_post_hook(std::make_unique<AccumulatedHook>([this, i] { on_gradient(i); }));
+    if (i < accumulators.size()) {
+      accumulators[i]->del_post_hook(hooks[i]);
+      accumulators[i] = std::move(accumulator);
+      hooks[i] = key;
+    } else {
+      accumulators.push_back(std::move(accumulator));
+      hooks.push_back(key);
+    }
+    return true;
+  }
+
+  // The tensor hook: runs just before parameter `i`'s accumulator, once per backward. It
+  // starts a backward's bookkeeping. Replacing a parameter's storage (LibTorch's
+  // Module::load uses set_) gives it a new accumulator without our post hook, and a hook
+  // added now would not run in this backward: the parameter is then marked late, and
+  // counted at the end of backward, once its gradient is accumulated.
+  void before_gradient(size_t i) {
     std::lock_guard<std::mutex> lock(mu);
     if (!require_sync) return;
-    if (!in_backward || ready[i]) start_backward();
-    torch::NoGradGuard no_grad;
-    const Slot& s = slots[i];
-    Bucket& b = buckets[s.bucket];
-    torch::Tensor dst = b.flat.narrow(0, s.offset, params[i].numel());
-    dst.copy_(grad.reshape({-1}));
-    // With no_sync before, .grad holds the locally accumulated sum this gradient is about
-    // to be added to: average that sum, not this step's part.
-    const torch::Tensor& accumulated = params[i].grad();
-    if (accumulated.defined()) dst.add_(accumulated.reshape({-1}));
+    if (!in_backward || seen[i]) start_backward();
+    seen[i] = true;
+    if (hook_accumulator(i)) late[i] = true;
+  }
+
+  // The accumulator's post hook: `.grad` now holds this backward's (accumulated) gradient.
+  void on_gradient(size_t i) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!require_sync || !in_backward || ready[i]) return;
+    bind_gradient(i);
     mark_ready(i);
   }
 
   void start_backward() {
     in_backward = true;
     std::fill(ready.begin(), ready.end(), false);
+    std::fill(seen.begin(), seen.end(), false);
+    std::fill(late.begin(), late.end(), false);
     for (auto& b : buckets) b.pending = b.params.size();
     next_launch = 0;
     torch::autograd::Engine::get_default_engine().queue_callback([this] { end_backward(); });
@@ -157,40 +224,19 @@ struct DistributedDataParallel::Impl {
     std::unique_lock<std::mutex> lock(mu);
     if (!in_backward) return;
     std::string unused;
-    {
-      torch::NoGradGuard no_grad;
-      for (size_t i = 0; i < params.size(); ++i) {
-        if (ready[i]) continue;
-        // No gradient reached this parameter in this backward: it contributes its
-        // accumulated gradient (or zero), so that every rank still reduces the same buckets.
-        if (unused.size() < 400) unused += (unused.empty() ? "" : ", ") + names[i];
-        const Slot& s = slots[i];
-        torch::Tensor dst = buckets[s.bucket].flat.narrow(0, s.offset, params[i].numel());
-        const torch::Tensor& accumulated = params[i].grad();
-        if (accumulated.defined()) {
-          dst.copy_(accumulated.reshape({-1}));
-        } else {
-          dst.zero_();
-        }
-        mark_ready(i);
-      }
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (ready[i]) continue;
+      // No gradient reached this parameter in this backward (unless it was late): it
+      // contributes its accumulated gradient (or zero), so that every rank still reduces
+      // the same buckets.
+      if (!late[i] && unused.size() < 400) unused += (unused.empty() ? "" : ", ") + names[i];
+      bind_gradient(i);
+      mark_ready(i);
     }
     auto waiting = std::chrono::steady_clock::now();
     for (auto& b : buckets) b.work.wait();
     stats.exposed_sync_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - waiting).count();
-    {
-      torch::NoGradGuard no_grad;
-      for (size_t i = 0; i < params.size(); ++i) {
-        const Slot& s = slots[i];
-        torch::Tensor averaged = buckets[s.bucket].flat.narrow(0, s.offset, params[i].numel()).view_as(params[i]);
-        torch::Tensor& grad = params[i].mutable_grad();
-        if (grad.defined()) {
-          grad.copy_(averaged);
-        } else {
-          grad = averaged.clone();
-        }
-      }
-    }
+    // The averages are in the buckets, which are the gradients.
     in_backward = false;
     ++stats.synced_backwards;
     lock.unlock();
@@ -245,14 +291,29 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<torch::nn::Modu
     m.buckets.push_back(std::move(b));
   }
   m.ready.assign(m.params.size(), false);
+  m.seen.assign(m.params.size(), false);
+  m.late.assign(m.params.size(), false);
   Impl* impl = impl_.get();
   for (size_t i = 0; i < m.params.size(); ++i) {
-    m.hooks.push_back(m.params[i].register_hook([impl, i](const torch::Tensor& grad) { impl->on_gradient(i, grad); }));
+    Impl::Slot& s = m.slots[i];
+    torch::Tensor flat = m.buckets[s.bucket].flat;
+    auto* base = static_cast<char*>(flat.data_ptr()) + s.offset * static_cast<int64_t>(flat.element_size());
+    s.alias = torch::from_blob(base, m.params[i].sizes(), [flat](void*) {}, flat.options());
+    if (torch::Tensor existing = m.params[i].grad(); existing.defined()) {
+      torch::NoGradGuard no_grad;
+      s.alias.copy_(existing);
+    }
+    m.params[i].mutable_grad() = s.alias;
+    m.hook_accumulator(i);
+    m.tensor_hooks.push_back(m.params[i].register_hook([impl, i](const torch::Tensor&) { impl->before_gradient(i); }));
   }
 }
 
 DistributedDataParallel::~DistributedDataParallel() {
-  for (size_t i = 0; i < impl_->params.size(); ++i) impl_->params[i].remove_hook(impl_->hooks[i]);
+  for (size_t i = 0; i < impl_->accumulators.size(); ++i) {
+    impl_->accumulators[i]->del_post_hook(impl_->hooks[i]);
+    impl_->params[i].remove_hook(impl_->tensor_hooks[i]);
+  }
 }
 
 DistributedDataParallel::NoSyncGuard::NoSyncGuard(DistributedDataParallel* ddp) : ddp_(ddp) {
