@@ -9,6 +9,14 @@ install(TARGETS gantry_core gantry_gpu gantry_proto gantry_build_flags gantry_co
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
 install(DIRECTORY ${PROJECT_SOURCE_DIR}/core/include/gantry ${PROJECT_SOURCE_DIR}/gpu/include/gantry
   DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+if(TARGET gantry_train)
+  install(TARGETS gantry_train EXPORT gantryTargets
+    ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
+    LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
+  install(DIRECTORY ${PROJECT_SOURCE_DIR}/train/include/gantry DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+endif()
+# The `gantry` command and what `gantry train` runs.
+install(TARGETS gantry gantry-train RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 install(EXPORT gantryTargets NAMESPACE gantry:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/gantry)
 
 file(WRITE ${CMAKE_CURRENT_BINARY_DIR}/gantryConfig.cmake.in [=[
@@ -23,12 +31,19 @@ find_dependency(Gloo)
 if(@GANTRY_HAVE_CUDA@)
   find_dependency(CUDAToolkit)
 endif()
+if(@GANTRY_HAVE_TORCH@)
+  find_dependency(Torch CONFIG)
+  find_dependency(nlohmann_json CONFIG)
+endif()
 include("${CMAKE_CURRENT_LIST_DIR}/gantryTargets.cmake")
 if(TARGET gantry::gantry_core AND NOT TARGET gantry::core)
   add_library(gantry::core ALIAS gantry::gantry_core)
 endif()
 if(TARGET gantry::gantry_collective AND NOT TARGET gantry::collective)
   add_library(gantry::collective ALIAS gantry::gantry_collective)
+endif()
+if(TARGET gantry::gantry_train AND NOT TARGET gantry::train)
+  add_library(gantry::train ALIAS gantry::gantry_train)
 endif()
 ]=])
 configure_package_config_file(${CMAKE_CURRENT_BINARY_DIR}/gantryConfig.cmake.in
