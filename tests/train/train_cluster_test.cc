@@ -4,6 +4,7 @@
 // joins and shrink when one dies. The test binary is also the workers' executable.
 
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -237,8 +238,51 @@ TEST_F(TrainClusterTest, ElasticGroupsGrowWhenANodeJoinsAndShrinkWhenItDies) {
   EXPECT_EQ(epochs.size(), 400u);
 }
 
+TEST_F(TrainClusterTest, AKilledDriversGroupIsStoppedAndItsRunRestoresOnTheCluster) {
+  ASSERT_EQ(start_node(true, 2).code, 0);
+  fs::path results = temp_ / "results";
+  fs::path run_dir = results / "orphaned";
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    execl("/proc/self/exe", "train_cluster_test", "--driver", temp_.c_str(), address_.c_str(), results.c_str(),
+          nullptr);
+    _exit(127);
+  }
+  bool checkpointed = wait_until([&] { return fs::exists(run_dir / "checkpoint_000002"); }, std::chrono::seconds(60));
+  ::kill(child, SIGKILL);
+  int status = 0;
+  waitpid(child, &status, 0);
+  ASSERT_TRUE(checkpointed) << "the driver made no checkpoints in time";
+
+  // The head notices the driver is gone and ends its job: the group's workers stop and
+  // their CPUs come back, so a new driver can restore the run on the same cluster.
+  gantry::init({.temp_dir = temp_.string(), .address = address_});
+  bool freed = wait_until([&] { return gantry::available_resources()["CPU"] >= 2; }, std::chrono::seconds(20));
+  EXPECT_TRUE(freed) << "the killed driver's workers still hold " << 2 - gantry::available_resources()["CPU"]
+                     << " CPU(s)";
+  train::TorchTrainer trainer = train::TorchTrainer::restore(run_dir.string(), elastic_loop);
+  train::Result r = trainer.fit();
+  ASSERT_TRUE(r.ok()) << r.error->message;
+  EXPECT_EQ(r.metrics["epoch"], 59);
+  std::set<int> epochs;
+  for (const auto& m : r.metrics_history) epochs.insert(m["epoch"].get<int>());
+  EXPECT_EQ(epochs.size(), 60u);
+}
+
 int main(int argc, char** argv) {
   if (std::getenv("GANTRY_WORKER") != nullptr) gantry::init(argc, argv);
+  if (argc == 5 && std::string(argv[1]) == "--driver") {
+    // The driver AKilledDriversGroup... kills: a slow run on the cluster at argv[3].
+    gantry::init({.temp_dir = argv[2], .address = argv[3]});
+    train::TrainerOptions o;
+    o.scaling = {.num_workers = 2, .resources_per_worker = {{"CPU", 1}}};
+    o.run = {.name = "orphaned", .storage_path = argv[4], .verbose = 0};
+    o.config = {{"epochs", 60}, {"epoch_ms", 150}};
+    train::TorchTrainer(elastic_loop, o).fit();
+    gantry::shutdown();
+    return 0;
+  }
   ::testing::InitGoogleTest(&argc, argv);
   return RUN_ALL_TESTS();
 }

@@ -239,6 +239,25 @@ void silent_rank_loop(train::TrainContext& ctx) {
 }
 GANTRY_TRAIN_LOOP(silent_rank_loop);
 
+// CUDA tensors (a CUDA LibTorch and GPUs): the buckets live on the device and are
+// averaged through NCCL.
+void cuda_loop(train::TrainContext& ctx) {
+  torch::manual_seed(ctx.world_rank());
+  auto model = std::make_shared<SmallNet>();
+  auto ddp = ctx.prepare_model(model, {.find_unused_parameters = true});
+  torch::optim::SGD opt(model->parameters(), 0.1);
+  for (int step = 0; step < 10; ++step) {
+    torch::Generator gen = torch::make_generator<torch::CPUGeneratorImpl>(100 * step + ctx.world_rank());
+    opt.zero_grad();
+    auto x = torch::randn({16, 8}, gen).to(ctx.device());
+    auto y = torch::randint(0, 2, {16}, gen).to(ctx.device());
+    torch::nn::functional::cross_entropy(model->forward(x), y).backward();
+    opt.step();
+  }
+  ctx.report({{"hash", parameter_hash(*model)}, {"device", ctx.device().str()}});
+}
+GANTRY_TRAIN_LOOP(cuda_loop);
+
 train::TrainerOptions options_for(const std::string& name, int workers) {
   train::TrainerOptions o;
   o.scaling.num_workers = workers;
@@ -425,6 +444,19 @@ TEST(Train, RestoreContinuesARunWhoseDriverWasKilled) {
   EXPECT_EQ(epochs.back(), 5);
   EXPECT_EQ(epochs.front(), 0);
   EXPECT_LE(epochs.size(), 8u);  // no restart from scratch
+}
+
+TEST(Train, CudaTensorsAreAveragedOnTheDevice) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "needs a LibTorch built with CUDA and a GPU (Debian's is CPU-only)";
+  int workers = std::min<int>(2, static_cast<int>(torch::cuda::device_count()));
+  auto o = options_for("cuda", workers);
+  o.scaling.use_gpu = true;
+  train::Result r = train::TorchTrainer(cuda_loop, o).fit();
+  ASSERT_TRUE(r.ok()) << r.error->message;
+  for (int rank = 0; rank < workers; ++rank) {
+    EXPECT_EQ(r.worker_metrics[rank][0]["device"], "cuda:0");
+    EXPECT_EQ(r.worker_metrics[rank][0]["hash"], r.worker_metrics[0][0]["hash"]);
+  }
 }
 
 int main(int argc, char** argv) {

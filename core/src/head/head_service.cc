@@ -485,7 +485,11 @@ void HeadService::actor_failed_locked(Actor& actor, const std::string& reason,
 void HeadService::health_loop() {
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_) {
-    cv_.wait_for(lock, health_.period);
+    // cv_ is notified for many reasons (each probe's answer among them): wait out the
+    // period, or every answer would start the next round at once and the probes would
+    // spin.
+    auto next_round = std::chrono::steady_clock::now() + health_.period;
+    cv_.wait_until(lock, next_round, [&] { return stopping_ || std::chrono::steady_clock::now() >= next_round; });
     if (stopping_) break;
     // Ask every live node at once; each answer (or failure) lands in the table.
     std::vector<std::pair<UniqueId, std::shared_ptr<proto::NodeAgent::Stub>>> probes;
@@ -562,6 +566,31 @@ void HeadService::health_loop() {
           actor_failed_locked(actor, why, starts);
     }
     if (groups_changed_) cv_.notify_all();
+    // A driver that joined by address and then died (SIGKILL, a lost machine) never calls
+    // FinishJob: its actors, placement groups and workers would hold the cluster for
+    // ever. Its server is probed here by connecting to it; a driver not reachable for
+    // twice the node timeout is gone, and so is its job.
+    std::vector<std::pair<UniqueId, std::string>> lost_drivers;
+    for (auto& [id, job] : jobs_) {
+      if (job.state() != proto::JobSpec::RUNNING || job.driver_address().empty()) continue;
+      auto seen = driver_seen_.find(id);
+      if (seen == driver_seen_.end()) continue;
+      grpc_connectivity_state state = channels_.get(job.driver_address())->GetState(/*try_to_connect=*/true);
+      if (state == GRPC_CHANNEL_READY) {
+        seen->second = now;
+      } else if (now - seen->second > 2 * health_.timeout) {
+        lost_drivers.emplace_back(id, job.driver_address());
+      }
+    }
+    if (!lost_drivers.empty()) {
+      lock.unlock();
+      for (const auto& [id, address] : lost_drivers) {
+        GANTRY_LOG_WARN("the driver of job {} ({}) has not been reachable for {} ms: ending its job", id.short_hex(),
+                        address, (2 * health_.timeout).count());
+        finish_job(id, /*wait_for_agents=*/false);
+      }
+      lock.lock();
+    }
     // Actors that found no room at the last look try again with this round's figures
     // (the probes sent last round have answered by now).
     for (auto& [actor_id, actor] : actors_)
@@ -596,6 +625,7 @@ grpc::Status HeadService::RegisterJob(grpc::ServerContext* ctx, const proto::Job
   job.set_start_time_ms(unix_time_ms());
   job.set_end_time_ms(0);
   GANTRY_LOG_INFO("job {} started: {} (driver {})", id.short_hex(), job.executable(), job.driver_address());
+  driver_seen_[id] = std::chrono::steady_clock::now();
   jobs_.emplace(id, std::move(job));
   return grpc::Status::OK;
 }
@@ -612,34 +642,43 @@ grpc::Status HeadService::GetJob(grpc::ServerContext* ctx, const proto::JobReque
 grpc::Status HeadService::FinishJob(grpc::ServerContext* ctx, const proto::JobRequest* req, proto::Empty*) {
   GANTRY_REQUIRE_TOKEN(ctx);
   UniqueId id = UniqueId::from_binary(req->job_id());
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (jobs_.find(id) == jobs_.end()) return {grpc::StatusCode::NOT_FOUND, "no such job"};
+  }
+  finish_job(id, /*wait_for_agents=*/true);
+  return grpc::Status::OK;
+}
+
+void HeadService::finish_job(const UniqueId& id, bool wait_for_agents) {
+  std::string job_id = id.binary();
   std::vector<std::shared_ptr<proto::NodeAgent::Stub>> agents;
   std::vector<Release> releases;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = jobs_.find(id);
-    if (it == jobs_.end()) return {grpc::StatusCode::NOT_FOUND, "no such job"};
-    if (it->second.state() == proto::JobSpec::FINISHED) return grpc::Status::OK;
+    if (it == jobs_.end() || it->second.state() == proto::JobSpec::FINISHED) return;
     it->second.set_state(proto::JobSpec::FINISHED);
     it->second.set_end_time_ms(unix_time_ms());
+    driver_seen_.erase(id);
     // The job's actors go with it (their processes are the job's workers), except
     // detached ones.
     for (auto& [actor_id, actor] : actors_)
-      if (actor.spec.job_id() == req->job_id() && !actor.spec.detached() &&
-          actor.info.state() != proto::ActorInfo::DEAD) {
+      if (actor.spec.job_id() == job_id && !actor.spec.detached() && actor.info.state() != proto::ActorInfo::DEAD) {
         actor.killed = true;
         mark_dead_locked(actor, make_error(proto::ErrorInfo::ACTOR_DIED, "its job " + id.hex() + " finished"));
       }
     for (const auto& [node_id, node] : nodes_) agents.push_back(node.agent);
     // So do its placement groups.
     for (auto& [group_id, group] : groups_)
-      if (group.info.spec().job_id() == req->job_id() && group.info.state() != proto::PlacementGroupInfo::REMOVED)
+      if (group.info.spec().job_id() == job_id && group.info.state() != proto::PlacementGroupInfo::REMOVED)
         remove_group_locked(group, "its job " + id.hex() + " finished", releases);
     GANTRY_LOG_INFO("job {} finished", id.short_hex());
   }
-  drop_job_keys(req->job_id());
+  drop_job_keys(job_id);
   send_releases(releases);
-  // Every node stops the job's workers; reply when all have (or gave up), so the driver
-  // can keep serving their last output until then.
+  // Every node stops the job's workers; FinishJob replies when all have (or gave up), so
+  // the driver can keep serving their last output until then.
   struct Pending {
     std::mutex mu;
     std::condition_variable cv;
@@ -654,16 +693,16 @@ grpc::Status HeadService::FinishJob(grpc::ServerContext* ctx, const proto::JobRe
       proto::Empty reply;
     };
     auto call = std::make_shared<Call>();
-    call->request = *req;
+    call->request.set_job_id(job_id);
     call->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
     agent->async()->JobFinished(&call->ctx, &call->request, &call->reply, [call, pending](grpc::Status) {
       std::lock_guard<std::mutex> lock(pending->mu);
       if (--pending->left == 0) pending->cv.notify_all();
     });
   }
+  if (!wait_for_agents) return;
   std::unique_lock<std::mutex> lock(pending->mu);
   pending->cv.wait_for(lock, std::chrono::seconds(12), [&] { return pending->left == 0; });
-  return grpc::Status::OK;
 }
 
 grpc::Status HeadService::ListJobs(grpc::ServerContext* ctx, const proto::Empty*, proto::ListJobsReply* reply) {

@@ -143,6 +143,10 @@ class HeadService final : public proto::Head::WithCallbackMethod_KvWait<proto::H
   // Placements to start after unlocking go to `starts`.
   void actor_failed_locked(Actor& actor, const std::string& reason, std::vector<std::function<void()>>& starts);
   void health_loop();
+  // Ends a job: its actors die, its placement groups go, its keys are dropped, and every
+  // node stops its workers (waited for when `wait_for_agents`). For FinishJob, and for a
+  // job whose driver is gone.
+  void finish_job(const UniqueId& id, bool wait_for_agents);
   // Picks the node for an actor (see choose_node); null with the reason when none can
   // ever hold it. `take`: the actor goes there (counts its resources as used there until
   // the next health check, advances the spread cursor); else only asks whether one can.
@@ -181,6 +185,8 @@ class HeadService final : public proto::Head::WithCallbackMethod_KvWait<proto::H
   std::unordered_map<ActorId, Actor> actors_;
   std::unordered_map<std::string, ActorId> named_actors_;
   std::map<UniqueId, proto::JobSpec> jobs_;
+  // When each running job's driver was last reachable (drivers that joined by address).
+  std::map<UniqueId, std::chrono::steady_clock::time_point> driver_seen_;
   uint64_t next_registration_ = 1;
   uint64_t spread_cursor_ = 0;
   uint64_t next_promise_ = 1;
