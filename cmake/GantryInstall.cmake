@@ -10,7 +10,7 @@ install(TARGETS gantry_core gantry_gpu gantry_proto gantry_build_flags gantry_co
 install(DIRECTORY ${PROJECT_SOURCE_DIR}/core/include/gantry ${PROJECT_SOURCE_DIR}/gpu/include/gantry
   DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 if(TARGET gantry_train)
-  install(TARGETS gantry_train EXPORT gantryTargets
+  install(TARGETS gantry_train gantry_rank_layout EXPORT gantryTargets
     ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
     LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
   install(DIRECTORY ${PROJECT_SOURCE_DIR}/train/include/gantry DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})

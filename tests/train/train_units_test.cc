@@ -1,5 +1,5 @@
 // Train's pure parts, without a cluster: bucketing, the distributed sampler and loader,
-// checkpoint bookkeeping, rank layout, config errors.
+// checkpoint bookkeeping, config errors (rank layout: tests/train/launch/rank_layout_test.cc).
 
 #include <algorithm>
 #include <numeric>
@@ -155,15 +155,6 @@ TEST(CheckpointManager, WithoutAScoreKeepsTheNewestAndZeroKeepsAll) {
   kept.clear();
   for (const auto& e : scored.kept()) kept.push_back(e.index);
   EXPECT_EQ(kept, (std::vector<int64_t>{0, 2}));
-}
-
-TEST(RankLayout, WorkersOnANodeGetConsecutiveRanks) {
-  auto l = train::detail::layout_ranks({"b", "a", "b", "a", "c"});
-  EXPECT_EQ(l.num_nodes, 3);
-  EXPECT_EQ(l.world_rank, (std::vector<int>{0, 2, 1, 3, 4}));
-  EXPECT_EQ(l.local_rank, (std::vector<int>{0, 0, 1, 1, 0}));
-  EXPECT_EQ(l.node_rank, (std::vector<int>{0, 1, 0, 1, 2}));
-  EXPECT_EQ(l.local_world_size, (std::vector<int>{2, 2, 2, 2, 1}));
 }
 
 TEST(Config, ErrorsNameTheKey) {

@@ -1,7 +1,6 @@
 #include "checkpoint_manager.h"
 
 #include <algorithm>
-#include <map>
 
 namespace gantry::train::detail {
 
@@ -42,34 +41,6 @@ std::vector<CheckpointManager::Entry> CheckpointManager::add(Entry entry) {
 std::optional<CheckpointManager::Entry> CheckpointManager::latest() const {
   if (kept_.empty()) return std::nullopt;
   return kept_.back();
-}
-
-RankLayout layout_ranks(const std::vector<std::string>& worker_nodes) {
-  RankLayout out;
-  size_t n = worker_nodes.size();
-  out.world_rank.assign(n, 0);
-  out.local_rank.assign(n, 0);
-  out.node_rank.assign(n, 0);
-  out.local_world_size.assign(n, 0);
-  std::vector<std::string> order;  // nodes by first appearance
-  std::map<std::string, std::vector<size_t>> members;
-  for (size_t i = 0; i < n; ++i) {
-    if (members.find(worker_nodes[i]) == members.end()) order.push_back(worker_nodes[i]);
-    members[worker_nodes[i]].push_back(i);
-  }
-  int next = 0;
-  for (size_t node = 0; node < order.size(); ++node) {
-    const auto& workers = members[order[node]];
-    for (size_t local = 0; local < workers.size(); ++local) {
-      size_t w = workers[local];
-      out.world_rank[w] = next++;
-      out.local_rank[w] = static_cast<int>(local);
-      out.node_rank[w] = static_cast<int>(node);
-      out.local_world_size[w] = static_cast<int>(workers.size());
-    }
-  }
-  out.num_nodes = static_cast<int>(order.size());
-  return out;
 }
 
 }  // namespace gantry::train::detail

@@ -44,16 +44,4 @@ class CheckpointManager {
   int64_t next_index_ = 0;
 };
 
-/// Ranks of a worker group from the nodes its workers landed on: workers on one node get
-/// consecutive world ranks; nodes are numbered in order of first appearance, so worker
-/// 0's node is node 0.
-struct RankLayout {
-  std::vector<int> world_rank;        ///< per worker (index into the input)
-  std::vector<int> local_rank;        ///< per worker
-  std::vector<int> node_rank;         ///< per worker
-  std::vector<int> local_world_size;  ///< per worker
-  int num_nodes = 0;
-};
-RankLayout layout_ranks(const std::vector<std::string>& worker_nodes);
-
 }  // namespace gantry::train::detail

@@ -16,6 +16,7 @@
 
 #include "checkpoint_access.h"
 #include "checkpoint_manager.h"
+#include "rank_layout.h"
 #include "gantry/gantry.h"
 #include "train_worker.h"
 
@@ -164,7 +165,7 @@ class TrainerDriver {
     int size = 0;
     std::vector<ActorHandle<TrainWorker>> actors;
     std::vector<WorkerInfo> infos;
-    RankLayout layout;
+    launch::RankLayout layout;
     std::vector<ObjectRef<bool>> runs;
   };
   enum class Outcome { kFinished, kFailed, kResize };
@@ -341,14 +342,13 @@ TrainerDriver::Group TrainerDriver::start_group(int attempt) {
   }
   std::vector<ObjectRef<WorkerInfo>> infos;
   for (auto& a : g.actors) infos.push_back(a.task(&TrainWorker::info).remote());
-  std::vector<std::string> nodes;
+  std::vector<launch::WorkerPlacement> placements;
   for (auto& ref : infos) {
     g.infos.push_back(ref.get(std::chrono::minutes(2)));
-    nodes.push_back(g.infos.back().node_id);
+    placements.push_back({g.infos.back().node_id, ""});
   }
-  g.layout = layout_ranks(nodes);
-  size_t first = static_cast<size_t>(std::find(g.layout.world_rank.begin(), g.layout.world_rank.end(), 0) -
-                                     g.layout.world_rank.begin());
+  g.layout = launch::assign_ranks(placements);
+  auto first = static_cast<size_t>(g.layout.worker_of_rank[0]);
   int port = g.actors[first].task(&TrainWorker::free_port).remote().get(std::chrono::minutes(1));
 
   CheckpointFiles files;
@@ -385,11 +385,12 @@ TrainerDriver::Group TrainerDriver::start_group(int attempt) {
     s.storage_path = run_path_.parent_path().string();
     s.run_path = run_path_.string();
     s.group = "gantry-train." + run_id_ + "." + std::to_string(attempt);
-    s.world_rank = g.layout.world_rank[i];
-    s.local_rank = g.layout.local_rank[i];
+    const launch::RankAssignment& ranks = g.layout.workers[static_cast<size_t>(i)];
+    s.world_rank = ranks.rank;
+    s.local_rank = ranks.local_rank;
     s.world_size = n;
-    s.local_world_size = g.layout.local_world_size[i];
-    s.node_rank = g.layout.node_rank[i];
+    s.local_world_size = ranks.local_world_size;
+    s.node_rank = ranks.node_rank;
     s.master_addr = g.infos[first].node_ip;
     s.master_port = port;
     s.restart_count = attempt;
@@ -411,7 +412,7 @@ TrainerDriver::Outcome TrainerDriver::supervise(Group& g, TrainingFailure& failu
   std::map<int64_t, size_t> arrived;
   for (size_t i = 0; i < n; ++i) polls[i] = g.actors[i].task(&TrainWorker::poll).remote(kPollWait.count());
   auto fail = [&](size_t i, const std::string& what) {
-    failure.rank = g.layout.world_rank[i];
+    failure.rank = g.layout.workers[i].rank;
     failure.node_id = g.infos[i].node_id;
     failure.message = what;
     return Outcome::kFailed;
@@ -440,7 +441,7 @@ TrainerDriver::Outcome TrainerDriver::supervise(Group& g, TrainingFailure& failu
         auto& slot = pending[record.index];
         slot.resize(n);
         int64_t index = record.index;
-        slot[static_cast<size_t>(g.layout.world_rank[i])] = std::move(record);
+        slot[static_cast<size_t>(g.layout.workers[i].rank)] = std::move(record);
         if (++arrived[index] == n) {
           process_report(g, slot);
           pending.erase(index);
