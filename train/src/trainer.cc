@@ -15,6 +15,7 @@
 #include <system_error>
 
 #include "checkpoint_access.h"
+#include "checkpoint_files.h"
 #include "checkpoint_manager.h"
 #include "rank_layout.h"
 #include "gantry/gantry.h"
@@ -360,17 +361,7 @@ TrainerDriver::Group TrainerDriver::start_group(int attempt) {
   }
   if (from.has_value()) {
     fs::path dir(*from);
-    for (const auto& entry : fs::recursive_directory_iterator(dir)) {
-      if (!entry.is_regular_file()) continue;
-      std::string rel = fs::relative(entry.path(), dir).string();
-      std::ifstream in(entry.path(), std::ios::binary);
-      std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-      if (rel == Checkpoint::kMetadataFile) {
-        files.metadata_json.assign(bytes.begin(), bytes.end());
-      } else {
-        files.files[rel] = std::move(bytes);
-      }
-    }
+    files = read_checkpoint_files(dir);
     say(1, (attempt == 0 ? "resuming from " : "restarting from ") + dir.filename().string());
   }
   ObjectRef<CheckpointFiles> checkpoint = put(files);
@@ -530,11 +521,7 @@ void TrainerDriver::commit_checkpoint(const Group& g, std::vector<ReportRecord>&
         }
         continue;
       }
-      fs::path file = tmp / rel;
-      fs::create_directories(file.parent_path());
-      std::ofstream out(file, std::ios::binary | std::ios::trunc);
-      out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-      if (!out) throw Error("cannot write checkpoint file " + file.string());
+      write_checkpoint_file(tmp, rel, bytes);
     }
   }
   metadata["metrics"] = metrics;

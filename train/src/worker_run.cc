@@ -15,6 +15,7 @@
 #include <system_error>
 
 #include "checkpoint_access.h"
+#include "checkpoint_files.h"
 #include "gantry/gantry.h"
 
 namespace gantry::train::detail {
@@ -28,25 +29,6 @@ std::mutex& loops_mu() {
 std::map<std::string, TrainLoop>& loops() {
   static std::map<std::string, TrainLoop> table;
   return table;
-}
-
-std::vector<uint8_t> read_file(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw Error("cannot read checkpoint file " + file.string());
-  return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-CheckpointFiles read_checkpoint(const Checkpoint& ck) {
-  CheckpointFiles out;
-  fs::path root(ck.path());
-  for (const auto& entry : fs::recursive_directory_iterator(root)) {
-    if (!entry.is_regular_file()) continue;
-    std::string rel = fs::relative(entry.path(), root).string();
-    if (rel == Checkpoint::kMetadataFile) continue;
-    out.files[rel] = read_file(entry.path());
-  }
-  out.metadata_json = ck.metadata().dump();
-  return out;
 }
 
 // Limits the loop's thread pools to the worker's CPUs. LibTorch's setting does not reach
@@ -158,13 +140,7 @@ std::optional<Checkpoint> WorkerRun::checkpoint() {
   if (!restored_.has_value()) {
     fs::path dir = fs::path(storage_.local_path) / "checkpoint";
     fs::create_directories(dir);
-    for (const auto& [rel, bytes] : restored_files_.files) {
-      fs::path file = dir / rel;
-      fs::create_directories(file.parent_path());
-      std::ofstream out(file, std::ios::binary | std::ios::trunc);
-      out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-      if (!out) throw Error("cannot write restored checkpoint file " + file.string());
-    }
+    for (const auto& [rel, bytes] : restored_files_.files) write_checkpoint_file(dir, rel, bytes);
     Json metadata = restored_files_.metadata_json.empty() ? Json::object() : Json::parse(restored_files_.metadata_json);
     std::ofstream(dir / Checkpoint::kMetadataFile) << metadata.dump(2) << "\n";
     restored_ = CheckpointAccess::make(dir.string(), std::move(metadata), false, resume_);
@@ -210,7 +186,7 @@ void WorkerRun::report(const Json& metrics, std::optional<Checkpoint> checkpoint
   samples_reported_ = resume_->samples_read;
   record.all_ranks = options.all_ranks;
   if (checkpoint.has_value() && (start_.world_rank == 0 || options.all_ranks)) {
-    record.checkpoint = read_checkpoint(*checkpoint);
+    record.checkpoint = read_checkpoint_files(checkpoint->path());
   }
   wait_for_every_rank(record.index);
   std::lock_guard<std::mutex> lock(mu_);
