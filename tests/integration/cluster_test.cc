@@ -138,6 +138,7 @@ GANTRY_REMOTE(Tally::create, &Tally::bump, &Tally::node);
 
 using gantry::test_support::CommandResult;
 using gantry::test_support::free_port;
+using gantry::test_support::node_pid;
 using gantry::test_support::run;
 
 // Runs `command` until `pattern` matches its output (or the time is up); returns the last output.
@@ -150,16 +151,6 @@ std::string run_until(const std::string& command, const std::regex& pattern, std
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   } while (std::chrono::steady_clock::now() < deadline);
   return out;
-}
-
-// The pid `gantry start` left in the session directory it printed.
-pid_t node_pid(const std::string& start_output) {
-  std::smatch m;
-  if (!std::regex_search(start_output, m, std::regex("session: (\\S+)"))) return -1;
-  std::ifstream in(m[1].str() + "/gantry.pid");
-  pid_t pid = -1;
-  in >> pid;
-  return pid;
 }
 
 // The 8-hex short id `gantry start` prints for a node, from a full node id.

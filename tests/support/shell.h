@@ -9,6 +9,8 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <fstream>
+#include <regex>
 #include <string>
 
 namespace gantry::test_support {
@@ -49,6 +51,17 @@ inline int free_port() {
   sockaddr_in addr = bind_loopback(fd);
   ::close(fd);
   return ntohs(addr.sin_port);
+}
+
+/// The pid of the node process `gantry start` left in the session directory its output
+/// names, or -1.
+inline pid_t node_pid(const std::string& start_output) {
+  std::smatch m;
+  if (!std::regex_search(start_output, m, std::regex("session: (\\S+)"))) return -1;
+  std::ifstream in(m[1].str() + "/gantry.pid");
+  pid_t pid = -1;
+  in >> pid;
+  return pid;
 }
 
 }  // namespace gantry::test_support

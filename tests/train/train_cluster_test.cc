@@ -23,6 +23,7 @@ namespace train = gantry::train;
 namespace fs = std::filesystem;
 using gantry::test_support::CommandResult;
 using gantry::test_support::free_port;
+using gantry::test_support::node_pid;
 using gantry::test_support::run;
 
 namespace {
@@ -91,15 +92,6 @@ void elastic_loop(train::TrainContext& ctx) {
   }
 }
 GANTRY_TRAIN_LOOP(elastic_loop);
-
-pid_t node_pid(const std::string& start_output) {
-  std::smatch m;
-  if (!std::regex_search(start_output, m, std::regex("session: (\\S+)"))) return -1;
-  std::ifstream in(m[1].str() + "/gantry.pid");
-  pid_t pid = -1;
-  in >> pid;
-  return pid;
-}
 
 // The world sizes in a run's result.json so far, in order.
 std::vector<int> world_sizes(const fs::path& run) {
