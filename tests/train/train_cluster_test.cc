@@ -17,9 +17,11 @@
 #include <gtest/gtest.h>
 
 #include "gantry/train.h"
+#include "parameter_hash.h"
 #include "support/shell.h"
 
 namespace train = gantry::train;
+using gantry::train_test::parameter_hash;
 namespace fs = std::filesystem;
 using gantry::test_support::CommandResult;
 using gantry::test_support::free_port;
@@ -27,16 +29,6 @@ using gantry::test_support::node_pid;
 using gantry::test_support::run;
 
 namespace {
-
-std::string parameter_hash(torch::nn::Module& model) {
-  uint64_t h = 1469598103934665603ULL;
-  for (const auto& p : model.parameters()) {
-    torch::Tensor c = p.detach().contiguous();
-    auto* bytes = static_cast<const uint8_t*>(c.data_ptr());
-    for (int64_t i = 0; i < c.numel() * static_cast<int64_t>(c.element_size()); ++i) h = (h ^ bytes[i]) * 1099511628211ULL;
-  }
-  return std::to_string(h);
-}
 
 // Every rank trains on its own batches, saves a file of its own in each checkpoint
 // (all_ranks), and on the first attempt the last rank SIGKILLs itself after epoch 1.

@@ -15,8 +15,10 @@
 #include <gtest/gtest.h>
 
 #include "gantry/train.h"
+#include "parameter_hash.h"
 
 namespace train = gantry::train;
+using gantry::train_test::parameter_hash;
 namespace fs = std::filesystem;
 
 namespace {
@@ -28,20 +30,6 @@ std::string storage_dir() {
     return p.string();
   }();
   return dir;
-}
-
-// FNV-1a over every parameter's bytes: equal hashes mean bitwise-equal parameters.
-std::string parameter_hash(torch::nn::Module& model) {
-  uint64_t h = 1469598103934665603ULL;
-  for (const auto& p : model.parameters()) {
-    torch::Tensor c = p.detach().contiguous().cpu();
-    auto* bytes = static_cast<const uint8_t*>(c.data_ptr());
-    for (int64_t i = 0; i < c.numel() * static_cast<int64_t>(c.element_size()); ++i) {
-      h ^= bytes[i];
-      h *= 1099511628211ULL;
-    }
-  }
-  return std::to_string(h);
 }
 
 struct SmallNet : torch::nn::Module {
