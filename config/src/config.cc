@@ -1,8 +1,8 @@
-#include "gantry/train/config.h"
+#include "gantry/config.h"
 
 #include <string>
 
-namespace gantry::train {
+namespace gantry {
 namespace {
 
 void merge_into(Json& into, const Json& from) {
@@ -21,7 +21,7 @@ void merge_into(Json& into, const Json& from) {
 Config::Config(Json json) : json_(std::move(json)) {
   if (json_.is_null()) json_ = Json::object();
   if (!json_.is_object()) {
-    throw Error("gantry::train::Config must be a JSON object of named values, not " + json_.dump());
+    throw Error("gantry::Config must be a JSON object of named values, not " + json_.dump());
   }
 }
 
@@ -36,12 +36,12 @@ const Json& Config::at(const std::string& key) const {
   if (it != json_.end()) return *it;
   std::string keys;
   for (auto k = json_.begin(); k != json_.end(); ++k) keys += (keys.empty() ? "" : ", ") + k.key();
-  throw Error("the training config has no \"" + key + "\" (its keys: " + (keys.empty() ? "none" : keys) + ")");
+  throw Error("the config has no \"" + key + "\" (its keys: " + (keys.empty() ? "none" : keys) + ")");
 }
 
 void Config::throw_wrong_type(const std::string& key, const char* why) const {
-  throw Error("the training config's \"" + key + "\" is " + json_.at(key).dump() +
+  throw Error("the config's \"" + key + "\" is " + json_.at(key).dump() +
               ", which does not convert to the type asked for: " + why);
 }
 
-}  // namespace gantry::train
+}  // namespace gantry

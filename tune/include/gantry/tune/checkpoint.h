@@ -1,0 +1,70 @@
+#pragma once
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "gantry/config.h"
+#include "gantry/errors.h"
+
+namespace gantry::tune {
+
+/// A trial's saved state: named JSON values and, for larger state, files. It travels
+/// from the trial's node to the experiment's storage through the object store (no
+/// shared file system), is stored as a directory `checkpoint_NNNNNN` in the trial's
+/// directory, and comes back to the trial when it resumes (or to another trial that
+/// PBT clones it into).
+///
+///     t.report({{"loss", loss}}, tune::Checkpoint::with("step", step).set("lr", lr));
+///     if (auto ck = t.checkpoint()) start = ck->read<int>("step") + 1;
+class Checkpoint {
+ public:
+  Checkpoint() = default;
+  /// A checkpoint holding one value; add more with `set`.
+  static Checkpoint with(const std::string& key, Json value);
+  /// A checkpoint of a directory's files (read when it is reported); its
+  /// `checkpoint.json`, if any, gives the values.
+  static Checkpoint from_directory(const std::string& path);
+
+  Checkpoint& set(const std::string& key, Json value) &;
+  Checkpoint&& set(const std::string& key, Json value) &&;
+  /// Adds a file (relative path -> contents).
+  Checkpoint& add_file(const std::string& name, std::string contents) &;
+  Checkpoint&& add_file(const std::string& name, std::string contents) &&;
+
+  /// The value at `key` as `T`; throws gantry::Error naming the key when it is missing or
+  /// of another type.
+  template <typename T>
+  T read(const std::string& key) const {
+    const Json& v = value(key);
+    try {
+      return v.get<T>();
+    } catch (const Json::exception& e) {
+      throw Error("checkpoint value \"" + key + "\" is " + v.dump() + ", which does not convert: " + e.what());
+    }
+  }
+  bool contains(const std::string& key) const { return values_.contains(key); }
+  const Json& values() const { return values_; }
+  /// File names (relative paths) and contents.
+  const std::map<std::string, std::string>& files() const { return files_; }
+  /// The contents of file `name`; throws gantry::Error when there is none.
+  const std::string& file(const std::string& name) const;
+  /// Writes the files and `checkpoint.json` into `path` (created), and returns it.
+  std::string to_directory(const std::string& path) const;
+  /// Where it is stored in the experiment (empty for one not stored yet).
+  const std::string& path() const { return path_; }
+  bool empty() const { return values_.empty() && files_.empty(); }
+
+  /// Reads a stored checkpoint directory (what `to_directory` wrote).
+  static Checkpoint load(const std::string& path);
+
+ private:
+  const Json& value(const std::string& key) const;
+
+  Json values_ = Json::object();
+  std::map<std::string, std::string> files_;
+  std::string path_;
+};
+
+}  // namespace gantry::tune
