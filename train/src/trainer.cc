@@ -169,7 +169,7 @@ class TrainerDriver {
     launch::RankLayout layout;
     std::vector<ObjectRef<bool>> runs;
   };
-  enum class Outcome { kFinished, kFailed, kResize };
+  enum class Outcome { kFinished, kFailed, kResize, kStopped };
 
   void validate() const;
   Bundle bundle() const;
@@ -195,6 +195,7 @@ class TrainerDriver {
   int attempts_ = 0;
   int64_t reports_ = 0;
   bool gpus_ = false;
+  bool stop_requested_ = false;  ///< RunConfig::on_report said to end the run
   Result result_;
 };
 
@@ -450,6 +451,7 @@ TrainerDriver::Outcome TrainerDriver::supervise(Group& g, TrainingFailure& failu
         polls[i] = g.actors[i].task(&TrainWorker::poll).remote(kPollWait.count());
       }
     }
+    if (stop_requested_) return Outcome::kStopped;
     if (count.elastic() && g.size < count.max && seconds_since(last_grow_check) > 2) {
       last_grow_check = Clock::now();
       if (bundles_that_fit() >= 1) return Outcome::kResize;
@@ -494,6 +496,11 @@ void TrainerDriver::process_report(const Group& g, std::vector<ReportRecord>& re
   }
   text << ")";
   say(1, text.str());
+  if (options_.run.on_report) {
+    std::optional<Checkpoint> checkpoint;
+    if (has_checkpoint) checkpoint = Checkpoint::from_directory(manager_.latest()->path);
+    if (!options_.run.on_report(metrics, checkpoint)) stop_requested_ = true;
+  }
 }
 
 void TrainerDriver::commit_checkpoint(const Group& g, std::vector<ReportRecord>& records, const Json& metrics) {
@@ -571,6 +578,7 @@ Result TrainerDriver::finish(std::optional<TrainingFailure> failure) {
 Result TrainerDriver::fit() {
   if (!is_initialized()) throw Error("call gantry::init before TorchTrainer::fit");
   result_ = Result{};
+  stop_requested_ = false;
   gpus_ = options_.scaling.use_gpu;
   if (gpus_) {
     auto total = cluster_resources();
@@ -603,6 +611,10 @@ Result TrainerDriver::fit() {
     teardown(g);
     ++attempts_;
     if (outcome == Outcome::kFinished) break;
+    if (outcome == Outcome::kStopped) {
+      event("stopped", "on_report asked to end the run");
+      break;
+    }
     int max = options_.run.failure.max_failures;
     if (outcome == Outcome::kResize) {
       event("resizing", "room for more workers than " + std::to_string(g.size));
@@ -651,6 +663,30 @@ TorchTrainer TorchTrainer::restore(const std::string& path, TrainLoop loop) {
                 trainer.driver_->loop_name_);
   }
   return trainer;
+}
+
+Json TorchTrainer::to_json() const {
+  return Json{{"loop", driver_->loop_name_}, {"options", detail::options_to_json(driver_->options_)}};
+}
+
+TorchTrainer TorchTrainer::from_json(const Json& spec, const std::function<void(TrainerOptions&)>& adjust) {
+  if (!spec.is_object() || !spec.contains("loop") || !spec.contains("options")) {
+    throw Error("not a trainer's JSON (TorchTrainer::to_json gives one): " + spec.dump().substr(0, 200));
+  }
+  std::string name = spec["loop"].get<std::string>();
+  TrainLoop loop = detail::find_train_loop(name);
+  if (loop == nullptr) {
+    throw Error("no training loop is registered as \"" + name + "\" in this executable: add GANTRY_TRAIN_LOOP(" +
+                name + "); next to it");
+  }
+  TrainerOptions options;
+  try {
+    options = detail::options_from_json(spec["options"]);
+  } catch (const Json::exception& e) {
+    throw Error(std::string("a trainer's JSON has damaged options: ") + e.what());
+  }
+  if (adjust) adjust(options);
+  return TorchTrainer(loop, std::move(options));
 }
 
 Result TorchTrainer::fit() { return driver_->fit(); }

@@ -628,20 +628,22 @@ int list_command(const std::string& what, const std::string& address_flag, const
   return 0;
 }
 
-// `gantry train ...` runs gantry-train, installed next to this program: it is a gantry
-// driver (its workers are copies of it), which this command is not. Returns only on failure.
-int train_command(const std::vector<std::string>& args) {
+// `gantry train ...` and `gantry tune ...` run gantry-train and gantry-tune, installed
+// next to this program: the launcher is a gantry driver (its workers are copies of it),
+// which this command is not, and the sweep tools link gantry::tune. Returns only on
+// failure.
+int sibling_command(const std::string& command, const std::vector<std::string>& args) {
   std::error_code ec;
   std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
-  std::string train = (self.parent_path() / "gantry-train").string();
-  std::vector<std::string> argv = {train};
+  std::string program = (self.parent_path() / ("gantry-" + command)).string();
+  std::vector<std::string> argv = {program};
   argv.insert(argv.end(), args.begin(), args.end());
   std::vector<char*> pointers;
   for (std::string& arg : argv) pointers.push_back(arg.data());
   pointers.push_back(nullptr);
-  ::execv(train.c_str(), pointers.data());
-  std::cerr << "gantry train: cannot run " << train << ": " << std::strerror(errno)
-            << " (gantry-train is built and installed next to gantry)\n";
+  ::execv(program.c_str(), pointers.data());
+  std::cerr << "gantry " << command << ": cannot run " << program << ": " << std::strerror(errno) << " (gantry-"
+            << command << " is built and installed next to gantry)\n";
   return kExitFailure;
 }
 
@@ -728,6 +730,9 @@ int run(int argc, char** argv) {
   auto* train_cmd = app.add_subcommand("train", "run training programs on the cluster: gantry train launch --help");
   train_cmd->prefix_command();  // everything after `train`, --help included, goes to gantry-train
   train_cmd->set_help_flag();
+  auto* tune_cmd = app.add_subcommand("tune", "look at hyperparameter sweeps: gantry tune status PATH");
+  tune_cmd->prefix_command();  // everything after `tune` goes to gantry-tune
+  tune_cmd->set_help_flag();
 
   try {
     app.parse(argc, argv);
@@ -736,7 +741,8 @@ int run(int argc, char** argv) {
     return rc == 0 ? 0 : kExitUsage;
   }
   try {
-    if (train_cmd->parsed()) return train_command(train_cmd->remaining());
+    if (train_cmd->parsed()) return sibling_command("train", train_cmd->remaining());
+    if (tune_cmd->parsed()) return sibling_command("tune", tune_cmd->remaining());
     if (start_cmd->parsed()) {
       if (start.resources.empty()) start.resources = "{}";
       parse_resources(start.resources);  // a bad value is a usage error, before anything starts

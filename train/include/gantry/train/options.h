@@ -1,6 +1,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -70,6 +71,13 @@ struct RunConfig {
   /// How long `report` waits for the slowest rank before failing with an error that
   /// names it.
   std::chrono::milliseconds report_timeout = std::chrono::minutes(10);
+  /// Called in the driver after each report of the run (rank 0's metrics, and the
+  /// checkpoint it committed, if any); returning false ends the run there: the workers
+  /// are stopped and fit() returns the result so far, without an error. A sweep runs a
+  /// trainer as a trial this way. Not stored with the run (restore does not keep it).
+  ///
+  ///     .on_report = [](const train::Json& m, const auto&) { return m["loss"] > 0.01; }
+  std::function<bool(const Json& metrics, const std::optional<Checkpoint>& checkpoint)> on_report{};
 };
 
 /// Everything `TorchTrainer` takes.

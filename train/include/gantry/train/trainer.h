@@ -1,5 +1,6 @@
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -44,6 +45,14 @@ class TorchTrainer {
   /// the run are in `Result::error`; bad options throw gantry::Error before anything
   /// starts.
   Result fit();
+
+  /// The trainer as JSON: its loop's registered name and its options (without
+  /// RunConfig::on_report). What another process of the same executable needs to run it
+  /// (a sweep's trial actor).
+  Json to_json() const;
+  /// A trainer from `to_json`'s output, `adjust` applied to its options first. Throws
+  /// gantry::Error when the loop is not registered here or the JSON is not a trainer's.
+  static TorchTrainer from_json(const Json& spec, const std::function<void(TrainerOptions&)>& adjust = {});
 
   const TrainerOptions& options() const;
   /// The registered name of the loop.

@@ -44,26 +44,39 @@ class Checkpoint {
       throw Error("checkpoint value \"" + key + "\" is " + v.dump() + ", which does not convert: " + e.what());
     }
   }
-  bool contains(const std::string& key) const { return values_.contains(key); }
-  const Json& values() const { return values_; }
+  bool contains(const std::string& key) const { return values().contains(key); }
+  const Json& values() const {
+    ensure_loaded();
+    return values_;
+  }
   /// File names (relative paths) and contents.
-  const std::map<std::string, std::string>& files() const { return files_; }
+  const std::map<std::string, std::string>& files() const {
+    ensure_loaded();
+    return files_;
+  }
   /// The contents of file `name`; throws gantry::Error when there is none.
   const std::string& file(const std::string& name) const;
   /// Writes the files and `checkpoint.json` into `path` (created), and returns it.
   std::string to_directory(const std::string& path) const;
   /// Where it is stored in the experiment (empty for one not stored yet).
   const std::string& path() const { return path_; }
-  bool empty() const { return values_.empty() && files_.empty(); }
+  bool empty() const { return values().empty() && files().empty(); }
 
   /// Reads a stored checkpoint directory (what `to_directory` wrote).
   static Checkpoint load(const std::string& path);
+  /// Refers to a stored checkpoint directory, read on first use (ResultGrid's
+  /// checkpoints: a sweep of many trials does not hold them all in memory).
+  static Checkpoint at(const std::string& path);
 
  private:
   const Json& value(const std::string& key) const;
+  /// Reads the directory of a checkpoint made by `at`, once.
+  void ensure_loaded() const;
 
-  Json values_ = Json::object();
-  std::map<std::string, std::string> files_;
+  // Mutable for `at`: a const checkpoint reads its directory on first use.
+  mutable Json values_ = Json::object();
+  mutable std::map<std::string, std::string> files_;
+  mutable bool unread_ = false;
   std::string path_;
 };
 

@@ -89,6 +89,12 @@ class TrialScheduler {
   /// start or resume next, or nullopt to start none of them now. The default takes the
   /// first pending one, then the first paused one.
   virtual std::optional<std::string> choose_trial_to_run(const TrialTable& table);
+  /// Trials this scheduler ended for good outside a decision on their own result (HyperBand
+  /// cuts trials that wait PAUSED at a milestone when the last of their bracket arrives).
+  /// The Tuner calls it after every other call and ends each trial it names as for a
+  /// kStop decision (TERMINATED); each id is returned once. In a replay the Tuner calls
+  /// it too and ignores the answer, as it ignores decisions. The default names none.
+  virtual std::vector<std::string> take_trials_to_stop() { return {}; }
   virtual std::string name() const = 0;
   /// Options that rebuild an equal fresh scheduler with `make_scheduler`; null for one
   /// of your own (pass it again to Tuner::restore).

@@ -68,7 +68,9 @@ class Domain {
   double from_internal(double x) const;
   /// The numeric value nearest to `x` that this domain can produce, as JSON.
   Json snap(double x) const;
-  /// For numeric bounded domains, the internal-scale bounds; for kRandn, mean ± 3 sd.
+  /// For numeric bounded domains, the internal-scale bounds of the values the domain can
+  /// produce (randint(0, 10): [0, 9]; a q-form: its first and last multiple of q within
+  /// [low, high]); for kRandn, mean ± 3 sd.
   double internal_low() const;
   double internal_high() const;
 

@@ -11,6 +11,8 @@
 
 namespace gantry::tune {
 
+class TrialContext;
+
 namespace detail {
 /// What a TrialContext talks to: the trial's runner in its actor (or a test's fake).
 class TrialSession {
@@ -23,7 +25,11 @@ class TrialSession {
   virtual const std::string& trial_name() const = 0;
   virtual const std::string& experiment_name() const = 0;
   virtual int64_t iteration() const = 0;
+  /// What the trainable needs beyond its config (a Train trial's trainer), or null.
+  virtual const Json& trainable_spec() const = 0;
 };
+/// The session behind a context (for gantry's own trainables).
+TrialSession* session_of(const TrialContext& context);
 }  // namespace detail
 
 /// Thrown by TrialContext::report when the scheduler ends the trial there (stop, pause,
@@ -63,6 +69,7 @@ class TrialContext {
   int64_t iteration() const { return session_->iteration(); }
 
  private:
+  friend detail::TrialSession* detail::session_of(const TrialContext& context);
   detail::TrialSession* session_;  // not owned
 };
 
@@ -70,6 +77,7 @@ class TrialContext {
 using Trainable = void (*)(TrialContext&);
 
 namespace detail {
+inline TrialSession* session_of(const TrialContext& context) { return context.session_; }
 bool register_trainable(const char* name, Trainable fn);
 /// The registered name of `fn`, or empty.
 std::string trainable_name(Trainable fn);
