@@ -110,6 +110,8 @@ struct BOHBOptions {
   int min_points_in_model = 0;
   /// Fraction of suggestions drawn at random whatever the model says.
   double random_fraction = 1.0 / 3;
+  /// The model's options; min_points_in_model stands in for n_startup_trials, BOHB's
+  /// seed for this seed, and there is no constant liar.
   TPEOptions tpe{};
   std::optional<uint64_t> seed{};
 };
