@@ -50,7 +50,8 @@ class ProgressReporter {
   /// The final table, always printed in full as plain lines (verbose >= 1).
   void finish(const ProgressSnapshot& snapshot);
 
-  /// The table as text, `width` columns wide at most (the status command prints it).
+  /// The table as text, `width` columns wide at most (0: no limit), each line ending in
+  /// '\n' (the status command prints it).
   static std::string render(const ProgressSnapshot& snapshot, size_t max_rows, size_t width);
 
  private:
