@@ -12,7 +12,7 @@ install(DIRECTORY ${PROJECT_SOURCE_DIR}/core/include/gantry ${PROJECT_SOURCE_DIR
   ${PROJECT_SOURCE_DIR}/config/include/gantry ${PROJECT_SOURCE_DIR}/tune/include/gantry
   DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 if(TARGET gantry_train)
-  install(TARGETS gantry_train gantry_rank_layout EXPORT gantryTargets
+  install(TARGETS gantry_train gantry_rank_layout gantry_tune_train EXPORT gantryTargets
     ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
     LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
   install(DIRECTORY ${PROJECT_SOURCE_DIR}/train/include/gantry DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
@@ -49,6 +49,9 @@ if(TARGET gantry::gantry_config AND NOT TARGET gantry::config)
 endif()
 if(TARGET gantry::gantry_tune AND NOT TARGET gantry::tune)
   add_library(gantry::tune ALIAS gantry::gantry_tune)
+endif()
+if(TARGET gantry::gantry_tune_train AND NOT TARGET gantry::tune_train)
+  add_library(gantry::tune_train ALIAS gantry::gantry_tune_train)
 endif()
 if(TARGET gantry::gantry_train AND NOT TARGET gantry::train)
   add_library(gantry::train ALIAS gantry::gantry_train)

@@ -6,55 +6,14 @@
 #include <utility>
 #include <vector>
 
+#include "fake_trial_table.h"
 #include "gantry/errors.h"
 #include "gantry/tune/scheduler.h"
 
 namespace gantry::tune {
 namespace {
 
-// The trials a Tuner would hold, made by hand; report() plays the Tuner's part for one
-// result: it fills last_result, asks the scheduler and applies the decision's status.
-class FakeTrialTable final : public TrialTable {
- public:
-  TrialView& add(TrialScheduler& scheduler, const std::string& id, Json config = Json::object()) {
-    trials_.push_back(std::make_unique<TrialView>(TrialView{id, std::move(config)}));
-    scheduler.on_trial_add(*this, *trials_.back());
-    return *trials_.back();
-  }
-  TrialView& at(const std::string& id) { return *const_cast<TrialView*>(find(id)); }
-  /// Every pending trial starts, as when there are slots for all.
-  void start_all() {
-    for (auto& t : trials_) {
-      if (t->status == TrialStatus::kPending) t->status = TrialStatus::kRunning;
-    }
-  }
-  std::vector<const TrialView*> trials() const override {
-    std::vector<const TrialView*> all;
-    for (const auto& t : trials_) all.push_back(t.get());
-    return all;
-  }
-  const TrialView* find(const std::string& id) const override {
-    for (const auto& t : trials_) {
-      if (t->trial_id == id) return t.get();
-    }
-    return nullptr;
-  }
-
-  Decision report(TrialScheduler& scheduler, const std::string& id, Json result) {
-    TrialView& trial = at(id);
-    result["trial_id"] = id;
-    trial.status = TrialStatus::kRunning;
-    trial.last_result = result;
-    Decision decision = scheduler.on_trial_result(*this, trial, result);
-    if (decision.action == Decision::Action::kStop) trial.status = TrialStatus::kTerminated;
-    if (decision.action == Decision::Action::kPause) trial.status = TrialStatus::kPaused;
-    return decision;
-  }
-
- private:
-  std::vector<std::unique_ptr<TrialView>> trials_;
-};
-
+using test::FakeTrialTable;
 using Action = Decision::Action;
 
 Json at_iteration(double iteration, double loss) { return {{"training_iteration", iteration}, {"loss", loss}}; }

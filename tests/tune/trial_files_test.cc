@@ -7,46 +7,20 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
-#include <random>
 #include <sstream>
 
 #include "gantry/errors.h"
+#include "tfevents_reader.h"
 
 namespace fs = std::filesystem;
-
-// The independent events reader of tfevents_test.cc (same test binary).
-namespace gantry::tune::test_support {
-struct ParsedEvent {
-  double wall_time = 0;
-  int64_t step = 0;
-  std::string file_version;
-  bool has_summary = false;
-  std::vector<std::pair<std::string, float>> values;
-};
-std::vector<ParsedEvent> read_events_file(const std::string& path);
-}  // namespace gantry::tune::test_support
 
 namespace gantry::tune::detail {
 namespace {
 
 using test_support::ParsedEvent;
+using test_support::TempDir;
 
-class TempDir {
- public:
-  TempDir() {
-    std::random_device seed;
-    path_ = fs::temp_directory_path() / ("gantry_trial_files_test_" + std::to_string(seed()));
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string path() const { return path_.string(); }
-
- private:
-  fs::path path_;
-};
+constexpr const char* kTempDirPrefix = "gantry_trial_files_test_";
 
 std::string read_file(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -116,7 +90,7 @@ TEST(FindFlattenedTest, FindsNestedAndSlashedKeys) {
 }
 
 TEST(TrialFilesTest, WritesParamsAtomically) {
-  TempDir dir;
+  TempDir dir(kTempDirPrefix);
   std::string trial = dir.path() + "/trial_0001";  // created on first use
   TrialFiles files(trial);
   Json config = {{"lr", 0.01}, {"model", {{"layers", 3}}}};
@@ -130,7 +104,7 @@ TEST(TrialFilesTest, WritesParamsAtomically) {
 }
 
 TEST(TrialFilesTest, AppendsResultJsonLinesAndProgressCsv) {
-  TempDir dir;
+  TempDir dir(kTempDirPrefix);
   TrialFiles files(dir.path());
   Json first = {{"training_iteration", 1}, {"loss", 0.5}, {"note", "a,\"b\""}, {"eval", {{"acc", 0.75}}}};
   Json second = {{"training_iteration", 2}, {"loss", 0.25}, {"extra", 9}};  // no note, eval; a new key
@@ -150,7 +124,7 @@ TEST(TrialFilesTest, AppendsResultJsonLinesAndProgressCsv) {
 }
 
 TEST(TrialFilesTest, EachResultIsAppendedNotRewritten) {
-  TempDir dir;
+  TempDir dir(kTempDirPrefix);
   TrialFiles files(dir.path());
   files.append_result({{"training_iteration", 1}, {"loss", 0.5}});
   std::string names[] = {"result.json", "progress.csv", fs::path(events_file(dir.path())).filename().string()};
@@ -166,7 +140,7 @@ TEST(TrialFilesTest, EachResultIsAppendedNotRewritten) {
 }
 
 TEST(TrialFilesTest, EventsHoldNumericAndBoolMetricsAtTrainingIteration) {
-  TempDir dir;
+  TempDir dir(kTempDirPrefix);
   TrialFiles files(dir.path());
   files.append_result({{"training_iteration", 5},
                        {"timestamp", 1700000000},
@@ -185,7 +159,7 @@ TEST(TrialFilesTest, EventsHoldNumericAndBoolMetricsAtTrainingIteration) {
 }
 
 TEST(TrialFilesTest, EventsCountStepsAndUseNowWithoutIterationOrTimestamp) {
-  TempDir dir;
+  TempDir dir(kTempDirPrefix);
   TrialFiles files(dir.path());
   double before = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
   files.append_result({{"loss", 0.5}});
@@ -199,7 +173,7 @@ TEST(TrialFilesTest, EventsCountStepsAndUseNowWithoutIterationOrTimestamp) {
 }
 
 TEST(TrialFilesTest, ReopenedTrialKeepsItsCsvColumns) {
-  TempDir dir;
+  TempDir dir(kTempDirPrefix);
   {
     TrialFiles files(dir.path());
     files.append_result({{"b", 1}, {"a", 2}});
@@ -215,7 +189,7 @@ TEST(TrialFilesTest, ReopenedTrialKeepsItsCsvColumns) {
 
 TEST(TrialFilesTest, FullDiskThrowsNamingTheFile) {
   if (!fs::exists("/dev/full")) GTEST_SKIP() << "no /dev/full on this system";
-  TempDir dir;
+  TempDir dir(kTempDirPrefix);
   fs::create_symlink("/dev/full", dir.path() + "/result.json");
   TrialFiles files(dir.path());
   try {
@@ -228,7 +202,7 @@ TEST(TrialFilesTest, FullDiskThrowsNamingTheFile) {
 }
 
 TEST(TrialFilesTest, UnwritableDirectoryThrowsNamingIt) {
-  TempDir dir;
+  TempDir dir(kTempDirPrefix);
   // A regular file where the trial's directory should be: no file can go under it (this
   // holds for root too, unlike permission bits).
   std::ofstream(dir.path() + "/blocker") << "x";

@@ -66,6 +66,7 @@ void curve(tune::TrialContext& t) {
   if (auto ck = t.checkpoint()) start = ck->read<int>("step") + 1;
   for (int step = start; step < steps; ++step) {
     double loss = (x - 0.3) * (x - 0.3) + 1.0 / (step + 1);
+    if (t.config().get<bool>("diverge", false)) loss = std::nan("");
     t.report({{"loss", loss}, {"step", step}}, tune::Checkpoint::with("step", step));
   }
 }
@@ -91,6 +92,18 @@ void flaky(tune::TrialContext& t) {
   }
 }
 GANTRY_TRAINABLE(flaky);
+
+// Fails at step 2 until the file named by "fixed_when" exists (a bug fixed between the
+// sweep and its restore).
+void fixable(tune::TrialContext& t) {
+  int start = 0;
+  if (auto ck = t.checkpoint()) start = ck->read<int>("step") + 1;
+  for (int step = start; step < 4; ++step) {
+    if (step == 2 && !fs::exists(t.config().get<std::string>("fixed_when"))) throw std::runtime_error("not fixed yet");
+    t.report({{"step", step}, {"resumed_at", start}}, tune::Checkpoint::with("step", step));
+  }
+}
+GANTRY_TRAINABLE(fixable);
 
 // PBT's population: "value" grows by lr per step, carried in the checkpoint, so a clone
 // continues from its source's value. The "no_checkpoint" trial is the best and never
@@ -214,6 +227,23 @@ TEST(Tune, AshaStopsPoorTrialsEarlierThanFifo) {
   EXPECT_GT(stopped_early, 6);
 }
 
+TEST(Tune, AshaStopsTrialsWhoseLossDiverges) {
+  tune::Tuner tuner(curve, {{"x", tune::grid_search({0.1, 0.2, 0.3})}, {"diverge", tune::grid_search({false, true})},
+                            {"steps", 9}},
+                    {.metric = "loss", .mode = tune::kMin, .max_concurrent_trials = 1,
+                     .scheduler = tune::ASHA({.max_t = 9, .grace_period = 1, .reduction_factor = 3})},
+                    {.name = "diverging", .storage_path = storage().string(), .verbose = 0});
+  tune::ResultGrid grid = tuner.fit();
+  ASSERT_EQ(grid.size(), 6u);
+  for (const auto& r : grid) {
+    if (!r.config["diverge"].get<bool>()) continue;
+    EXPECT_LT(r.metrics["training_iteration"].get<int>(), 9) << "a NaN loss reached the scheduler as NaN and lost";
+    EXPECT_TRUE(std::isnan(r.metrics["loss"].get<double>()) || r.metrics["loss"].is_null());
+  }
+  EXPECT_LE(grid.best_result().config["x"].get<double>(), 0.3);
+  EXPECT_FALSE(grid.best_result().config["diverge"].get<bool>());
+}
+
 TEST(Tune, InvalidSpacesAndRequestsFailBeforeAnyTrial) {
   auto experiment = storage() / "invalid";
   auto attempt = [&](tune::ParamSpace space, tune::TuneConfig config) {
@@ -229,6 +259,12 @@ TEST(Tune, InvalidSpacesAndRequestsFailBeforeAnyTrial) {
   }
   EXPECT_THROW(attempt({{"x", tune::choice({})}}, {}), gantry::Error);
   EXPECT_THROW(attempt({{"x", tune::uniform(2, 1)}}, {}), gantry::Error);
+  try {
+    attempt({{"x", tune::grid_search({1, 2})}}, {.points_to_evaluate = {Json{{"y", 1}}}});
+    FAIL() << "a point without the grid's key was accepted";
+  } catch (const gantry::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("points_to_evaluate[0]"), std::string::npos) << e.what();
+  }
   try {
     attempt({{"x", tune::uniform(0, 1)}}, {.resources_per_trial = {.num_cpus = 64}});
     FAIL() << "a trial larger than any node was accepted";
@@ -412,6 +448,37 @@ TEST(Tune, RestoreAfterTheDriverIsKilledRunsNoFinishedTrialAgain) {
   EXPECT_EQ(a, b);
 }
 
+TEST(Tune, RestoreResumesOrRestartsErroredTrialsWhenAsked) {
+  fs::path marker = storage() / "fixed";
+  auto sweep = [&](const std::string& name) {
+    tune::Tuner tuner(fixable, {{"fixed_when", marker.string()}}, {},
+                      {.name = name, .storage_path = storage().string(), .verbose = 0});
+    tune::ResultGrid grid = tuner.fit();
+    EXPECT_EQ(grid.num_errors(), 1u);
+    return grid.experiment_path();
+  };
+  std::string resumed = sweep("errored_resume");
+  std::string restarted = sweep("errored_restart");
+  std::string kept = sweep("errored_kept");
+  { std::ofstream(marker) << "fixed"; }
+
+  tune::ResultGrid a = tune::Tuner::restore(resumed, fixable, {.resume_errored = true}).fit();
+  ASSERT_EQ(a.size(), 1u);
+  EXPECT_EQ(a.num_errors(), 0u);
+  EXPECT_EQ(a[0].metrics["step"], 3);
+  EXPECT_EQ(a[0].metrics["resumed_at"], 2) << "resumed after its step-1 checkpoint";
+
+  tune::ResultGrid b = tune::Tuner::restore(restarted, fixable, {.restart_errored = true}).fit();
+  ASSERT_EQ(b.size(), 1u);
+  EXPECT_EQ(b.num_errors(), 0u);
+  EXPECT_EQ(b[0].metrics["resumed_at"], 0) << "started over from scratch";
+  EXPECT_EQ(b[0].metrics["training_iteration"], 4);
+
+  tune::ResultGrid c = tune::Tuner::restore(kept, fixable).fit();
+  EXPECT_EQ(c.num_errors(), 1u) << "by default an errored trial stays errored";
+  fs::remove(marker);
+}
+
 TEST(Tune, StatusCommandPrintsTheTableFromTheFiles) {
   tune::Tuner tuner(curve, {{"x", tune::grid_search({0.1, 0.9})}, {"steps", 3}}, {.metric = "loss"},
                     {.name = "status", .storage_path = storage().string(), .verbose = 0});
@@ -421,6 +488,7 @@ TEST(Tune, StatusCommandPrintsTheTableFromTheFiles) {
   EXPECT_NE(out.out.find("Finished"), std::string::npos) << out.out;
   EXPECT_NE(out.out.find("2 TERMINATED"), std::string::npos) << out.out;
   EXPECT_NE(out.out.find(grid[0].trial_id), std::string::npos) << out.out;
+  EXPECT_NE(out.out.find("127.0.0.1"), std::string::npos) << "the node each trial ran on:\n" << out.out;
   auto listing = gantry::test_support::run(std::string(GANTRY_CLI_PATH) + " tune status " + storage().string());
   EXPECT_EQ(listing.code, 0) << listing.out;
   EXPECT_NE(listing.out.find("status: 2 trial(s)"), std::string::npos) << listing.out;

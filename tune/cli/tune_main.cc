@@ -69,16 +69,7 @@ int print_status(const fs::path& dir, size_t rows, size_t width) {
   s.elapsed_s = std::max(0.0, state.last_event_time - created);
   s.resources = "searcher " + t.value("searcher_name", std::string("?")) + ", scheduler " +
                 t.value("scheduler_name", std::string("?"));
-  for (const TrialRecord& r : state.records()) {
-    ProgressSnapshot::Trial row;
-    row.trial_id = r.trial_id;
-    row.status = r.status;
-    row.config = r.config;
-    row.last_result = r.last_result;
-    row.node = r.node;
-    row.error = r.error;
-    s.trials.push_back(std::move(row));
-  }
+  s.trials = progress_rows(state);
   if (state.finished) {
     std::cout << "Finished (" << state.sessions << " session(s)).\n";
   } else {

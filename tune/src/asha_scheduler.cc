@@ -1,6 +1,5 @@
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <map>
 #include <memory>
 #include <optional>
@@ -9,42 +8,15 @@
 
 #include "gantry/errors.h"
 #include "gantry/tune/scheduler.h"
+#include "scheduler_options.h"
 #include "scheduler_specs.h"
 #include "searcher_specs.h"
 
 namespace gantry::tune {
 namespace {
 
-std::string number(double x) {
-  char buffer[32];
-  std::snprintf(buffer, sizeof buffer, "%.6g", x);
-  return buffer;
-}
-
-// A numeric value of a result, or nullopt when the key is absent or not a number.
-std::optional<double> number_at(const Json& result, const std::string& key) {
-  if (!result.is_object()) return std::nullopt;
-  auto it = result.find(key);
-  if (it == result.end() || !it->is_number()) return std::nullopt;
-  return it->get<double>();
-}
-
-template <typename T>
-T spec_value(const Json& spec, const char* key, T fallback) {
-  if (!spec.contains(key) || spec[key].is_null()) return fallback;
-  try {
-    return spec[key].get<T>();
-  } catch (const Json::exception& e) {
-    throw Error(std::string("ASHA spec: \"") + key + "\" has the wrong type: " + spec[key].dump());
-  }
-}
-
-std::optional<Mode> mode_from_spec(const Json& spec) {
-  if (!spec.contains("mode") || spec["mode"].is_null()) return std::nullopt;
-  if (spec["mode"] == "min") return kMin;
-  if (spec["mode"] == "max") return kMax;
-  throw Error("ASHA spec: \"mode\" must be \"min\", \"max\" or null, got " + spec["mode"].dump());
-}
+using detail::number;
+using detail::number_at;
 
 // The q-quantile of `values` (NaN ignored), interpolated linearly between order
 // statistics as numpy's nanpercentile does, so cutoffs match Ray's; nullopt when empty.
@@ -228,15 +200,15 @@ std::shared_ptr<TrialScheduler> ASHA(ASHAOptions options) {
 namespace detail {
 std::shared_ptr<TrialScheduler> asha_from_spec(const Json& spec) {
   ASHAOptions options;
-  options.time_attr = spec_value(spec, "time_attr", options.time_attr);
-  options.metric = spec_value(spec, "metric", options.metric);
-  options.mode = mode_from_spec(spec);
-  options.max_t = spec_value(spec, "max_t", options.max_t);
-  options.grace_period = spec_value(spec, "grace_period", options.grace_period);
-  options.reduction_factor = spec_value(spec, "reduction_factor", options.reduction_factor);
-  options.brackets = spec_value(spec, "brackets", options.brackets);
-  options.stop_last_trials = spec_value(spec, "stop_last_trials", options.stop_last_trials);
-  if (spec.contains("seed") && !spec["seed"].is_null()) options.seed = spec_value<uint64_t>(spec, "seed", 0);
+  options.time_attr = spec_value("ASHA", spec, "time_attr", options.time_attr);
+  options.metric = spec_value("ASHA", spec, "metric", options.metric);
+  options.mode = mode_from_spec("ASHA", spec);
+  options.max_t = spec_value("ASHA", spec, "max_t", options.max_t);
+  options.grace_period = spec_value("ASHA", spec, "grace_period", options.grace_period);
+  options.reduction_factor = spec_value("ASHA", spec, "reduction_factor", options.reduction_factor);
+  options.brackets = spec_value("ASHA", spec, "brackets", options.brackets);
+  options.stop_last_trials = spec_value("ASHA", spec, "stop_last_trials", options.stop_last_trials);
+  if (spec.contains("seed") && !spec["seed"].is_null()) options.seed = spec_value<uint64_t>("ASHA", spec, "seed", 0);
   return ASHA(std::move(options));
 }
 }  // namespace detail

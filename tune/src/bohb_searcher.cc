@@ -79,9 +79,9 @@ class BOHBSearcher : public Searcher {
 
   void on_trial_result(const std::string& trial_id, const Json& result) override {
     if (!ready_ || !result.is_object()) return;
-    auto budget = result.find(options_.time_attr);
-    auto metric = result.find(setup_.metric);
-    if (budget == result.end() || metric == result.end() || !budget->is_number() || !metric->is_number()) return;
+    const Json* budget = ParamSpace::lookup(result, options_.time_attr);
+    const Json* metric = ParamSpace::lookup(result, setup_.metric);  // "eval/loss" too
+    if (budget == nullptr || metric == nullptr || !budget->is_number() || !metric->is_number()) return;
     double b = budget->get<double>();
     double value = metric->get<double>();
     if (!std::isfinite(b) || !std::isfinite(value)) return;

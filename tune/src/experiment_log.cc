@@ -122,9 +122,11 @@ void ExperimentState::apply(const Json& event) {
   }
   TrialRecord* t = record(id);
   if (t == nullptr) return;  // an event of a trial the log does not hold: nothing to change
+  if (auto node = event.find("node"); node != event.end() && node->is_string() && !node->empty()) {
+    t->node = node->get<std::string>();
+  }
   if (type == "start") {
     t->status = TrialStatus::kRunning;
-    t->node = event.value("node", "");
     t->pending_action.clear();
     t->error.clear();
     if (event.contains("iteration")) t->iteration = event["iteration"].get<int64_t>();
@@ -152,11 +154,15 @@ void ExperimentState::apply(const Json& event) {
     t->error = event.value("error", "");
     if (event.value("failure", false)) ++t->failures;
     if (event.value("restart", false)) {
-      // Starts over from scratch: the trial's checkpoints no longer count.
+      // Starts over from scratch: the earlier attempt's checkpoints and results no longer
+      // count (its lines stay in the trial's result.json).
       t->checkpoints.clear();
       t->has_checkpoint = false;
       t->checkpoint_iteration = 0;
       t->iteration = 0;
+      t->time_total_s = 0;
+      t->history.clear();
+      t->last_result = nullptr;
     }
     t->pending_action.clear();
   }
@@ -177,6 +183,22 @@ const TrialView* ExperimentState::find(const std::string& trial_id) const {
 TrialRecord* ExperimentState::record(const std::string& trial_id) {
   auto it = index_.find(trial_id);
   return it == index_.end() ? nullptr : &records_[it->second];
+}
+
+std::vector<ProgressSnapshot::Trial> progress_rows(const ExperimentState& state) {
+  std::vector<ProgressSnapshot::Trial> rows;
+  rows.reserve(state.records().size());
+  for (const TrialRecord& t : state.records()) {
+    ProgressSnapshot::Trial row;
+    row.trial_id = t.trial_id;
+    row.status = t.status;
+    row.config = t.config;
+    row.last_result = t.last_result;
+    row.node = t.node;
+    row.error = t.error;
+    rows.push_back(std::move(row));
+  }
+  return rows;
 }
 
 void write_file_atomically(const std::string& file, const std::string& text) {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "gantry/tune/scheduler.h"
+#include "progress_reporter.h"
 
 namespace gantry::tune::detail {
 
@@ -24,7 +25,8 @@ class ExperimentLog {
 
   /// Appends `event` as one line. Throws gantry::Error when the write fails.
   void append(const Json& event);
-  /// Flushes the file to disk (fsync): at the end of a sweep and at trial ends.
+  /// Flushes the file to disk (fsync): once per progress interval and at the end of a
+  /// sweep (appended events already survive a killed driver in the page cache).
   void sync();
 
   /// The events of `file` in order. A torn last line is skipped; a malformed line
@@ -65,12 +67,12 @@ struct TrialRecord : TrialView {
 /// the Tuner adds those calls around `apply`). Events:
 ///
 ///   {"event": "trial", "id", "name", "dir", "config", "from_searcher"}   a trial is created
-///   {"event": "start", "id", "node"}                                     its run starts (RUNNING)
-///   {"event": "result", "id", "result"}                                  it reported
+///   {"event": "start", "id", "iteration"}                                its run starts (RUNNING)
+///   {"event": "result", "id", "result", ["node"]}                        it reported (where)
 ///   {"event": "checkpoint", "id", "dir", "iteration", "score"}           a checkpoint is stored
 ///   {"event": "checkpoint_deleted", "id", "dir"}                         num_to_keep removed one
 ///   {"event": "decision", "id", "action", "reason", ["from", "config", "dir"]}  stop/pause/exploit
-///   {"event": "end", "id", "status", ["error"], ["restart"]}              its run ended
+///   {"event": "end", "id", "status", "how", ["node"], ["error"], ["failure"], ["restart"]}  its run ended
 ///   {"event": "searcher_finished"}, {"event": "session", "attempt"}, {"event": "finished"}
 class ExperimentState : public TrialTable {
  public:
@@ -92,6 +94,9 @@ class ExperimentState : public TrialTable {
   std::deque<TrialRecord> records_;
   std::map<std::string, size_t> index_;
 };
+
+/// The progress table's rows for the trials of `state`, in creation order.
+std::vector<ProgressSnapshot::Trial> progress_rows(const ExperimentState& state);
 
 /// Writes `text` to `file` atomically (a temporary beside it, then rename).
 void write_file_atomically(const std::string& file, const std::string& text);

@@ -1,6 +1,5 @@
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <limits>
 #include <map>
 #include <memory>
@@ -11,40 +10,14 @@
 
 #include "gantry/errors.h"
 #include "gantry/tune/scheduler.h"
+#include "scheduler_options.h"
 #include "scheduler_specs.h"
 
 namespace gantry::tune {
 namespace {
 
-std::string number(double x) {
-  char buffer[32];
-  std::snprintf(buffer, sizeof buffer, "%.6g", x);
-  return buffer;
-}
-
-std::optional<double> number_at(const Json& result, const std::string& key) {
-  if (!result.is_object()) return std::nullopt;
-  auto it = result.find(key);
-  if (it == result.end() || !it->is_number()) return std::nullopt;
-  return it->get<double>();
-}
-
-template <typename T>
-T spec_value(const Json& spec, const char* key, T fallback) {
-  if (!spec.contains(key) || spec[key].is_null()) return fallback;
-  try {
-    return spec[key].get<T>();
-  } catch (const Json::exception& e) {
-    throw Error(std::string("HyperBand spec: \"") + key + "\" has the wrong type: " + spec[key].dump());
-  }
-}
-
-std::optional<Mode> mode_from_spec(const Json& spec) {
-  if (!spec.contains("mode") || spec["mode"].is_null()) return std::nullopt;
-  if (spec["mode"] == "min") return kMin;
-  if (spec["mode"] == "max") return kMax;
-  throw Error("HyperBand spec: \"mode\" must be \"min\", \"max\" or null, got " + spec["mode"].dump());
-}
+using detail::number;
+using detail::number_at;
 
 // Ceiling that ignores rounding noise (5 * 9 / 3 must be 15, not 16).
 int64_t ceil_count(double x) { return static_cast<int64_t>(std::ceil(x - 1e-9)); }
@@ -311,12 +284,12 @@ std::shared_ptr<TrialScheduler> HyperBand(HyperBandOptions options) {
 namespace detail {
 std::shared_ptr<TrialScheduler> hyperband_from_spec(const Json& spec) {
   HyperBandOptions options;
-  options.time_attr = spec_value(spec, "time_attr", options.time_attr);
-  options.metric = spec_value(spec, "metric", options.metric);
-  options.mode = mode_from_spec(spec);
-  options.max_t = spec_value(spec, "max_t", options.max_t);
-  options.reduction_factor = spec_value(spec, "reduction_factor", options.reduction_factor);
-  options.stop_last_trials = spec_value(spec, "stop_last_trials", options.stop_last_trials);
+  options.time_attr = spec_value("HyperBand", spec, "time_attr", options.time_attr);
+  options.metric = spec_value("HyperBand", spec, "metric", options.metric);
+  options.mode = mode_from_spec("HyperBand", spec);
+  options.max_t = spec_value("HyperBand", spec, "max_t", options.max_t);
+  options.reduction_factor = spec_value("HyperBand", spec, "reduction_factor", options.reduction_factor);
+  options.stop_last_trials = spec_value("HyperBand", spec, "stop_last_trials", options.stop_last_trials);
   return HyperBand(std::move(options));
 }
 }  // namespace detail

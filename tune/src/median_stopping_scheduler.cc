@@ -1,6 +1,5 @@
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <limits>
 #include <map>
 #include <memory>
@@ -11,40 +10,14 @@
 
 #include "gantry/errors.h"
 #include "gantry/tune/scheduler.h"
+#include "scheduler_options.h"
 #include "scheduler_specs.h"
 
 namespace gantry::tune {
 namespace {
 
-std::string number(double x) {
-  char buffer[32];
-  std::snprintf(buffer, sizeof buffer, "%.6g", x);
-  return buffer;
-}
-
-std::optional<double> number_at(const Json& result, const std::string& key) {
-  if (!result.is_object()) return std::nullopt;
-  auto it = result.find(key);
-  if (it == result.end() || !it->is_number()) return std::nullopt;
-  return it->get<double>();
-}
-
-template <typename T>
-T spec_value(const Json& spec, const char* key, T fallback) {
-  if (!spec.contains(key) || spec[key].is_null()) return fallback;
-  try {
-    return spec[key].get<T>();
-  } catch (const Json::exception& e) {
-    throw Error(std::string("MedianStopping spec: \"") + key + "\" has the wrong type: " + spec[key].dump());
-  }
-}
-
-std::optional<Mode> mode_from_spec(const Json& spec) {
-  if (!spec.contains("mode") || spec["mode"].is_null()) return std::nullopt;
-  if (spec["mode"] == "min") return kMin;
-  if (spec["mode"] == "max") return kMax;
-  throw Error("MedianStopping spec: \"mode\" must be \"min\", \"max\" or null, got " + spec["mode"].dump());
-}
+using detail::number;
+using detail::number_at;
 
 double median(std::vector<double> values) {
   std::sort(values.begin(), values.end());
@@ -207,13 +180,14 @@ std::shared_ptr<TrialScheduler> MedianStopping(MedianStoppingOptions options) {
 namespace detail {
 std::shared_ptr<TrialScheduler> median_stopping_from_spec(const Json& spec) {
   MedianStoppingOptions options;
-  options.time_attr = spec_value(spec, "time_attr", options.time_attr);
-  options.metric = spec_value(spec, "metric", options.metric);
-  options.mode = mode_from_spec(spec);
-  options.grace_period = spec_value(spec, "grace_period", options.grace_period);
-  options.min_samples_required = spec_value(spec, "min_samples_required", options.min_samples_required);
-  options.min_time_slice = spec_value(spec, "min_time_slice", options.min_time_slice);
-  options.hard_stop = spec_value(spec, "hard_stop", options.hard_stop);
+  options.time_attr = spec_value("MedianStopping", spec, "time_attr", options.time_attr);
+  options.metric = spec_value("MedianStopping", spec, "metric", options.metric);
+  options.mode = mode_from_spec("MedianStopping", spec);
+  options.grace_period = spec_value("MedianStopping", spec, "grace_period", options.grace_period);
+  options.min_samples_required =
+      spec_value("MedianStopping", spec, "min_samples_required", options.min_samples_required);
+  options.min_time_slice = spec_value("MedianStopping", spec, "min_time_slice", options.min_time_slice);
+  options.hard_stop = spec_value("MedianStopping", spec, "hard_stop", options.hard_stop);
   return MedianStopping(std::move(options));
 }
 }  // namespace detail

@@ -1,6 +1,5 @@
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <limits>
 #include <map>
 #include <memory>
@@ -11,41 +10,15 @@
 
 #include "gantry/errors.h"
 #include "gantry/tune/scheduler.h"
+#include "scheduler_options.h"
 #include "scheduler_specs.h"
 #include "searcher_specs.h"
 
 namespace gantry::tune {
 namespace {
 
-std::string number(double x) {
-  char buffer[32];
-  std::snprintf(buffer, sizeof buffer, "%.6g", x);
-  return buffer;
-}
-
-std::optional<double> number_at(const Json& result, const std::string& key) {
-  if (!result.is_object()) return std::nullopt;
-  auto it = result.find(key);
-  if (it == result.end() || !it->is_number()) return std::nullopt;
-  return it->get<double>();
-}
-
-template <typename T>
-T spec_value(const Json& spec, const char* key, T fallback) {
-  if (!spec.contains(key) || spec[key].is_null()) return fallback;
-  try {
-    return spec[key].get<T>();
-  } catch (const Json::exception& e) {
-    throw Error(std::string("PBT spec: \"") + key + "\" has the wrong type: " + spec[key].dump());
-  }
-}
-
-std::optional<Mode> mode_from_spec(const Json& spec) {
-  if (!spec.contains("mode") || spec["mode"].is_null()) return std::nullopt;
-  if (spec["mode"] == "min") return kMin;
-  if (spec["mode"] == "max") return kMax;
-  throw Error("PBT spec: \"mode\" must be \"min\", \"max\" or null, got " + spec["mode"].dump());
-}
+using detail::number;
+using detail::number_at;
 
 // Draws in [0, 1) and indices from the top 53 bits, the same on every standard library
 // (unlike the std distributions), so a seed means the same perturbations everywhere.
@@ -311,18 +284,18 @@ std::shared_ptr<TrialScheduler> PBT(PBTOptions options) { return std::make_share
 namespace detail {
 std::shared_ptr<TrialScheduler> pbt_from_spec(const Json& spec) {
   PBTOptions options;
-  options.time_attr = spec_value(spec, "time_attr", options.time_attr);
-  options.metric = spec_value(spec, "metric", options.metric);
-  options.mode = mode_from_spec(spec);
-  options.perturbation_interval = spec_value(spec, "perturbation_interval", options.perturbation_interval);
-  options.burn_in_period = spec_value(spec, "burn_in_period", options.burn_in_period);
+  options.time_attr = spec_value("PBT", spec, "time_attr", options.time_attr);
+  options.metric = spec_value("PBT", spec, "metric", options.metric);
+  options.mode = mode_from_spec("PBT", spec);
+  options.perturbation_interval = spec_value("PBT", spec, "perturbation_interval", options.perturbation_interval);
+  options.burn_in_period = spec_value("PBT", spec, "burn_in_period", options.burn_in_period);
   if (spec.contains("hyperparam_mutations") && !spec["hyperparam_mutations"].is_null()) {
     options.hyperparam_mutations = ParamSpace::from_json(spec["hyperparam_mutations"]);
   }
-  options.quantile_fraction = spec_value(spec, "quantile_fraction", options.quantile_fraction);
-  options.resample_probability = spec_value(spec, "resample_probability", options.resample_probability);
-  options.perturbation_factors = spec_value(spec, "perturbation_factors", options.perturbation_factors);
-  if (spec.contains("seed") && !spec["seed"].is_null()) options.seed = spec_value<uint64_t>(spec, "seed", 0);
+  options.quantile_fraction = spec_value("PBT", spec, "quantile_fraction", options.quantile_fraction);
+  options.resample_probability = spec_value("PBT", spec, "resample_probability", options.resample_probability);
+  options.perturbation_factors = spec_value("PBT", spec, "perturbation_factors", options.perturbation_factors);
+  if (spec.contains("seed") && !spec["seed"].is_null()) options.seed = spec_value<uint64_t>("PBT", spec, "seed", 0);
   return PBT(std::move(options));
 }
 }  // namespace detail

@@ -37,7 +37,7 @@ std::optional<double> scoped_value(const Result& result, const std::string& metr
     if (value && (!best || better(*value, *best, mode))) best = value;
   };
   for (const auto& reported : result.metrics_history) consider(reported);
-  // A history cut short (a restored sweep keeps only the last result) still counts that one.
+  // A result given without its history (built by hand) still counts its last one.
   consider(result.metrics);
   return best;
 }

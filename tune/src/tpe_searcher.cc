@@ -63,8 +63,8 @@ class TPESearcher : public Searcher {
       running_.erase(running);
     }
     if (error || !ready_ || !result.is_object()) return;
-    auto metric = result.find(setup_.metric);
-    if (metric == result.end() || !metric->is_number()) return;
+    const Json* metric = ParamSpace::lookup(result, setup_.metric);  // "eval/loss" too
+    if (metric == nullptr || !metric->is_number()) return;
     double value = metric->get<double>();
     if (!std::isfinite(value)) return;
     // What the trial ran (a points_to_evaluate config, a PBT trial's last one) is what

@@ -116,7 +116,8 @@ std::string TrialRunner::run(TrialStart start) {
 void TrialRunner::report(Json metrics, std::optional<Checkpoint> checkpoint) {
   TrialEvent event;
   event.kind = TrialEvent::kReport;
-  event.metrics_json = metrics.dump(-1, ' ', false, Json::error_handler_t::replace);
+  std::vector<uint8_t> packed = Json::to_msgpack(metrics);
+  event.metrics_msgpack.assign(packed.begin(), packed.end());
   event.checkpoint = CheckpointData::of(checkpoint);
   std::unique_lock lock(mu_);
   Clock::time_point now = Clock::now();

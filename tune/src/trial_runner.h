@@ -46,10 +46,11 @@ struct TrialStart {
 struct TrialEvent {
   enum Kind : int { kNothing = 0, kReport = 1, kEnded = 2 };
   int kind = kNothing;
-  std::string metrics_json;
+  /// MessagePack, not JSON text: a NaN (a diverged loss) must reach the scheduler as NaN.
+  std::string metrics_msgpack;
   double time_this_iter_s = 0;
   CheckpointData checkpoint;
-  GANTRY_FIELDS(kind, metrics_json, time_this_iter_s, checkpoint);
+  GANTRY_FIELDS(kind, metrics_msgpack, time_this_iter_s, checkpoint);
 };
 
 /// Where a runner lives.

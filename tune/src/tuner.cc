@@ -143,8 +143,16 @@ void TunerDriver::validate() const {
     throw Error("TuneConfig::resources_per_trial.num_gpus above 1 must be a whole number, not " +
                 std::to_string(r.num_gpus));
   }
-  for (const Json& p : tune_.points_to_evaluate) {
+  for (size_t i = 0; i < tune_.points_to_evaluate.size(); ++i) {
+    const Json& p = tune_.points_to_evaluate[i];
     if (!p.is_object()) throw Error("each of TuneConfig::points_to_evaluate must be a JSON object, not " + p.dump());
+    std::map<std::string, Json> values = ParamSpace::flatten(p);
+    for (const auto& [path, domain] : space_.domains()) {
+      if (domain->kind == Domain::Kind::kGrid && values.count(path) == 0) {
+        throw Error("TuneConfig::points_to_evaluate[" + std::to_string(i) + "] must set \"" + path +
+                    "\", a grid_search value of the space");
+      }
+    }
   }
   if (run_.verbose < 0 || run_.verbose > 3) {
     throw Error("RunConfig::verbose must be 0 to 3, not " + std::to_string(run_.verbose));
@@ -347,7 +355,26 @@ Decision TunerDriver::apply(const Json& event, bool replaying) {
       tune_.search_alg->on_trial_complete(t->trial_id, t->config, t->last_result, true);
     }
   }
+  // Trials the scheduler ended on its own (HyperBand cuts paused ones); a replay finds
+  // their ends in the log instead.
+  std::vector<std::string> cut = tune_.scheduler->take_trials_to_stop();
+  if (!replaying) cut_.insert(cut_.end(), cut.begin(), cut.end());
   return decision;
+}
+
+void TunerDriver::end_cut_trials() {
+  while (!cut_.empty()) {
+    std::string id = cut_.front();
+    cut_.erase(cut_.begin());
+    TrialRecord* t = state_.record(id);
+    if (t == nullptr) continue;
+    if (t->status == TrialStatus::kPaused || t->status == TrialStatus::kPending) {
+      record({{"event", "end"}, {"id", id}, {"status", "TERMINATED"}, {"how", "stopped"}});
+    } else if (t->status == TrialStatus::kRunning && t->pending_action.empty()) {
+      // Stopped at its next report.
+      record({{"event", "decision"}, {"id", id}, {"action", "stop"}, {"reason", "cut by the scheduler"}});
+    }
+  }
 }
 
 // ---- trials ------------------------------------------------------------------------------
@@ -371,7 +398,10 @@ void TunerDriver::create_trial() {
   bool from_searcher = true;
   if (points_used_ < static_cast<int>(tune_.points_to_evaluate.size())) {
     const Json& point = tune_.points_to_evaluate[static_cast<size_t>(points_used_)];
-    config = space_.resolve(ParamSpace::flatten(point), points_rng_);
+    // Values a point leaves out are drawn from a stream of its own, so a restored sweep
+    // draws them as an unbroken one would.
+    Rng rng(0x5eed + static_cast<uint64_t>(points_used_));
+    config = space_.resolve(ParamSpace::flatten(point), rng);
     from_searcher = false;
   } else {
     if (searcher_trials_ >= searcher_samples_ * std::max<int>(1, static_cast<int>(space_.grid_points().size()))) {
@@ -534,7 +564,7 @@ void TunerDriver::handle_report(Live& live, TrialEvent& event) {
   TrialRecord* t = state_.record(live.id);
   Json result;
   try {
-    result = Json::parse(event.metrics_json);
+    result = Json::from_msgpack(event.metrics_msgpack);
   } catch (const Json::exception&) {
     result = Json::object();
   }
@@ -549,7 +579,9 @@ void TunerDriver::handle_report(Live& live, TrialEvent& event) {
     result["node_ip"] = live.runner->info->node_ip;
     result["pid"] = live.runner->info->pid;
   }
-  Decision decision = record({{"event", "result"}, {"id", live.id}, {"result", result}});
+  Json event_json = {{"event", "result"}, {"id", live.id}, {"result", result}};
+  if (t->node.empty() && live.runner->info) event_json["node"] = live.runner->info->node_ip;
+  Decision decision = record(std::move(event_json));
   if (run_.trial_files) trial_files(*t).append_result(result);
   if (event.checkpoint.present) store_checkpoint(*t, event.checkpoint, result);
   if (run_.verbose >= 3) say(3, "trial " + live.id + " reported " + result.dump());
@@ -563,6 +595,9 @@ void TunerDriver::handle_report(Live& live, TrialEvent& event) {
     if (reached) decision = Decision::stop("stop criterion " + key + " reached " + std::to_string(bound));
   }
   if (budget_spent()) decision = Decision::stop("the sweep's time budget is spent");
+  if (t->pending_action == "stop" && decision.action == Decision::Action::kContinue) {
+    decision = Decision::stop("cut by the scheduler");  // while it ran (take_trials_to_stop)
+  }
 
   int reply = kContinue;
   switch (decision.action) {
@@ -637,7 +672,6 @@ void TunerDriver::handle_end(Live& live) {
     end["how"] = outcome == "stopped" ? "stopped" : "finished";
   }
   record(end);
-  log_->sync();
   if (auto it = files_.find(live.id); it != files_.end()) files_.erase(it);
   say(2, "trial " + live.id + " " + end["status"].get<std::string>() + " (" + end["how"].get<std::string>() + ")");
   release_runner(live.runner);
@@ -746,16 +780,7 @@ ProgressSnapshot TunerDriver::snapshot() const {
   std::ostringstream res;
   res << live_.size() << " trial(s) running, each " << describe(footprint_);
   s.resources = res.str();
-  for (const TrialRecord& t : state_.records()) {
-    ProgressSnapshot::Trial row;
-    row.trial_id = t.trial_id;
-    row.status = t.status;
-    row.config = t.config;
-    row.last_result = t.last_result;
-    row.node = t.node;
-    row.error = t.error;
-    s.trials.push_back(std::move(row));
-  }
+  s.trials = progress_rows(state_);
   return s;
 }
 
@@ -834,8 +859,12 @@ ResultGrid TunerDriver::fit() {
       }
     }
     poll(std::min<std::chrono::milliseconds>(run_.progress_interval, std::chrono::milliseconds(500)));
+    end_cut_trials();
     if (Clock::now() - last_progress >= run_.progress_interval) {
       reporter_->update(snapshot());
+      // Appended events survive a killed driver in the page cache; this is for a machine
+      // that goes down, and costs one flush per interval instead of one per change.
+      log_->sync();
       last_progress = Clock::now();
     }
   }

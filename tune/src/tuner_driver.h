@@ -81,6 +81,9 @@ class TunerDriver {
   /// scheduler's decision on a result (ignored when replaying).
   Decision apply(const Json& event, bool replaying);
 
+  /// Ends the trials the scheduler cut (take_trials_to_stop): waiting ones now, running
+  /// ones at their next report.
+  void end_cut_trials();
   bool has_waiting_trial() const;
   void create_trial();
   void start_trial(const std::string& id);
@@ -118,8 +121,8 @@ class TunerDriver {
   int max_trials_ = 0;
   int searcher_trials_ = 0;
   int points_used_ = 0;
-  Rng points_rng_{0x5eed};
 
+  std::vector<std::string> cut_;  ///< trials the scheduler cut, not ended yet
   std::vector<Live> live_;
   std::vector<std::shared_ptr<Runner>> idle_runners_;
   std::map<std::string, std::unique_ptr<TrialFiles>> files_;

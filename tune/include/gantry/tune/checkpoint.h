@@ -23,7 +23,7 @@ class Checkpoint {
   Checkpoint() = default;
   /// A checkpoint holding one value; add more with `set`.
   static Checkpoint with(const std::string& key, Json value);
-  /// A checkpoint of a directory's files (read when it is reported); its
+  /// A checkpoint of a directory's files (read now, into memory); its
   /// `checkpoint.json`, if any, gives the values.
   static Checkpoint from_directory(const std::string& path);
 

@@ -79,7 +79,7 @@ struct BasicVariantOptions {
   bool constant_grid_search = false;
 };
 std::shared_ptr<Searcher> BasicVariant(BasicVariantOptions options = {});
-/// Random search (BasicVariant without a grid), with a seed.
+/// BasicVariant with a seed: random draws (and every grid combination, if any).
 std::shared_ptr<Searcher> RandomSearch(std::optional<uint64_t> seed = std::nullopt);
 
 /// Tree-structured Parzen Estimator (Bergstra et al. 2011; Optuna's options): after

@@ -170,7 +170,8 @@ class Tuner {
   Tuner(Trainable trainable, ParamSpace param_space, TuneConfig tune = {}, RunConfig run = {});
   /// Each trial is a whole Train run of `trainer` (its own worker group), its config
   /// the trainer's merged with the trial's values. Reports of the run's rank 0 are the
-  /// trial's results; its checkpoints are the trial's. Needs gantry::train.
+  /// trial's results; its checkpoints are the trial's. Link gantry::tune_train for it
+  /// (it brings gantry::train and LibTorch; plain sweeps do without them).
   Tuner(const train::TorchTrainer& trainer, ParamSpace param_space, TuneConfig tune = {}, RunConfig run = {});
   ~Tuner();
   Tuner(Tuner&&) noexcept;
