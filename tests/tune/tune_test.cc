@@ -399,17 +399,24 @@ TEST(Tune, RestoreAfterTheDriverIsKilledRunsNoFinishedTrialAgain) {
     _exit(127);
   }
   fs::path experiment = storage() / "restored";
-  // Kill the driver once four trials have ended.
+  // Kill the driver once four trials have ended and a running one has stored a checkpoint.
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   size_t ended_before = 0;
+  std::set<std::string> running_with_checkpoint;
   while (std::chrono::steady_clock::now() < deadline) {
     ended_before = 0;
+    running_with_checkpoint.clear();
     if (fs::exists(experiment / "experiment_state.jsonl")) {
-      for (const Json& e : read_events(experiment))
-        if (e["event"] == "end" && e["status"] == "TERMINATED") ++ended_before;
+      std::set<std::string> ended;
+      for (const Json& e : read_events(experiment)) {
+        if (e["event"] == "end" && e["status"] == "TERMINATED") ended.insert(e["id"].get<std::string>());
+        if (e["event"] == "checkpoint") running_with_checkpoint.insert(e["id"].get<std::string>());
+      }
+      for (const auto& id : ended) running_with_checkpoint.erase(id);
+      ended_before = ended.size();
     }
-    if (ended_before >= 4) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (ended_before >= 4 && !running_with_checkpoint.empty()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   ASSERT_GE(ended_before, 4u) << "the driver to be killed did not get far enough";
   kill(child, SIGKILL);
@@ -435,6 +442,14 @@ TEST(Tune, RestoreAfterTheDriverIsKilledRunsNoFinishedTrialAgain) {
     }
   }
   EXPECT_EQ(sessions, 2u);
+  // A trial that was running with a checkpoint resumed from it rather than from scratch.
+  sessions = 0;
+  for (const Json& e : events) {
+    if (e["event"] == "session") ++sessions;
+    if (sessions >= 2 && e["event"] == "start" && running_with_checkpoint.count(e["id"])) {
+      EXPECT_GE(e["iteration"].get<int>(), 1) << e.dump();
+    }
+  }
   EXPECT_EQ(created.size(), 12u);
   for (const auto& [id, n] : created) EXPECT_EQ(n, 1) << id;
   // The same configs as an uninterrupted sweep with the same seed: the searcher went on

@@ -50,12 +50,6 @@ std::string default_experiment_name() {
   return buf;
 }
 
-std::string hostname() {
-  char buf[256] = {0};
-  ::gethostname(buf, sizeof(buf) - 1);
-  return buf;
-}
-
 const char* mode_name(Mode m) { return m == kMin ? "min" : "max"; }
 Mode mode_from(const std::string& s) { return s == "max" ? kMax : kMin; }
 

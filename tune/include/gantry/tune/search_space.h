@@ -100,6 +100,40 @@ Domain qrandn(double mean, double sd, double q);
 ///     {"hidden", tune::sample_from([](const tune::Json& c) { return c["width"].get<int>() * 2; })}
 Domain sample_from(std::function<Json(const Json& config)> fn);
 
+class ParamSpace;
+
+/// One entry's value in a ParamSpace: a constant, a domain or a nested space. Written as
+/// ParamSpace::Node; it converts from each, so a space reads as a list of pairs.
+class SpaceNode {
+ public:
+  enum class Kind { kConstant, kDomain, kSpace };
+
+  SpaceNode(Domain d) : kind_(Kind::kDomain), domain_(std::make_shared<Domain>(std::move(d))) {}  // NOLINT
+  SpaceNode(std::initializer_list<std::pair<std::string, SpaceNode>> nested);  // NOLINT: a nested space
+  SpaceNode(ParamSpace nested);                                                // NOLINT
+  template <typename T, typename = std::enable_if_t<std::is_arithmetic_v<T>>>
+  SpaceNode(T value) : kind_(Kind::kConstant), constant_(value) {}  // NOLINT
+  SpaceNode(const char* value) : kind_(Kind::kConstant), constant_(value) {}         // NOLINT
+  SpaceNode(std::string value) : kind_(Kind::kConstant), constant_(std::move(value)) {}  // NOLINT
+  /// Any JSON value as a constant (a list, an object taken as a value).
+  static SpaceNode json(Json value) {
+    SpaceNode n(0);
+    n.constant_ = std::move(value);
+    return n;
+  }
+
+  Kind kind() const { return kind_; }
+  const Json& constant() const { return constant_; }
+  const Domain& domain() const { return *domain_; }
+  const ParamSpace& space() const { return *space_; }
+
+ private:
+  Kind kind_;
+  Json constant_{};
+  std::shared_ptr<const Domain> domain_;
+  std::shared_ptr<const ParamSpace> space_;
+};
+
 /// A search space: named constants, domains and nested spaces, in declaration order.
 ///
 ///     tune::ParamSpace space = {{"lr", tune::loguniform(1e-4, 1e-1)},
@@ -111,7 +145,7 @@ Domain sample_from(std::function<Json(const Json& config)> fn);
 /// joined by '/' ("optimizer/momentum"), so a key may not contain '/'.
 class ParamSpace {
  public:
-  class Node;
+  using Node = SpaceNode;
   using Entry = std::pair<std::string, Node>;
 
   ParamSpace() = default;
@@ -155,36 +189,9 @@ class ParamSpace {
   std::vector<Entry> entries_;
 };
 
-/// One entry's value: a constant, a domain or a nested space.
-class ParamSpace::Node {
- public:
-  enum class Kind { kConstant, kDomain, kSpace };
-
-  Node(Domain d) : kind_(Kind::kDomain), domain_(std::make_shared<Domain>(std::move(d))) {}  // NOLINT
-  Node(std::initializer_list<Entry> nested)  // NOLINT: a nested space
-      : kind_(Kind::kSpace), space_(std::make_shared<ParamSpace>(nested)) {}
-  Node(ParamSpace nested) : kind_(Kind::kSpace), space_(std::make_shared<ParamSpace>(std::move(nested))) {}  // NOLINT
-  template <typename T, typename = std::enable_if_t<std::is_arithmetic_v<T>>>
-  Node(T value) : kind_(Kind::kConstant), constant_(value) {}  // NOLINT
-  Node(const char* value) : kind_(Kind::kConstant), constant_(value) {}         // NOLINT
-  Node(std::string value) : kind_(Kind::kConstant), constant_(std::move(value)) {}  // NOLINT
-  /// Any JSON value as a constant (a list, an object taken as a value).
-  static Node json(Json value) {
-    Node n(0);
-    n.constant_ = std::move(value);
-    return n;
-  }
-
-  Kind kind() const { return kind_; }
-  const Json& constant() const { return constant_; }
-  const Domain& domain() const { return *domain_; }
-  const ParamSpace& space() const { return *space_; }
-
- private:
-  Kind kind_;
-  Json constant_{};
-  std::shared_ptr<const Domain> domain_;
-  std::shared_ptr<const ParamSpace> space_;
-};
+inline SpaceNode::SpaceNode(std::initializer_list<std::pair<std::string, SpaceNode>> nested)
+    : kind_(Kind::kSpace), space_(std::make_shared<ParamSpace>(nested)) {}
+inline SpaceNode::SpaceNode(ParamSpace nested)
+    : kind_(Kind::kSpace), space_(std::make_shared<ParamSpace>(std::move(nested))) {}
 
 }  // namespace gantry::tune
