@@ -266,7 +266,9 @@ TEST(Tune, InvalidSpacesAndRequestsFailBeforeAnyTrial) {
     EXPECT_NE(std::string(e.what()).find("points_to_evaluate[0]"), std::string::npos) << e.what();
   }
   try {
-    attempt({{"x", tune::uniform(0, 1)}}, {.resources_per_trial = {.num_cpus = 64}});
+    tune::TuneConfig too_big;
+    too_big.resources_per_trial.num_cpus = 64;
+    attempt({{"x", tune::uniform(0, 1)}}, too_big);
     FAIL() << "a trial larger than any node was accepted";
   } catch (const gantry::Error& e) {
     EXPECT_NE(std::string(e.what()).find("CPU: 64"), std::string::npos) << e.what();
@@ -330,13 +332,12 @@ TEST(Tune, PbtContinuesTrialsFromClonedCheckpointsOfTopTrialsOnly) {
 
 TEST(Tune, PbtNeverClonesATrialWithoutACheckpoint) {
   // The best trial by far never saves a checkpoint: the others may not clone it.
-  tune::Tuner tuner(population,
-                    {{"lr", tune::grid_search({0.1, 0.2, 0.3})}, {"no_checkpoint", false}},
-                    {.metric = "value", .mode = tune::kMax, .max_concurrent_trials = 4,
-                     .scheduler = tune::PBT({.time_attr = "training_iteration", .perturbation_interval = 2,
-                                             .hyperparam_mutations = {{"lr", tune::uniform(0.1, 0.3)}},
-                                             .quantile_fraction = 0.5, .seed = 3}),
-                     .points_to_evaluate = {Json{{"lr", 0.1}, {"no_checkpoint", true}}}},
+  tune::TuneConfig config{.metric = "value", .mode = tune::kMax, .max_concurrent_trials = 4};
+  config.scheduler = tune::PBT({.time_attr = "training_iteration", .perturbation_interval = 2,
+                                .hyperparam_mutations = {{"lr", tune::uniform(0.1, 0.3)}},
+                                .quantile_fraction = 0.5, .seed = 3});
+  config.points_to_evaluate = {Json{{"lr", 0.1}, {"no_checkpoint", true}}};
+  tune::Tuner tuner(population, {{"lr", tune::grid_search({0.1, 0.2, 0.3})}, {"no_checkpoint", false}}, config,
                     {.name = "pbt_nockpt", .storage_path = storage().string(), .verbose = 0});
   tune::ResultGrid grid = tuner.fit();
   ASSERT_GE(grid.size(), 4u);
