@@ -130,6 +130,27 @@ TEST(HyperBandTest, PausesAtTheMilestoneAndPromotesTheTopThird) {
   EXPECT_EQ(table.report(*scheduler, "b", at_iteration(9, 0.05)).action, Action::kStop);
 }
 
+TEST(HyperBandTest, ABracketWaitsToFillUpUnlessNoMoreTrialsCome) {
+  // Trials are created one by one as slots free up: the s=1 bracket (5 trials) must not
+  // halve with the three it holds so far, until the searcher says no more will come.
+  auto scheduler = hyperband({.max_t = 9, .reduction_factor = 3});
+  FakeTrialTable table;
+  for (const char* id : {"x0", "x1", "x2"}) table.add(*scheduler, id);
+  for (const char* id : {"x0", "x1", "x2"}) table.at(id).status = TrialStatus::kTerminated;
+  for (const auto& [id, loss] : std::vector<std::pair<std::string, double>>{{"a", 0.5}, {"b", 0.1}, {"c", 0.9}}) {
+    table.add(*scheduler, id);
+    EXPECT_EQ(run_until_decision(*scheduler, table, id, loss, 9).second.action, Action::kPause) << id;
+  }
+  EXPECT_TRUE(scheduler->take_trials_to_stop().empty()) << "halved a bracket holding 3 of its 5 trials";
+  EXPECT_EQ(scheduler->choose_trial_to_run(table), std::nullopt);
+
+  scheduler->on_no_more_trials(table);
+  // ceil(5/3) = 2 go on ("b" and "a"); "c" is cut.
+  EXPECT_EQ(scheduler->take_trials_to_stop(), std::vector<std::string>{"c"});
+  table.at("c").status = TrialStatus::kTerminated;
+  EXPECT_EQ(scheduler->choose_trial_to_run(table), "a");
+}
+
 TEST(HyperBandTest, ThePromotedTrialWhoseResultCompletesTheRoundContinues) {
   auto scheduler = hyperband({.max_t = 9, .reduction_factor = 3});
   FakeTrialTable table;

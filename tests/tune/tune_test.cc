@@ -11,6 +11,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <map>
 #include <set>
 #include <thread>
@@ -242,6 +243,35 @@ TEST(Tune, AshaStopsTrialsWhoseLossDiverges) {
   }
   EXPECT_LE(grid.best_result().config["x"].get<double>(), 0.3);
   EXPECT_FALSE(grid.best_result().config["diverge"].get<bool>());
+}
+
+TEST(Tune, BohbWithHyperBandPausesCutsAndPromotesTrials) {
+  tune::TuneConfig config{.metric = "loss", .mode = tune::kMin, .num_samples = 9, .max_concurrent_trials = 3};
+  config.search_alg = tune::BOHB({.seed = 4});
+  config.scheduler = tune::HyperBand({.max_t = 9, .reduction_factor = 3});
+  tune::Tuner tuner(curve, {{"x", tune::uniform(0, 1)}, {"steps", 9}}, config,
+                    {.name = "bohb", .storage_path = storage().string(), .verbose = 0});
+  tune::ResultGrid grid = tuner.fit();
+  ASSERT_EQ(grid.size(), 9u);
+  EXPECT_EQ(grid.num_terminated(), 9u);
+  int pauses = 0, full = 0, cut = 0;
+  for (const Json& e : read_events(grid.experiment_path())) {
+    if (e["event"] == "end" && e["status"] == "PAUSED") ++pauses;
+  }
+  for (const auto& r : grid) {
+    int iterations = r.metrics["training_iteration"];
+    full += iterations == 9;
+    cut += iterations < 9;
+  }
+  if (pauses == 0 || cut == 0) {
+    for (const Json& e : read_events(grid.experiment_path())) {
+      if (e["event"] != "result") std::cout << e.dump() << "\n";
+    }
+  }
+  EXPECT_GT(pauses, 0) << "HyperBand pauses trials at its milestones";
+  EXPECT_GT(full, 0) << "the best of a bracket runs to max_t";
+  EXPECT_GT(cut, 0) << "the rest of a bracket is cut at a milestone";
+  EXPECT_EQ(grid.best_result().metrics["training_iteration"], 9);
 }
 
 TEST(Tune, InvalidSpacesAndRequestsFailBeforeAnyTrial) {

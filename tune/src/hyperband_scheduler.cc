@@ -26,8 +26,9 @@ int64_t ceil_count(double x) { return static_cast<int64_t>(std::ceil(x - 1e-9));
 // a band in turn (Ray's order: the bracket without halving first), then a new band.
 // Bracket s holds n = ceil((s_max+1)/(s+1) * rf^s) trials and runs s halvings: each round
 // every live trial runs to the round's milestone (max_t * rf^(k-s) in round k) and waits
-// there PAUSED; when the last one arrives the top ceil(n/rf) go on to the next milestone
-// and the rest are stopped. Unlike Ray, a trial reaching max_t stops at once with
+// there PAUSED; when the last one arrives (and the bracket holds all its n trials, or the
+// searcher has no more) the top ceil(n/rf) go on to the next milestone and the rest are
+// stopped. Unlike Ray, a trial reaching max_t stops at once with
 // stop_last_trials instead of waiting for its bracket, since it would be stopped then.
 class HyperBandScheduler final : public TrialScheduler {
  public:
@@ -109,6 +110,11 @@ class HyperBandScheduler final : public TrialScheduler {
   }
 
   void on_trial_remove(const TrialTable& table, const TrialView& trial) override { drop(trial.trial_id); }
+
+  void on_no_more_trials(const TrialTable& table) override {
+    no_more_trials_ = true;
+    for (Bracket& bracket : brackets_) settle(bracket, nullptr);
+  }
 
   std::optional<std::string> choose_trial_to_run(const TrialTable& table) override {
     // Band by band, the least complete bracket first, so brackets advance evenly.
@@ -216,6 +222,9 @@ class HyperBandScheduler final : public TrialScheduler {
   std::optional<Decision> settle(Bracket& bracket, const std::string* current) {
     std::optional<Decision> current_cut;
     while (bracket.halvings_left > 0) {
+      // A bracket halves once it holds all its trials (they are created one by one as
+      // slots free up), or once no more trials will come.
+      if (!no_more_trials_ && bracket.members.size() < static_cast<size_t>(bracket.size)) break;
       std::vector<Member*> live;
       for (Member& m : bracket.members) {
         if (m.live) live.push_back(&m);
@@ -273,6 +282,7 @@ class HyperBandScheduler final : public TrialScheduler {
   std::vector<Bracket> brackets_;
   std::map<std::string, size_t> bracket_of_;
   std::vector<std::string> to_stop_;
+  bool no_more_trials_ = false;  ///< the searcher is done: brackets need not fill up
 };
 
 }  // namespace

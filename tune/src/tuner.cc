@@ -334,6 +334,8 @@ Decision TunerDriver::apply(const Json& event, bool replaying) {
     const Json& result = event.at("result");
     decision = tune_.scheduler->on_trial_result(state_, *t, result);
     tune_.search_alg->on_trial_result(t->trial_id, result);
+  } else if (type == "searcher_finished") {
+    tune_.scheduler->on_no_more_trials(state_);
   } else if (type == "end") {
     const TrialRecord* t = state_.record(event.at("id").get<std::string>());
     const std::string how = event.value("how", "");

@@ -85,6 +85,9 @@ class TrialScheduler {
   virtual void on_trial_complete(const TrialTable& table, const TrialView& trial, const Json& result) {}
   /// A trial failed for good, or was stopped by someone else than this scheduler.
   virtual void on_trial_remove(const TrialTable& table, const TrialView& trial) {}
+  /// The searcher will create no more trials (called once, and again in a replay):
+  /// groups waiting to fill up (HyperBand's brackets) go ahead with the trials they have.
+  virtual void on_no_more_trials(const TrialTable& table) {}
   /// Of the trials waiting to run (PENDING, or PAUSED by this scheduler), the one to
   /// start or resume next, or nullopt to start none of them now. The default takes the
   /// first pending one, then the first paused one.
