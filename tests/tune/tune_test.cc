@@ -276,21 +276,27 @@ TEST(Tune, BohbWithHyperBandPausesCutsAndPromotesTrials) {
 
 TEST(Tune, InvalidSpacesAndRequestsFailBeforeAnyTrial) {
   auto experiment = storage() / "invalid";
-  auto attempt = [&](tune::ParamSpace space, tune::TuneConfig config) {
-    tune::Tuner tuner(curve, std::move(space), std::move(config),
-                      {.name = "invalid", .storage_path = storage().string(), .verbose = 0});
+  const tune::TuneConfig plain;
+  auto attempt = [&](tune::ParamSpace space, const tune::TuneConfig& config) {
+    tune::RunConfig run;
+    run.name = "invalid";
+    run.storage_path = storage().string();
+    run.verbose = 0;
+    tune::Tuner tuner(curve, std::move(space), config, run);
     tuner.fit();
   };
   try {
-    attempt({{"x", tune::loguniform(0, 1)}}, {});
+    attempt({{"x", tune::loguniform(0, 1)}}, plain);
     FAIL() << "a log domain with a zero bound was accepted";
   } catch (const gantry::Error& e) {
     EXPECT_NE(std::string(e.what()).find("x"), std::string::npos) << e.what();
   }
-  EXPECT_THROW(attempt({{"x", tune::choice({})}}, {}), gantry::Error);
-  EXPECT_THROW(attempt({{"x", tune::uniform(2, 1)}}, {}), gantry::Error);
+  EXPECT_THROW(attempt({{"x", tune::choice({})}}, plain), gantry::Error);
+  EXPECT_THROW(attempt({{"x", tune::uniform(2, 1)}}, plain), gantry::Error);
   try {
-    attempt({{"x", tune::grid_search({1, 2})}}, {.points_to_evaluate = {Json{{"y", 1}}}});
+    tune::TuneConfig with_point;
+    with_point.points_to_evaluate = {Json{{"y", 1}}};
+    attempt({{"x", tune::grid_search({1, 2})}}, with_point);
     FAIL() << "a point without the grid's key was accepted";
   } catch (const gantry::Error& e) {
     EXPECT_NE(std::string(e.what()).find("points_to_evaluate[0]"), std::string::npos) << e.what();
