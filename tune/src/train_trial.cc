@@ -54,6 +54,7 @@ void gantry_tune_train_trial(TrialContext& t) {
   });
   train::Result r = trainer.fit();
   fs::remove_all(scratch, ec);
+  fs::remove(scratch.parent_path(), ec);  // the experiment's scratch, once its last trial here is gone
   if (stopped) throw TrialStopped{};
   if (r.error) {
     throw Error("the trial's Train run failed: rank " + std::to_string(r.error->rank) + " on node " +
