@@ -52,7 +52,8 @@ class BOHBSearcher : public Searcher {
   void setup(const SearchSetup& setup) override {
     if (setup.space == nullptr) throw Error("BOHB: setup needs a search space");
     if (setup.metric.empty()) throw Error("BOHB needs a metric to model: set TuneConfig::metric (and mode)");
-    params_ = detail::parzen_params(*setup.space, "BOHB");
+    params_ = detail::parzen_params(*setup.space);
+    grid_ = detail::GridCycle(*setup.space);
     min_points_ =
         options_.min_points_in_model > 0 ? static_cast<std::size_t>(options_.min_points_in_model) : params_.size() + 2;
     setup_ = setup;
@@ -61,17 +62,17 @@ class BOHBSearcher : public Searcher {
 
   Suggestion suggest(const std::string& trial_id) override {
     if (!ready_) throw Error("BOHB: suggest called before setup");
-    if (suggested_ >= setup_.num_samples) return Suggestion::finished();
-    ++suggested_;
+    if (suggested_ >= setup_.num_samples * grid_.size()) return Suggestion::finished();
+    const int k = suggested_++;
 
     Json config;
     std::optional<double> budget = model_budget();
     // The coin is tossed only once a model exists, so the random phase draws the same
     // configs whatever random_fraction is.
     if (params_.empty() || !budget || uniform_coin() < options_.random_fraction) {
-      config = setup_.space->resolve({}, rng_);
+      config = setup_.space->resolve(grid_.assigned(k), rng_);
     } else {
-      config = setup_.space->resolve(detail::decode_point(params_, model_proposal(*budget)), rng_);
+      config = setup_.space->resolve(grid_.assigned(k, detail::decode_point(params_, model_proposal(*budget))), rng_);
     }
     trial(trial_id).point = detail::encode_config(params_, config);
     return Suggestion::of(std::move(config));
@@ -169,6 +170,7 @@ class BOHBSearcher : public Searcher {
   std::vector<detail::ParzenParam> params_;
   std::size_t min_points_ = 0;
   int suggested_ = 0;
+  detail::GridCycle grid_;
   /// Every trial heard of, in first-heard order (the order the model sees them in).
   std::vector<TrialRecord> trials_;
   std::map<std::string, std::size_t> index_;

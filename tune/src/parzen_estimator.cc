@@ -147,14 +147,10 @@ std::pair<double, double> ParzenParam::bin(double x) const {
   return {std::clamp(a, low, high), std::clamp(b, low, high)};
 }
 
-std::vector<ParzenParam> parzen_params(const ParamSpace& space, const std::string& searcher) {
+std::vector<ParzenParam> parzen_params(const ParamSpace& space) {
   std::vector<ParzenParam> params;
   for (const auto& [path, domain] : space.domains()) {
-    if (domain->kind == Domain::Kind::kGrid) {
-      throw Error(searcher + ": '" + path +
-                  "' is a grid_search; grid_search is for the default searcher; use choice with " + searcher);
-    }
-    if (domain->kind == Domain::Kind::kSampleFrom) continue;
+    if (domain->kind == Domain::Kind::kGrid || domain->kind == Domain::Kind::kSampleFrom) continue;
     params.push_back(make_param(path, *domain));
   }
   return params;

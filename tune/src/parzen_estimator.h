@@ -21,7 +21,7 @@ using ParzenPoint = std::vector<double>;
 
 /// One hyperparameter a Parzen estimator models: a numeric domain (truncated to its
 /// bounds in internal scale) or a choice. sample_from domains are not modelled (resolve
-/// computes them) and grid domains are refused.
+/// computes them) nor are grid domains (GridCycle assigns them).
 struct ParzenParam {
   std::string path;
   const Domain* domain = nullptr;  ///< not owned: the space's, which outlives the model
@@ -50,9 +50,30 @@ struct ParzenParam {
   std::pair<double, double> bin(double x) const;
 };
 
-/// The modelled parameters of `space`, in its declaration order. Throws gantry::Error
-/// for a grid domain, telling the user of `searcher` ("TPE") to use choice instead.
-std::vector<ParzenParam> parzen_params(const ParamSpace& space, const std::string& searcher);
+/// The modelled parameters of `space`, in its declaration order.
+std::vector<ParzenParam> parzen_params(const ParamSpace& space);
+
+/// Grid domains in a model-based searcher: not modelled, but tried as the default
+/// searcher tries them. Suggestion k takes the grid's combination k mod size(), so
+/// num_samples × size() suggestions give every combination num_samples times, and the
+/// model chooses the other values.
+class GridCycle {
+ public:
+  GridCycle() = default;
+  explicit GridCycle(const ParamSpace& space) : points_(space.grid_points()) {}
+  /// Combinations in the grid (1 without one).
+  int size() const { return static_cast<int>(points_.size()); }
+  /// `model`'s values with suggestion `k`'s grid values added, for ParamSpace::resolve.
+  std::map<std::string, Json> assigned(int k, std::map<std::string, Json> model = {}) const {
+    if (!points_.empty()) {
+      for (const auto& [path, value] : points_[static_cast<std::size_t>(k) % points_.size()]) model[path] = value;
+    }
+    return model;
+  }
+
+ private:
+  std::vector<std::map<std::string, Json>> points_;
+};
 
 /// `config` (nested, as a trial ran it) in the coordinates of `params`.
 ParzenPoint encode_config(const std::vector<ParzenParam>& params, const Json& config);

@@ -35,21 +35,22 @@ class TPESearcher : public Searcher {
     if (setup.metric.empty()) {
       throw Error("TPE needs a metric to model: set TuneConfig::metric (and mode)");
     }
-    params_ = detail::parzen_params(*setup.space, "TPE");
+    params_ = detail::parzen_params(*setup.space);
+    grid_ = detail::GridCycle(*setup.space);
     setup_ = setup;
     ready_ = true;
   }
 
   Suggestion suggest(const std::string& trial_id) override {
     if (!ready_) throw Error("TPE: suggest called before setup");
-    if (suggested_ >= setup_.num_samples) return Suggestion::finished();
-    ++suggested_;
+    if (suggested_ >= setup_.num_samples * grid_.size()) return Suggestion::finished();
+    const int k = suggested_++;
 
     Json config;
     if (params_.empty() || observations_.size() < static_cast<std::size_t>(std::max(1, options_.n_startup_trials))) {
-      config = setup_.space->resolve({}, rng_);
+      config = setup_.space->resolve(grid_.assigned(k), rng_);
     } else {
-      config = setup_.space->resolve(detail::decode_point(params_, model_proposal()), rng_);
+      config = setup_.space->resolve(grid_.assigned(k, detail::decode_point(params_, model_proposal())), rng_);
     }
     running_.emplace_back(trial_id, detail::encode_config(params_, config));
     return Suggestion::of(std::move(config));
@@ -114,6 +115,7 @@ class TPESearcher : public Searcher {
   bool ready_ = false;
   std::vector<detail::ParzenParam> params_;
   int suggested_ = 0;
+  detail::GridCycle grid_;
   /// Completed trials with a finite metric, in completion order.
   std::vector<Observation> observations_;
   /// Suggested trials not yet complete, in suggestion order, with their points.

@@ -84,7 +84,8 @@ std::shared_ptr<Searcher> RandomSearch(std::optional<uint64_t> seed = std::nullo
 
 /// Tree-structured Parzen Estimator (Bergstra et al. 2011; Optuna's options): after
 /// `n_startup_trials` random trials, it models the best `gamma` of results and the rest
-/// as two densities and proposes the candidate with the best ratio.
+/// as two densities and proposes the candidate with the best ratio. Grid domains are not
+/// modelled: every combination is tried `num_samples` times, as BasicVariant does.
 struct TPEOptions {
   int n_startup_trials = 10;
   int n_ei_candidates = 24;
