@@ -437,41 +437,14 @@ grpc::Status HeadService::KillActor(grpc::ServerContext* ctx, const proto::KillA
   if (actor.info.state() == proto::ActorInfo::DEAD) return grpc::Status::OK;
   std::string agent = actor.node_agent;
   UniqueId worker = actor.worker_id;
-  std::vector<std::function<void()>> starts;
   if (req->no_restart()) {
     actor.killed = true;
     mark_dead_locked(actor, make_error(proto::ErrorInfo::ACTOR_DIED,
                                        "actor " + actor_label(actor.spec) + " was killed with gantry::kill"));
-    // Its resources are free as soon as its process is gone, a few milliseconds from now:
-    // count them free at once, so actors waiting for room (a sweep replacing its trial
-    // actors) are placed now rather than after the next health check.
-    if (!worker.is_nil() && credit_freed_locked(agent, actor.spec)) place_waiting_actors_locked(starts);
   }
   lock.unlock();
   kill_worker(agent, worker);
-  for (auto& start : starts) start();
   return grpc::Status::OK;
-}
-
-bool HeadService::credit_freed_locked(const std::string& agent_address, const proto::ActorSpec& spec) {
-  if (spec.strategy().kind() == proto::SchedulingStrategy::PLACEMENT_GROUP) return false;  // the bundle keeps them
-  ResourceSet freed = from_proto(spec.resources());
-  for (auto& [id, node] : nodes_) {
-    if (node.agent_address != agent_address || !node.alive || !node.shape) continue;
-    ResourceSet after = node.available;
-    after += freed;
-    // A hint until the next health check replaces it: never more than the node has.
-    if (!node.shape->total().contains(after)) return false;
-    node.available = after;
-    return true;
-  }
-  return false;
-}
-
-void HeadService::place_waiting_actors_locked(std::vector<std::function<void()>>& starts) {
-  for (auto& [actor_id, actor] : actors_)
-    if (actor.waiting_for_room && actor.info.state() != proto::ActorInfo::DEAD)
-      if (auto start = place_actor_locked(actor)) starts.push_back(std::move(start));
 }
 
 grpc::Status HeadService::ReportWorkerFailure(grpc::ServerContext* ctx, const proto::WorkerFailure* req, proto::Empty*) {
@@ -620,7 +593,9 @@ void HeadService::health_loop() {
     }
     // Actors that found no room at the last look try again with this round's figures
     // (the probes sent last round have answered by now).
-    place_waiting_actors_locked(starts);
+    for (auto& [actor_id, actor] : actors_)
+      if (actor.waiting_for_room && actor.info.state() != proto::ActorInfo::DEAD)
+        if (auto start = place_actor_locked(actor)) starts.push_back(std::move(start));
     if (!starts.empty()) {
       lock.unlock();
       for (auto& start : starts) start();

@@ -132,12 +132,6 @@ class HeadService final : public proto::Head::WithCallbackMethod_KvWait<proto::H
   // Needs mu_ held. Prepares placing (or re-placing) `actor`; the returned function starts
   // the async call and must run after mu_ is released (callbacks may run inline).
   std::function<void()> place_actor_locked(Actor& actor);
-  /// Places the actors that found no room at their last look; their lease calls go into
-  /// `starts`, to be made without the lock.
-  void place_waiting_actors_locked(std::vector<std::function<void()>>& starts);
-  /// Counts a killed actor's resources free again on its node (until the next health
-  /// check's figure replaces the hint); false when nothing changed.
-  bool credit_freed_locked(const std::string& agent_address, const proto::ActorSpec& spec);
   void on_actor_lease(const ActorId& id, uint64_t placement, const std::string& agent_address, uint64_t promise,
                       const grpc::Status& status, const proto::LeaseReply& reply);
   // The lease behind `promise` on the node at `agent_address` was granted (or failed).
