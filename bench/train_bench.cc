@@ -55,6 +55,7 @@
 #include <vector>
 
 #include "gantry/train.h"
+#include "source_commit.h"
 
 namespace train = gantry::train;
 namespace fs = std::filesystem;
@@ -670,29 +671,6 @@ ResumeFigures run_resume(const Workload& w, const std::string& storage) {
 
 // ---- output ----
 
-std::string run_command(const std::string& command) {
-  std::string out;
-  if (FILE* pipe = popen(command.c_str(), "r")) {
-    char buf[256];
-    while (fgets(buf, sizeof(buf), pipe) != nullptr) out += buf;
-    if (pclose(pipe) != 0) return {};
-  }
-  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
-  return out;
-}
-
-std::string source_commit() {
-#ifdef GANTRY_SOURCE_DIR
-  std::string git = "git -C '" + std::string(GANTRY_SOURCE_DIR) + "' ";
-  std::string commit = run_command(git + "rev-parse --short HEAD 2>/dev/null");
-  if (commit.empty()) return "unknown";
-  if (run_command(git + "diff --quiet HEAD 2>/dev/null || echo dirty") == "dirty") commit += " (with local changes)";
-  return commit;
-#else
-  return "unknown";
-#endif
-}
-
 // The BLAS library this process loaded, from its memory map.
 std::string loaded_blas() {
   std::ifstream maps("/proc/self/maps");
@@ -715,7 +693,7 @@ void print_header(const Workload& w, bool quick, double bucket_cap_mb) {
   std::time_t now = std::time(nullptr);
   std::strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S %Z", std::localtime(&now));
   bool openblas_call = dlsym(RTLD_DEFAULT, "openblas_set_num_threads") != nullptr;
-  std::cout << "# gantry_train_bench" << (quick ? " --quick" : "") << "  " << date << "  commit " << source_commit()
+  std::cout << "# gantry_train_bench" << (quick ? " --quick" : "") << "  " << date << "  commit " << gantry::bench::source_commit()
             << "\n"
             << "# setup: MLP " << kInputs << "-" << kHidden << "-" << kHidden << "-" << kClasses << " (ReLU), batch "
             << kBatch << " per rank of random data, SGD lr " << kLearningRate << ", CPU, " << kWorld

@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "gantry/gantry.h"
+#include "source_commit.h"
 #include "gantry/tune.h"
 #include "tune_search_quality.h"
 
@@ -46,25 +47,6 @@ double seconds_since(Clock::time_point t) { return std::chrono::duration<double>
 
 double unix_now() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
-std::string run_command(const std::string& command) {
-  std::string out;
-  FILE* p = ::popen(command.c_str(), "r");
-  if (p == nullptr) return out;
-  char buf[256];
-  while (std::fgets(buf, sizeof buf, p) != nullptr) out += buf;
-  ::pclose(p);
-  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
-  return out;
-}
-
-std::string source_commit() {
-  std::string git = std::string("git -C ") + GANTRY_SOURCE_DIR + " ";
-  std::string commit = run_command(git + "rev-parse --short HEAD 2>/dev/null");
-  if (commit.empty()) return "unknown";
-  if (run_command(git + "diff --quiet HEAD 2>/dev/null || echo dirty") == "dirty") commit += " (with local changes)";
-  return commit;
 }
 
 double median(std::vector<double> v) {
@@ -198,7 +180,7 @@ int main(int argc, char** argv) {
   std::time_t now = std::time(nullptr);
   char date[64];
   std::strftime(date, sizeof(date), "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
-  std::printf("# gantry_tune_bench, %s, commit %s, %.0f CPUs\n", date, source_commit().c_str(),
+  std::printf("# gantry_tune_bench, %s, commit %s, %.0f CPUs\n", date, gantry::bench::source_commit().c_str(),
               gantry::cluster_resources()["CPU"]);
   std::fflush(stdout);
   overhead(quick ? 20 : 100, storage);

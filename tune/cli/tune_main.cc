@@ -30,10 +30,6 @@ size_t terminal_width() {
   return 160;
 }
 
-double unix_now() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
 std::string age(double seconds) {
   char buf[64];
   if (seconds < 120) {

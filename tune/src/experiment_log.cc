@@ -202,14 +202,33 @@ std::vector<ProgressSnapshot::Trial> progress_rows(const ExperimentState& state)
 }
 
 void write_file_atomically(const std::string& file, const std::string& text) {
-  std::string tmp = file + ".tmp";
+  // Readers never see half a file: write beside it, then rename over it.
+  std::string temporary = file + ".tmp." + std::to_string(::getpid());
   {
-    std::ofstream out(tmp, std::ios::trunc | std::ios::binary);
+    errno = 0;
+    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+    if (!out) throw Error("cannot open " + temporary + " (for " + file + "): " + std::strerror(errno));
     out << text;
     out.flush();
-    if (!out) throw Error("cannot write " + tmp + ": " + std::strerror(errno));
+    if (!out) {
+      int error = errno;
+      out.close();
+      std::error_code ignored;
+      fs::remove(temporary, ignored);
+      throw Error("cannot write " + temporary + " (for " + file + "): " + std::strerror(error));
+    }
   }
-  fs::rename(tmp, file);
+  std::error_code ec;
+  fs::rename(temporary, file, ec);
+  if (ec) {
+    std::string why = ec.message();
+    fs::remove(temporary, ec);
+    throw Error("cannot rename " + temporary + " to " + file + ": " + why);
+  }
+}
+
+double unix_now() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
 std::string expand_home(const std::string& path) {

@@ -98,8 +98,11 @@ class ExperimentState : public TrialTable {
 /// The progress table's rows for the trials of `state`, in creation order.
 std::vector<ProgressSnapshot::Trial> progress_rows(const ExperimentState& state);
 
-/// Writes `text` to `file` atomically (a temporary beside it, then rename).
+/// Writes `text` to `file` atomically (a temporary beside it, then rename): readers see
+/// the old file or the new one, never half of one. Throws gantry::Error naming the file.
 void write_file_atomically(const std::string& file, const std::string& text);
+/// Seconds since the Unix epoch (the events' and results' timestamps).
+double unix_now();
 /// "~/x" with $HOME.
 std::string expand_home(const std::string& path);
 

@@ -1,5 +1,3 @@
-#include <unistd.h>
-
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -12,6 +10,7 @@
 
 #include "gantry/errors.h"
 #include "gantry/tune/tuner.h"
+#include "experiment_log.h"
 #include "trial_files.h"
 
 namespace gantry::tune {
@@ -130,31 +129,10 @@ std::string ResultGrid::to_csv() const {
 }
 
 void ResultGrid::to_csv(const std::string& file) const {
-  std::string text = to_csv();
-  // Readers never see half a file: write beside it, then rename over it.
-  std::string temporary = file + ".tmp." + std::to_string(getpid());
-  {
-    errno = 0;
-    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    if (!out) {
-      throw Error("ResultGrid::to_csv: cannot open " + temporary + " (for " + file + "): " + std::strerror(errno));
-    }
-    out << text;
-    out.flush();
-    if (!out) {
-      int error = errno;
-      out.close();
-      std::error_code ignored;
-      std::filesystem::remove(temporary, ignored);
-      throw Error("ResultGrid::to_csv: cannot write " + temporary + " (for " + file + "): " + std::strerror(error));
-    }
-  }
-  std::error_code ec;
-  std::filesystem::rename(temporary, file, ec);
-  if (ec) {
-    std::string why = ec.message();
-    std::filesystem::remove(temporary, ec);
-    throw Error("ResultGrid::to_csv: cannot rename " + temporary + " to " + file + ": " + why);
+  try {
+    detail::write_file_atomically(file, to_csv());
+  } catch (const Error& e) {
+    throw Error(std::string("ResultGrid::to_csv: ") + e.what());
   }
 }
 

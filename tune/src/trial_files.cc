@@ -10,6 +10,7 @@
 #include <unordered_map>
 
 #include "gantry/errors.h"
+#include "experiment_log.h"
 #include "tfevents_writer.h"
 
 namespace gantry::tune::detail {
@@ -146,18 +147,7 @@ TrialFiles::~TrialFiles() { close(); }
 
 void TrialFiles::write_params(const Json& config) {
   ensure_directory(directory_);
-  std::string path = (fs::path(directory_) / "params.json").string();
-  std::string temporary = path + ".tmp";
-  {
-    errno = 0;
-    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    if (!out) throw Error(io_error("open", temporary, errno));
-    out << config.dump(2) << '\n';
-    flush_or_throw(out, temporary);
-  }
-  std::error_code ec;
-  fs::rename(temporary, path, ec);
-  if (ec) throw Error("tune: cannot rename " + temporary + " to " + path + ": " + ec.message());
+  write_file_atomically((fs::path(directory_) / "params.json").string(), config.dump(2) + "\n");
 }
 
 void TrialFiles::append_result(const Json& result) {

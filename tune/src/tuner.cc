@@ -37,10 +37,6 @@ constexpr const char* kStateFile = "experiment_state.jsonl";
 constexpr const char* kResultsFile = "results.csv";
 constexpr int64_t kNextWaitMs = 1000;
 
-double unix_now() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
 std::string default_experiment_name() {
   std::time_t now = std::time(nullptr);
   std::tm tm{};
@@ -156,10 +152,11 @@ void TunerDriver::validate() const {
 }
 
 void TunerDriver::setup_policies() {
-  int grid = static_cast<int>(space_.grid_points().size());
+  int grid = static_cast<int>(space_.grid_points().size());  // 1 without a grid
   int points = static_cast<int>(tune_.points_to_evaluate.size());
   searcher_samples_ = space_.has_grid() ? tune_.num_samples : std::max(0, tune_.num_samples - points);
-  max_trials_ = points + searcher_samples_ * (space_.has_grid() ? grid : 1);
+  searcher_trials_max_ = searcher_samples_ * grid;
+  max_trials_ = points + searcher_trials_max_;
   tune_.search_alg->setup({tune_.metric, tune_.mode, &space_, searcher_samples_});
   tune_.scheduler->setup(tune_.metric, tune_.mode);
 }
@@ -400,7 +397,7 @@ void TunerDriver::create_trial() {
     config = space_.resolve(ParamSpace::flatten(point), rng);
     from_searcher = false;
   } else {
-    if (searcher_trials_ >= searcher_samples_ * std::max<int>(1, static_cast<int>(space_.grid_points().size()))) {
+    if (searcher_trials_ >= searcher_trials_max_) {
       record({{"event", "searcher_finished"}});
       return;
     }
@@ -438,7 +435,6 @@ std::shared_ptr<TunerDriver::Runner> TunerDriver::acquire_runner() {
                            .max_concurrency = 2})
                  .remote();
   r->info_ref = r->actor.task(&TrialRunner::info).remote();
-  ++runners_started_;
   return r;
 }
 
@@ -461,7 +457,6 @@ void TunerDriver::start_trial(const std::string& id) {
   live.id = id;
   live.run = ++runs_;
   live.runner = acquire_runner();
-  live.started = Clock::now();
   TrialStart start;
   start.run = live.run;
   start.trainable = trial_.trainable;
@@ -620,7 +615,6 @@ void TunerDriver::handle_report(Live& live, TrialEvent& event) {
               {"from", decision.clone_from}, {"config", decision.config}, {"dir", *cloned}});
       record({{"event", "checkpoint"}, {"id", live.id}, {"dir", *cloned}, {"iteration", iteration}, {"score", nullptr}});
       say(2, "trial " + live.id + " exploits " + decision.clone_from + ": " + decision.reason);
-      ++exploits_;
       reply = kStopRun;
       break;
     }
@@ -888,18 +882,14 @@ ResultGrid TunerDriver::fit() {
 
 void TunerDriver::poll(std::chrono::milliseconds timeout) {
   if (live_.empty()) return;
-  std::vector<ObjectRef<TrialEvent>> refs;
+  std::vector<AnyObjectRef> refs;
   refs.reserve(live_.size());
-  for (const Live& l : live_) refs.push_back(l.next_ref);
-  WaitResult<TrialEvent> ready = gantry::wait(refs, 1, timeout);
-  if (ready.ready.empty()) return;
-  // Handle every trial whose answer is in, in creation order of the live list.
+  for (const Live& l : live_) refs.emplace_back(l.next_ref);
+  // Every trial whose answer is in, in the order of the live list.
+  std::vector<size_t> ready = gantry::wait(refs, 1, timeout).ready;
   std::vector<size_t> done;
-  for (size_t i = 0; i < live_.size(); ++i) {
+  for (size_t i : ready) {
     Live& live = live_[i];
-    bool is_ready = std::any_of(ready.ready.begin(), ready.ready.end(),
-                                [&](const ObjectRef<TrialEvent>& r) { return r.id() == live.next_ref.id(); });
-    if (!is_ready) continue;
     if (live.runner->info_ref.valid() && !live.runner->info) {
       try {
         live.runner->info = live.runner->info_ref.get(std::chrono::milliseconds(0));

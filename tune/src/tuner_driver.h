@@ -62,7 +62,6 @@ class TunerDriver {
     std::shared_ptr<Runner> runner;
     ObjectRef<std::string> run_ref;
     ObjectRef<TrialEvent> next_ref;
-    std::chrono::steady_clock::time_point started;
     int64_t since_restore = 0;
   };
 
@@ -118,6 +117,7 @@ class TunerDriver {
   ExperimentState state_;
   std::map<std::string, double> footprint_;
   int searcher_samples_ = 0;
+  int searcher_trials_max_ = 0;  ///< searcher_samples_ times the grid's combinations
   int max_trials_ = 0;
   int searcher_trials_ = 0;
   int points_used_ = 0;
@@ -129,8 +129,6 @@ class TunerDriver {
   std::unique_ptr<ProgressReporter> reporter_;
   std::chrono::steady_clock::time_point started_;
   int64_t runs_ = 0;
-  int runners_started_ = 0;
-  int exploits_ = 0;
 };
 
 }  // namespace gantry::tune::detail
