@@ -5,6 +5,8 @@
 //     gantry_microbench                        # every figure, ~1.5 s each
 //     gantry_microbench --quick                # ~0.3 s each (the smoke test)
 //     gantry_microbench --only single_client_tasks_sync,single_client_put_calls
+//     gantry_microbench --dashboard-load       # each figure without, then with, the
+//                                              # embedded dashboard polled every 100 ms
 //
 // Output: one `name value unit` line per figure; lines starting with '#' are comments
 // (header, targets, reference numbers). Speed never fails the run: the exit status is
@@ -40,6 +42,7 @@
 #include <utility>
 #include <vector>
 
+#include "dashboard_poller.h"
 #include "gantry/gantry.h"
 
 extern char** environ;
@@ -138,7 +141,13 @@ struct Settings {
   bool help = false;
   /// Internal: this process is the child that cold_start_ms starts.
   bool cold_start_child = false;
+  /// Measure each gantry figure twice over, alternately without and with the embedded
+  /// dashboard polled every 100 ms, and print both.
+  bool dashboard_load = false;
 };
+
+constexpr std::string_view kDashboardLoadFlag = "--dashboard-load";
+constexpr auto kDashboardPollPeriod = std::chrono::milliseconds(100);
 
 double parse_seconds(std::string_view text) {
   std::string s(text);
@@ -192,6 +201,8 @@ Settings parse_flags(int argc, char** argv) {
       settings.help = true;
     } else if (arg == kColdStartChildFlag) {
       settings.cold_start_child = true;
+    } else if (arg == kDashboardLoadFlag) {
+      settings.dashboard_load = true;
     } else {
       throw UsageError("unknown argument '" + std::string(arg) + "'");
     }
@@ -842,6 +853,33 @@ std::string describe_target(const Target& target, const std::string& unit, doubl
          (met ? "met" : "not met");
 }
 
+/// Measures `figure` four times, alternately without and with the embedded dashboard
+/// polled (so drift hits both alike), and prints both means and their difference.
+void measure_under_dashboard_load(const Figure& figure, const Settings& settings) {
+  double without = 0, with = 0;
+  long requests = 0, failures = 0;
+  double median_ms = 0, max_ms = 0;
+  for (int round = 0; round < 2; ++round) {
+    without += figure.measure(settings).value / 2;
+    DashboardPoller poller(gantry::dashboard_login_url(), kDashboardPollPeriod);
+    poller.start();
+    with += figure.measure(settings).value / 2;
+    requests += poller.stop();
+    failures += poller.failures();
+    median_ms += poller.median_ms() / 2;
+    max_ms = std::max(max_ms, poller.max_ms());
+  }
+  bool higher_is_better = figure.unit != "ms";
+  double change = (with - without) / without * 100;
+  double loss = higher_is_better ? -change : change;
+  std::cout << figure.name << ' ' << format_value(without, figure.unit) << ' ' << figure.unit << '\n'
+            << figure.name << "_dashboard_polled " << format_value(with, figure.unit) << ' ' << figure.unit << '\n'
+            << "#   dashboard polled every " << kDashboardPollPeriod.count() << " ms (" << requests
+            << " requests, " << failures << " failed; answered in " << std::fixed << std::setprecision(1)
+            << median_ms << " ms median, " << max_ms << " ms at most): " << (loss >= 0 ? loss : -loss) << "% "
+            << (loss >= 0 ? "worse" : "better") << " (target: under 5% worse)\n";
+}
+
 /// Runs and prints `figures`; returns the exit status (1 when any figure threw).
 int run_figures(const std::vector<Figure>& figures, const Settings& settings) {
   std::cout << "# gantry microbenchmarks (" << machine_cores() << " cores)\n"
@@ -863,6 +901,10 @@ int run_figures(const std::vector<Figure>& figures, const Settings& settings) {
     }
     std::cout.flush();
     try {
+      if (settings.dashboard_load && !figure.is_floor && figure.name != "cold_start_ms") {
+        measure_under_dashboard_load(figure, settings);
+        continue;
+      }
       Result result = figure.measure(settings);
       if (figure.is_floor) floors[figure.name] = result.value;
       std::cout << figure.name << ' ' << format_value(result.value, figure.unit) << ' '
@@ -885,11 +927,12 @@ int run_figures(const std::vector<Figure>& figures, const Settings& settings) {
 }
 
 void print_usage(std::ostream& out, const char* argv0) {
-  out << "usage: " << argv0 << " [--seconds S] [--quick] [--only NAME[,NAME...]]\n"
+  out << "usage: " << argv0 << " [--seconds S] [--quick] [--dashboard-load] [--only NAME[,NAME...]]\n"
       << "  --seconds S   measure each figure for S seconds after its warm-up (default "
       << kDefaultSeconds << ")\n"
       << "  --quick       " << kQuickSeconds
       << " s per figure and one cold start (for smoke tests)\n"
+      << "  --dashboard-load  each figure without and with the embedded dashboard polled every 100 ms\n"
       << "  --only NAMES  run only these figures (and the floors their targets use):\n";
   for (const Figure& f : all_figures(argv0)) out << "                  " << f.name << '\n';
 }
@@ -899,8 +942,11 @@ void print_usage(std::ostream& out, const char* argv0) {
 int main(int argc, char** argv) {
   // Read before init, for cold_start_ms when this process is the cold-start child.
   const Clock::time_point process_start = Clock::now();
+  bool dashboard = false;
+  for (int i = 1; i < argc; ++i) dashboard |= std::string_view(argv[i]) == kDashboardLoadFlag;
   try {
-    gantry::init(argc, argv);  // worker processes serve tasks here and never return
+    // worker processes serve tasks here and never return
+    gantry::init(argc, argv, {.dashboard = dashboard, .dashboard_port = 0});
   } catch (const std::exception& e) {
     std::cerr << "gantry_microbench: gantry::init failed: " << e.what() << '\n';
     return 1;

@@ -14,6 +14,7 @@
 
 #include <gtest/gtest.h>
 
+#include "gantry/kv.h"
 #include "gantry/train.h"
 #include "parameter_hash.h"
 
@@ -246,6 +247,25 @@ void cuda_loop(train::TrainContext& ctx) {
 }
 GANTRY_TRAIN_LOOP(cuda_loop);
 
+// Many quick reports of known values: what the dashboard's record must show.
+void metrics_loop(train::TrainContext& ctx) {
+  int reports = ctx.config().get<int>("reports");
+  for (int i = 0; i < reports; ++i) {
+    ctx.report({{"step", i}, {"loss", 1000 - i}, {"samples_per_second", 10 * i}});
+  }
+}
+GANTRY_TRAIN_LOOP(metrics_loop);
+
+// The record Train's driver published for the dashboard about run `name`.
+train::Json dashboard_record(const std::string& name) {
+  std::optional<std::string> text = gantry::kv::get("gantry.dashboard/train/" + name, {.cluster = true});
+  if (!text.has_value()) {
+    ADD_FAILURE() << "run " << name << " published no dashboard record";
+    return train::Json::object();
+  }
+  return train::Json::parse(*text);
+}
+
 train::TrainerOptions options_for(const std::string& name, int workers) {
   train::TrainerOptions o;
   o.scaling.num_workers = workers;
@@ -344,6 +364,74 @@ TEST(Train, CheckpointsAreKeptByScore) {
   EXPECT_TRUE(fs::exists(fs::path(r.checkpoint->path()) / "optimizer.pt"));
   ASSERT_EQ(r.best_checkpoints.size(), 2u);
   EXPECT_EQ(r.metrics_history.size(), 5u);
+
+  // The dashboard shows the checkpoints kept, with the report each came with.
+  train::Json record = dashboard_record("score");
+  EXPECT_EQ(record["state"], "finished");
+  EXPECT_EQ(record["iterations"], 5);
+  ASSERT_EQ(record["checkpoints"].size(), 2u) << record.dump();
+  EXPECT_EQ(record["checkpoints"][0]["path"], (fs::path(r.path) / "checkpoint_000003").string());
+  EXPECT_EQ(record["checkpoints"][0]["iteration"], 4);
+  EXPECT_EQ(record["checkpoints"][0]["metrics"]["loss"], 1);
+  EXPECT_EQ(record["checkpoints"][1]["path"], (fs::path(r.path) / "checkpoint_000004").string());
+  EXPECT_EQ(record["checkpoints"][1]["iteration"], 5);
+  EXPECT_EQ(record["checkpoints"][1]["metrics"]["loss"], 2);
+  ASSERT_EQ(record["workers"].size(), 2u);
+  EXPECT_EQ(record["workers"][0]["rank"], 0);
+  EXPECT_EQ(record["workers"][1]["rank"], 1);
+  EXPECT_NE(record["workers"][0]["pid"], record["workers"][1]["pid"]);
+}
+
+TEST(Train, PublishesItsRecordForTheDashboard) {
+  auto o = options_for("dashboard", 1);
+  o.config = {{"reports", 600}};
+  train::Result r = train::TorchTrainer(metrics_loop, o).fit();
+  ASSERT_TRUE(r.ok()) << r.error->message;
+  train::Json j = dashboard_record("dashboard");
+  EXPECT_EQ(j["kind"], "train");
+  EXPECT_EQ(j["name"], "dashboard");
+  EXPECT_EQ(j["storage_path"], r.path);
+  EXPECT_EQ(j["state"], "finished");
+  EXPECT_EQ(j["job_id"], gantry::runtime_context().job_id);
+  EXPECT_EQ(j["num_workers"], 1);
+  EXPECT_EQ(j["use_gpu"], false);
+  EXPECT_EQ(j["failures"], 0);
+  EXPECT_TRUE(j["error"].is_null());
+  EXPECT_LE(j["started"].get<double>(), j["updated"].get<double>());
+  ASSERT_EQ(j["workers"].size(), 1u);
+  EXPECT_EQ(j["workers"][0]["rank"], 0);
+  EXPECT_EQ(j["workers"][0]["node_id"], gantry::nodes().at(0).node_id);
+  EXPECT_GT(j["workers"][0]["pid"].get<int>(), 0);
+  EXPECT_NE(j["workers"][0]["pid"].get<int>(), getpid()) << "the worker's pid, not the driver's";
+  EXPECT_EQ(j["workers"][0]["gpu_ids"], train::Json::array());
+  EXPECT_EQ(j["iterations"], 600);
+  EXPECT_EQ(j["last_metrics"], (train::Json{{"step", 599}, {"loss", 401}, {"samples_per_second", 5990}}));
+  EXPECT_EQ(j["metric_names"], (train::Json::array({"loss", "samples_per_second", "step"})));
+  EXPECT_EQ(j["samples_per_second"], 5990);
+  EXPECT_TRUE(j["checkpoints"].empty());
+  // 600 reports thinned evenly to at most 500: the first 500, halved to every other one
+  // when full, then every other one of the rest.
+  const train::Json& history = j["history"];
+  ASSERT_EQ(history.size(), 300u);
+  for (size_t k = 0; k < history.size(); ++k) {
+    int iteration = history[k]["iteration"];
+    EXPECT_EQ(iteration, static_cast<int>(2 * k + 1));
+    EXPECT_EQ(history[k]["metrics"]["step"], iteration - 1);
+    EXPECT_EQ(history[k]["metrics"]["loss"], 1000 - (iteration - 1));
+    EXPECT_GE(history[k]["time"].get<double>(), j["started"].get<double>());
+  }
+
+  // A run on_report ends is stopped, not finished.
+  auto s = options_for("dashboard_stopped", 1);
+  s.config = {{"reports", 600}};
+  s.run.on_report = [](const train::Json& m, const auto&) { return m["step"].get<int>() < 2; };
+  train::Result stopped = train::TorchTrainer(metrics_loop, s).fit();
+  ASSERT_TRUE(stopped.ok()) << stopped.error->message;
+  train::Json k = dashboard_record("dashboard_stopped");
+  EXPECT_EQ(k["state"], "stopped");
+  EXPECT_GE(k["iterations"].get<int>(), 3);
+  EXPECT_EQ(k["iterations"].get<size_t>(), stopped.metrics_history.size());
+  EXPECT_EQ(k["last_metrics"], stopped.metrics);
 }
 
 TEST(Train, AKilledWorkerResumesToTheSameFinalWeights) {
@@ -376,6 +464,11 @@ TEST(Train, MaxFailuresSpentGivesTheLastError) {
   EXPECT_EQ(r.error->attempts, 2);
   EXPECT_FALSE(r.error->node_id.empty());
   EXPECT_NE(r.error->message.find("rank one is broken on purpose"), std::string::npos) << r.error->message;
+
+  train::Json record = dashboard_record("throwing");
+  EXPECT_EQ(record["state"], "failed");
+  EXPECT_EQ(record["failures"], 2);
+  EXPECT_EQ(record["error"], r.error->message);
 }
 
 TEST(Train, ARankThatStopsReportingIsNamed) {

@@ -19,6 +19,7 @@
 #include <gtest/gtest.h>
 
 #include "gantry/gantry.h"
+#include "gantry/kv.h"
 #include "gantry/tune.h"
 #include "support/shell.h"
 
@@ -156,6 +157,16 @@ tune::TuneConfig slow_config() {
           .search_alg = tune::RandomSearch(7)};
 }
 
+// The record the Tuner's driver published for the dashboard about `experiment`.
+Json dashboard_record(const std::string& experiment) {
+  std::optional<std::string> text = gantry::kv::get("gantry.dashboard/tune/" + experiment, {.cluster = true});
+  if (!text.has_value()) {
+    ADD_FAILURE() << "sweep " << experiment << " published no dashboard record";
+    return Json::object();
+  }
+  return Json::parse(*text);
+}
+
 int reports_of(const tune::ResultGrid& grid) {
   int n = 0;
   for (const auto& r : grid) n += static_cast<int>(r.metrics_history.size());
@@ -202,6 +213,45 @@ TEST(Tune, GridAndRandomSweepWritesEveryFileAndFindsTheBest) {
   }
   EXPECT_TRUE(fs::exists(fs::path(grid.experiment_path()) / "results.csv"));
   EXPECT_TRUE(tune::Tuner::can_restore(grid.experiment_path()));
+
+  // The dashboard's record: the same trials, values and best as the ResultGrid.
+  Json record = dashboard_record("grid");
+  EXPECT_EQ(record["kind"], "tune");
+  EXPECT_EQ(record["name"], "grid");
+  EXPECT_EQ(record["path"], grid.experiment_path());
+  EXPECT_EQ(record["state"], "finished");
+  EXPECT_EQ(record["job_id"], gantry::runtime_context().job_id);
+  EXPECT_EQ(record["metric"], "loss");
+  EXPECT_EQ(record["mode"], "min");
+  EXPECT_FALSE(record["searcher"].get<std::string>().empty());
+  EXPECT_EQ(record["scheduler"], "fifo");
+  EXPECT_LE(record["started"].get<double>(), record["updated"].get<double>());
+  EXPECT_EQ(record["counts"], (Json{{"PENDING", 0}, {"RUNNING", 0}, {"PAUSED", 0}, {"TERMINATED", 8}, {"ERROR", 0}}));
+  EXPECT_EQ(record["best"]["trial_id"], best.trial_id);
+  EXPECT_DOUBLE_EQ(record["best"]["value"].get<double>(), best.metrics["loss"].get<double>());
+  EXPECT_EQ(record["best"]["config"], best.config);
+  ASSERT_EQ(record["trials"].size(), grid.size());
+  for (size_t i = 0; i < grid.size(); ++i) {
+    const Json& t = record["trials"][i];
+    const tune::Result& r = grid[i];
+    SCOPED_TRACE(r.trial_id);
+    EXPECT_EQ(t["trial_id"], r.trial_id);
+    EXPECT_EQ(t["status"], "TERMINATED");
+    EXPECT_EQ(t["config"], r.config);
+    EXPECT_EQ(t["iterations"], 5);
+    EXPECT_DOUBLE_EQ(t["last"]["loss"].get<double>(), r.metrics["loss"].get<double>());
+    EXPECT_EQ(t["node_id"], gantry::nodes().at(0).node_id);
+    EXPECT_TRUE(t["error"].is_null());
+    ASSERT_EQ(t["history"].size(), 5u);
+    double lowest = INFINITY;
+    for (size_t k = 0; k < 5; ++k) {
+      EXPECT_EQ(t["history"][k][0], k + 1);
+      double loss = r.metrics_history[k]["loss"].get<double>();
+      EXPECT_DOUBLE_EQ(t["history"][k][1].get<double>(), loss);
+      lowest = std::min(lowest, loss);
+    }
+    EXPECT_DOUBLE_EQ(t["best"].get<double>(), lowest);
+  }
 }
 
 TEST(Tune, AshaStopsPoorTrialsEarlierThanFifo) {
@@ -335,6 +385,21 @@ TEST(Tune, FailedTrialsAreErrorsWithTheirExceptionAndRetriesResumeFromCheckpoint
       EXPECT_EQ(r.metrics["step"], 5);
       EXPECT_EQ(r.metrics["resumed_at"], 3);
       EXPECT_EQ(r.metrics_history.size(), 6u);
+    }
+  }
+  Json record = dashboard_record("flaky");
+  EXPECT_EQ(record["state"], "finished");
+  EXPECT_TRUE(record["metric"].is_null());
+  EXPECT_TRUE(record["best"].is_null()) << "a sweep without a metric has no best";
+  EXPECT_EQ(record["counts"]["ERROR"], 1);
+  EXPECT_EQ(record["counts"]["TERMINATED"], 2);
+  ASSERT_EQ(record["trials"].size(), 3u);
+  for (size_t i = 0; i < grid.size(); ++i) {
+    const Json& t = record["trials"][i];
+    EXPECT_EQ(t["status"], tune::status_name(grid[i].status));
+    EXPECT_EQ(t["error"], grid[i].error ? Json(*grid[i].error) : Json(nullptr));
+    if (grid[i].config["kind"] != "fail_always") {
+      EXPECT_EQ(t["iterations"], 6);
     }
   }
 }
@@ -489,6 +554,20 @@ TEST(Tune, RestoreAfterTheDriverIsKilledRunsNoFinishedTrialAgain) {
   }
   EXPECT_EQ(created.size(), 12u);
   for (const auto& [id, n] : created) EXPECT_EQ(n, 1) << id;
+  // The restored sweep published its record, with the trials of the killed session too.
+  Json record = dashboard_record("restored");
+  EXPECT_EQ(record["state"], "finished");
+  EXPECT_EQ(record["counts"]["TERMINATED"], 12);
+  EXPECT_EQ(record["best"]["trial_id"], grid.best_result().trial_id);
+  ASSERT_EQ(record["trials"].size(), 12u);
+  for (size_t i = 0; i < grid.size(); ++i) {
+    const Json& t = record["trials"][i];
+    EXPECT_EQ(t["trial_id"], grid[i].trial_id);
+    EXPECT_EQ(t["iterations"], 5);
+    ASSERT_FALSE(t["history"].empty()) << t.dump();
+    EXPECT_EQ(t["history"].back()[0], 5);
+    EXPECT_DOUBLE_EQ(t["history"].back()[1].get<double>(), grid[i].metrics["loss"].get<double>());
+  }
   // The same configs as an uninterrupted sweep with the same seed: the searcher went on
   // where it was.
   tune::ResultGrid fresh = tune::Tuner(slow_steps, slow_space(), slow_config(),

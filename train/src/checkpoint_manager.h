@@ -22,6 +22,7 @@ class CheckpointManager {
     int64_t index = 0;
     std::string path;
     Json metrics = Json::object();
+    int64_t iteration = 0;  ///< the report it came with, counted from 1 (0: not known)
   };
 
   explicit CheckpointManager(CheckpointConfig config) : config_(std::move(config)) {}

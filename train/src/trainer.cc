@@ -17,6 +17,7 @@
 #include "checkpoint_access.h"
 #include "checkpoint_files.h"
 #include "checkpoint_manager.h"
+#include "dashboard_record.h"
 #include "rank_layout.h"
 #include "gantry/gantry.h"
 #include "train_worker.h"
@@ -36,6 +37,10 @@ constexpr const char* kStateFile = "trainer_state.json";
 constexpr auto kPollWait = std::chrono::milliseconds(500);
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+double unix_now() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
 
 std::string expand_home(const std::string& path) {
   if (path.empty() || path[0] != '~') return path;
@@ -140,8 +145,9 @@ std::string format_metric(const Json& v) {
 }  // namespace
 
 /// The driver side of a run: a small state machine over the worker group (starting,
-/// running, restarting, resizing, finished, failed) that logs its transitions to
-/// events.jsonl in the run's directory. Used from the thread that calls fit().
+/// running, restarting, resizing, then finished, failed or stopped) that logs its
+/// transitions to events.jsonl in the run's directory and publishes the run's record
+/// for the dashboard (dashboard_record.h). Used from the thread that calls fit().
 class TrainerDriver {
  public:
   TrainerDriver(TrainLoop loop, TrainerOptions options, std::string restore_path)
@@ -175,7 +181,10 @@ class TrainerDriver {
   Bundle bundle() const;
   void prepare_run_directory();
   void load_previous_run();
+  /// The attempts at running the worker group, to the run's end.
+  Result run_attempts();
   void event(const std::string& state, const std::string& detail);
+  void publish_checkpoints();
   void say(int level, const std::string& line) const;
   int bundles_that_fit() const;
   Group start_group(int attempt);
@@ -197,6 +206,7 @@ class TrainerDriver {
   bool gpus_ = false;
   bool stop_requested_ = false;  ///< RunConfig::on_report said to end the run
   Result result_;
+  std::unique_ptr<DashboardRecord> dashboard_;  ///< from fit()'s start, once the run has its name
 };
 
 void TrainerDriver::validate() const {
@@ -233,6 +243,13 @@ void TrainerDriver::event(const std::string& state, const std::string& detail) {
   if (!detail.empty()) e["detail"] = detail;
   append_line(run_path_ / "events.jsonl", e.dump());
   say(2, state + (detail.empty() ? "" : ": " + detail));
+  if (dashboard_) dashboard_->set_state(state, state == "failed" ? detail : "");
+}
+
+void TrainerDriver::publish_checkpoints() {
+  std::vector<DashboardRecord::CheckpointSummary> kept;
+  for (const auto& e : manager_.kept()) kept.push_back({e.path, e.iteration, e.metrics});
+  dashboard_->set_checkpoints(std::move(kept));
 }
 
 void TrainerDriver::prepare_run_directory() {
@@ -274,7 +291,7 @@ void TrainerDriver::load_previous_run() {
   for (const auto& [index, path] : found) {
     Checkpoint ck = Checkpoint::from_directory(path.string());
     Json metrics = ck.metadata().value("metrics", Json::object());
-    manager_.add({index, path.string(), metrics});
+    manager_.add({index, path.string(), metrics, ck.metadata().value("report", int64_t{-1}) + 1});
   }
   std::ifstream results(run_path_ / "result.json");
   std::string line;
@@ -350,6 +367,13 @@ TrainerDriver::Group TrainerDriver::start_group(int attempt) {
     placements.push_back({g.infos.back().node_id, ""});
   }
   g.layout = launch::assign_ranks(placements);
+  std::vector<DashboardRecord::Worker> workers;
+  for (int i = 0; i < n; ++i) {
+    const WorkerInfo& info = g.infos[static_cast<size_t>(i)];
+    workers.push_back({g.layout.workers[static_cast<size_t>(i)].rank, info.node_id, info.pid, info.gpu_ids});
+  }
+  std::sort(workers.begin(), workers.end(), [](const auto& a, const auto& b) { return a.rank < b.rank; });
+  dashboard_->set_workers(std::move(workers));
   auto first = static_cast<size_t>(g.layout.worker_of_rank[0]);
   int port = g.actors[first].task(&TrainWorker::free_port).remote().get(std::chrono::minutes(1));
 
@@ -451,6 +475,7 @@ TrainerDriver::Outcome TrainerDriver::supervise(Group& g, TrainingFailure& failu
         polls[i] = g.actors[i].task(&TrainWorker::poll).remote(kPollWait.count());
       }
     }
+    dashboard_->publish_if_due();
     if (stop_requested_) return Outcome::kStopped;
     if (count.elastic() && g.size < count.max && seconds_since(last_grow_check) > 2) {
       last_grow_check = Clock::now();
@@ -483,6 +508,7 @@ void TrainerDriver::process_report(const Group& g, std::vector<ReportRecord>& re
   append_line(run_path_ / "result.json", line.dump());
   result_.metrics_history.push_back(metrics);
   ++reports_;
+  dashboard_->add_report(reports_, metrics, unix_now());
 
   std::ostringstream text;
   text << "report " << reports_ - 1 << ":";
@@ -536,7 +562,10 @@ void TrainerDriver::commit_checkpoint(const Group& g, std::vector<ReportRecord>&
   metadata["world_size"] = g.size;
   { std::ofstream(tmp / Checkpoint::kMetadataFile) << metadata.dump(2) << "\n"; }
   fs::rename(tmp, final_dir);  // the commit: a checkpoint directory is whole or absent
-  for (const auto& gone : manager_.add({index, final_dir.string(), metrics})) fs::remove_all(gone.path, ec);
+  for (const auto& gone : manager_.add({index, final_dir.string(), metrics, reports_ + 1})) {
+    fs::remove_all(gone.path, ec);
+  }
+  publish_checkpoints();
 }
 
 void TrainerDriver::teardown(Group& g) {
@@ -566,9 +595,11 @@ Result TrainerDriver::finish(std::optional<TrainingFailure> failure) {
     say(1, "failed after " + std::to_string(attempts_) + " attempt(s): rank " + std::to_string(r.error->rank) +
                " on node " + r.error->node_id.substr(0, 12) + ": " + r.error->message);
   } else {
-    event("finished", "");
+    // A run on_report ended is stopped, not finished: the dashboard tells them apart.
+    const char* state = stop_requested_ ? "stopped" : "finished";
+    event(state, stop_requested_ ? "on_report asked to end the run" : "");
     char line[160];
-    std::snprintf(line, sizeof(line), "finished: %lld report(s) in %.1f s, %d restart(s)",
+    std::snprintf(line, sizeof(line), "%s: %lld report(s) in %.1f s, %d restart(s)", state,
                   static_cast<long long>(reports_), seconds_since(started_), std::max(0, attempts_ - 1));
     say(1, std::string(line) + (r.checkpoint ? "; latest checkpoint " + r.checkpoint->path() : ""));
   }
@@ -588,9 +619,33 @@ Result TrainerDriver::fit() {
     }
   }
   prepare_run_directory();
-  if (!restore_path_.empty()) load_previous_run();
+  dashboard_ = std::make_unique<DashboardRecord>(run_name_, run_path_.string(), runtime_context().job_id,
+                                                 options_.scaling.num_workers.max, gpus_,
+                                                 DashboardRecord::cluster_kv());
+  if (!restore_path_.empty()) {
+    load_previous_run();
+    for (const Json& line : result_.metrics_history) {
+      Json metrics = Json::object();
+      for (auto it = line.begin(); it != line.end(); ++it) {
+        if (it.key().rfind('_', 0) != 0) metrics[it.key()] = it.value();  // not the driver's own "_report", ...
+      }
+      dashboard_->add_report(line.value("_report", int64_t{0}) + 1, metrics, std::nullopt);
+    }
+    publish_checkpoints();
+  }
   run_id_ = run_name_ + "-" + std::to_string(getpid()) + "-" + std::to_string(std::time(nullptr));
   started_ = last_report_ = Clock::now();
+  try {
+    return run_attempts();
+  } catch (const std::exception& e) {
+    // A run that ends with an exception (no resources at all, a file it cannot write)
+    // is failed on the dashboard too.
+    dashboard_->set_state("failed", e.what());
+    throw;
+  }
+}
+
+Result TrainerDriver::run_attempts() {
   int failures = 0;
   std::optional<TrainingFailure> failure;
   while (true) {
@@ -610,15 +665,12 @@ Result TrainerDriver::fit() {
     }
     teardown(g);
     ++attempts_;
-    if (outcome == Outcome::kFinished) break;
-    if (outcome == Outcome::kStopped) {
-      event("stopped", "on_report asked to end the run");
-      break;
-    }
+    if (outcome == Outcome::kFinished || outcome == Outcome::kStopped) break;
     int max = options_.run.failure.max_failures;
     if (outcome == Outcome::kResize) {
       event("resizing", "room for more workers than " + std::to_string(g.size));
     } else {
+      dashboard_->add_failure();
       say(1, "worker group failed: rank " + std::to_string(why.rank) + " on node " + why.node_id.substr(0, 12) +
                  ": " + why.message);
     }

@@ -36,7 +36,7 @@ void gantry_tune_train_trial(TrialContext& t) {
   bool stopped = false;
   train::TorchTrainer trainer = train::TorchTrainer::from_json(spec, [&](train::TrainerOptions& o) {
     o.config = o.config.merged(t.config());
-    o.run.name = "run";
+    o.run.name = t.trial_name();  // unique per trial: the run's dashboard record is keyed by it
     o.run.storage_path = scratch.string();
     o.run.verbose = 0;
     if (resume_dir) o.resume_from_checkpoint = train::Checkpoint::from_directory(*resume_dir);

@@ -14,6 +14,7 @@
 #include <random>
 #include <sstream>
 
+#include "dashboard_record.h"
 #include "experiment_log.h"
 #include "gantry/gantry.h"
 #include "progress_reporter.h"
@@ -311,6 +312,7 @@ void TunerDriver::replay(const Json& event) { apply(event, /*replaying=*/true); 
 
 Decision TunerDriver::apply(const Json& event, bool replaying) {
   state_.apply(event);
+  if (dashboard_) dashboard_->on_event(event);
   const std::string type = event.value("event", "");
   Decision decision;
   if (type == "session" && event.contains("experiment_id")) experiment_id_ = event["experiment_id"].get<std::string>();
@@ -570,6 +572,7 @@ void TunerDriver::handle_report(Live& live, TrialEvent& event) {
     result["node_ip"] = live.runner->info->node_ip;
     result["pid"] = live.runner->info->pid;
   }
+  if (live.runner->info) dashboard_->set_node_id(live.id, live.runner->info->node_id);
   Json event_json = {{"event", "result"}, {"id", live.id}, {"result", result}};
   if (t->node.empty() && live.runner->info) event_json["node"] = live.runner->info->node_ip;
   Decision decision = record(std::move(event_json));
@@ -633,7 +636,10 @@ void TunerDriver::handle_end(Live& live) {
     error = short_error(e);
     died = process_died(e);
   }
-  if (live.runner->info) t->node = live.runner->info->node_ip;
+  if (live.runner->info) {
+    t->node = live.runner->info->node_ip;
+    dashboard_->set_node_id(live.id, live.runner->info->node_id);
+  }
   Json end = {{"event", "end"}, {"id", live.id}, {"node", t->node}};
   const std::string action = t->pending_action;
   bool restart_now = false;
@@ -805,6 +811,25 @@ ResultGrid TunerDriver::fit() {
   check_feasible();
   started_ = Clock::now();
   prepare_experiment();
+  dashboard_ = std::make_unique<DashboardRecord>(
+      DashboardRecord::Experiment{.name = name_,
+                                  .path = path_.string(),
+                                  .job_id = gantry::runtime_context().job_id,
+                                  .metric = tune_.metric,
+                                  .mode = tune_.mode,
+                                  .searcher = tune_.search_alg->name(),
+                                  .scheduler = tune_.scheduler->name()},
+      state_, DashboardRecord::cluster_kv());
+  dashboard_->catch_up();  // a restored sweep's trials, replayed from its log
+  try {
+    return run_trials();
+  } catch (const std::exception& e) {
+    dashboard_->set_state("failed", e.what());
+    throw;
+  }
+}
+
+ResultGrid TunerDriver::run_trials() {
   record({{"event", "session"}, {"experiment_id", experiment_id_}, {"attempt", state_.sessions + 1}});
   if (restoring_) settle_after_restore();
   const int limit = concurrency_limit();
@@ -813,6 +838,7 @@ ResultGrid TunerDriver::fit() {
   say(1, "sweep " + name_ + " in " + path_.string() + ": up to " + std::to_string(max_trials_) + " trial(s), " +
              std::to_string(limit) + " at a time, searcher " + tune_.search_alg->name() + ", scheduler " +
              tune_.scheduler->name());
+  dashboard_->set_state("running");
   auto last_progress = Clock::now() - run_.progress_interval;
   while (true) {
     // Fill the free slots: a new trial from the searcher when none waits, then whichever
@@ -850,6 +876,7 @@ ResultGrid TunerDriver::fit() {
     }
     poll(std::min<std::chrono::milliseconds>(run_.progress_interval, std::chrono::milliseconds(500)));
     end_cut_trials();
+    dashboard_->publish_if_due();
     if (Clock::now() - last_progress >= run_.progress_interval) {
       reporter_->update(snapshot());
       // Appended events survive a killed driver in the page cache; this is for a machine
@@ -866,6 +893,7 @@ ResultGrid TunerDriver::fit() {
   }
   record({{"event", "finished"}});
   log_->sync();
+  dashboard_->set_state("finished");
   for (auto& r : idle_runners_) {
     try {
       gantry::kill(r->actor);

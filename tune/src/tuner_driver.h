@@ -16,6 +16,7 @@
 
 namespace gantry::tune::detail {
 
+class DashboardRecord;
 class ProgressReporter;
 struct ProgressSnapshot;
 class TrialFiles;
@@ -39,7 +40,8 @@ struct TrialSpec {
 /// from the searcher, waiting ones the scheduler picks), collects their reports, asks
 /// the scheduler what each trial does next, and records every change as an event in the
 /// experiment's log before acting on it. The trial table, the searcher and the scheduler
-/// are rebuilt from that log on restore. Used from the thread that calls fit().
+/// are rebuilt from that log on restore. It publishes the sweep's record for the
+/// dashboard (dashboard_record.h). Used from the thread that calls fit().
 class TunerDriver {
  public:
   TunerDriver(TrialSpec trial, ParamSpace space, TuneConfig tune, RunConfig run);
@@ -49,6 +51,8 @@ class TunerDriver {
   ResultGrid fit();
 
  private:
+  /// fit() once the experiment's files are ready: the loop, to the sweep's end.
+  ResultGrid run_trials();
   struct Runner {
     ActorHandle<TrialRunner> actor;
     ObjectRef<RunnerInfo> info_ref;
@@ -127,6 +131,7 @@ class TunerDriver {
   std::vector<std::shared_ptr<Runner>> idle_runners_;
   std::map<std::string, std::unique_ptr<TrialFiles>> files_;
   std::unique_ptr<ProgressReporter> reporter_;
+  std::unique_ptr<DashboardRecord> dashboard_;  ///< from fit(), once the experiment has its name
   std::chrono::steady_clock::time_point started_;
   int64_t runs_ = 0;
 };

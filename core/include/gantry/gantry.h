@@ -40,6 +40,13 @@ void init(InitOptions options = {});
 void shutdown();
 bool is_initialized();
 
+/// The embedded cluster's dashboard ("http://127.0.0.1:8265"), or "" when it serves none
+/// (InitOptions::dashboard) or this driver joined a cluster. Requests need the cluster
+/// token; `dashboard_login_url()` gives a one-time link that signs a browser in.
+std::string dashboard_url();
+/// A one-time login link for the embedded dashboard, valid for `valid`; "" without one.
+std::string dashboard_login_url(std::chrono::seconds valid = std::chrono::minutes(10));
+
 /// Ids of the GPUs assigned to the running task or actor (empty when it asked for none).
 std::vector<int> get_gpu_ids();
 /// Node, worker, job and assigned resources of the running task or actor, or the driver.

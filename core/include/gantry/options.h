@@ -31,6 +31,12 @@ struct InitOptions {
   bool log_to_driver = true;
   /// Cluster address to join; empty starts the embedded local cluster.
   std::string address{};
+  /// Serve the web dashboard, its JSON API and Prometheus /metrics from the embedded
+  /// cluster (`gantry::dashboard_url()` names it). A cluster started with
+  /// `gantry start --head` serves its own; this is then ignored.
+  bool dashboard = false;
+  /// The embedded dashboard's port on 127.0.0.1; 0 picks a free one.
+  int dashboard_port = 8265;
 };
 
 /// Which node a task or actor runs on.

@@ -36,8 +36,13 @@ ResourceSet cpu_part(const ResourceSet& resources) {
 }  // namespace
 
 NodeAgent::NodeAgent(NodeAgentConfig config)
-    : config_(std::move(config)), resources_(config_.total, config_.num_gpus) {
+    : config_(std::move(config)), resources_(config_.total, config_.num_gpus), logs_(config_.logs_dir) {
   store_ = std::make_unique<ObjectStore>(config_.store_dir, config_.store_capacity);
+  if (config_.physical_gpus && config_.num_gpus > 0) {
+    gpu_monitor_ = std::make_unique<GpuMonitor>();
+    if (!gpu_monitor_->available())
+      GANTRY_LOG_INFO("GPU figures unavailable: {}", gpu_monitor_->unavailable_reason());
+  }
   head_ = proto::Head::NewStub(make_channel(config_.head_address));
   view_ = std::make_unique<ClusterView>(head_, std::chrono::milliseconds(300));
   transfer_ = std::make_unique<ObjectTransfer>(*store_, *view_, channels_, config_.node_id);
@@ -589,6 +594,12 @@ grpc::Status NodeAgent::KillWorker(grpc::ServerContext* ctx, const proto::KillWo
 
 grpc::Status NodeAgent::GetNodeStats(grpc::ServerContext* ctx, const proto::Empty*, proto::NodeStats* reply) {
   GANTRY_REQUIRE_TOKEN(ctx);
+  grpc::Status status = fill_node_tables(reply);
+  add_host_figures(reply);  // reads /proc and NVML: outside the agent's lock
+  return status;
+}
+
+grpc::Status NodeAgent::fill_node_tables(proto::NodeStats* reply) {
   std::lock_guard<std::mutex> lock(mu_);
   *reply->mutable_total() = to_proto(resources_.total());
   *reply->mutable_available() = to_proto(resources_.available());
@@ -603,6 +614,74 @@ grpc::Status NodeAgent::GetNodeStats(grpc::ServerContext* ctx, const proto::Empt
   reply->set_num_workers(static_cast<int>(workers_.size()));
   reply->set_num_idle_workers(idle);
   for (const auto& p : pending_) *reply->add_pending_demand() = to_proto(p->resources);
+  reply->set_node_id(config_.node_id.binary());
+  reply->set_hostname(host_name());
+  reply->set_store_objects(store_->num_objects());
+  reply->set_store_evicted(store_->num_evicted());
+  std::vector<bool> gpu_in_use(static_cast<size_t>(std::max(config_.num_gpus, 0)), false);
+  for (const auto& [id, w] : workers_) {
+    if (!w.address.empty() && w.state != WorkerState::kDead) reply->add_worker_pids(w.pid);
+    if (w.state == WorkerState::kLeased || w.state == WorkerState::kActor)
+      for (int g : w.gpu_ids)
+        if (g >= 0 && static_cast<size_t>(g) < gpu_in_use.size()) gpu_in_use[static_cast<size_t>(g)] = true;
+  }
+  for (int g = 0; g < config_.num_gpus; ++g) {
+    proto::GpuStats* gpu = reply->add_gpus();
+    gpu->set_index(g);
+    gpu->set_logical(!config_.physical_gpus);
+    gpu->set_name(config_.physical_gpus ? "GPU" : "logical GPU");
+    gpu->set_utilization(-1);
+    gpu->set_in_use(gpu_in_use[static_cast<size_t>(g)]);
+  }
+  return grpc::Status::OK;
+}
+
+void NodeAgent::add_host_figures(proto::NodeStats* reply) {
+  HostSample host = host_.sample();
+  reply->set_cpu_utilization(host.cpu_utilization);
+  reply->set_cpu_cores(host.cpu_cores);
+  reply->set_memory_used(host.memory_used);
+  reply->set_memory_total(host.memory_total);
+  if (!gpu_monitor_ || !gpu_monitor_->available() || reply->gpus_size() == 0) return;
+  const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
+  std::vector<GpuSample> samples = gpu_monitor_->sample(node_gpu_devices(reply->gpus_size(), visible ? visible : ""));
+  for (int g = 0; g < reply->gpus_size() && static_cast<size_t>(g) < samples.size(); ++g) {
+    proto::GpuStats* gpu = reply->mutable_gpus(g);
+    const GpuSample& s = samples[static_cast<size_t>(g)];
+    if (!s.name.empty()) gpu->set_name(s.name);
+    gpu->set_utilization(s.utilization);
+    gpu->set_memory_used(s.memory_used);
+    gpu->set_memory_total(s.memory_total);
+  }
+}
+
+grpc::Status NodeAgent::ListLogs(grpc::ServerContext* ctx, const proto::Empty*, proto::ListLogsReply* reply) {
+  GANTRY_REQUIRE_TOKEN(ctx);
+  *reply = logs_.list();
+  return grpc::Status::OK;
+}
+
+grpc::Status NodeAgent::ReadLog(grpc::ServerContext* ctx, const proto::ReadLogRequest* req, proto::ReadLogReply* reply) {
+  GANTRY_REQUIRE_TOKEN(ctx);
+  std::string error;
+  if (!logs_.read(*req, reply, &error)) return {grpc::StatusCode::INVALID_ARGUMENT, error};
+  return grpc::Status::OK;
+}
+
+grpc::Status NodeAgent::GetStacks(grpc::ServerContext* ctx, const proto::StacksRequest* req, proto::StacksReply* reply) {
+  GANTRY_REQUIRE_TOKEN(ctx);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    bool ours = false;
+    for (const auto& [id, w] : workers_) ours |= w.pid == req->pid() && w.state != WorkerState::kDead;
+    if (!ours)
+      return {grpc::StatusCode::NOT_FOUND, "pid " + std::to_string(req->pid()) + " is not a worker of this node"};
+  }
+  try {
+    *reply = thread_stacks(req->pid());
+  } catch (const std::exception& e) {
+    return {grpc::StatusCode::FAILED_PRECONDITION, e.what()};
+  }
   return grpc::Status::OK;
 }
 

@@ -12,6 +12,8 @@
 #include <unordered_set>
 
 #include "agent/cluster_view.h"
+#include "agent/host_monitor.h"
+#include "agent/node_logs.h"
 #include "agent/object_transfer.h"
 #include "agent/worker_pool.h"
 #include "common/executable_store.h"
@@ -33,6 +35,11 @@ struct NodeAgentConfig {
   std::string head_address;
   ResourceSet total;           // includes CPU, GPU, memory and custom resources
   int num_gpus = 0;
+  /// The GPUs are devices found through the driver (their figures come from NVML), not
+  /// logical ones declared with --num-gpus.
+  bool physical_gpus = false;
+  /// The session's logs directory: what ListLogs and ReadLog serve.
+  std::string logs_dir;
   std::string store_dir;
   uint64_t store_capacity = 0;
   /// Settings every worker of this node gets (agent and head address, session, token).
@@ -91,6 +98,10 @@ class NodeAgent final : public proto::NodeAgent::Service {
                               proto::ReserveBundlesReply* reply) override;
   grpc::Status ReleaseBundles(grpc::ServerContext* ctx, const proto::ReleaseBundlesRequest* req,
                               proto::Empty* reply) override;
+  grpc::Status ListLogs(grpc::ServerContext* ctx, const proto::Empty* req, proto::ListLogsReply* reply) override;
+  grpc::Status ReadLog(grpc::ServerContext* ctx, const proto::ReadLogRequest* req, proto::ReadLogReply* reply) override;
+  /// Stacks of one of this node's workers only (eu-stack or gdb, run by the agent).
+  grpc::Status GetStacks(grpc::ServerContext* ctx, const proto::StacksRequest* req, proto::StacksReply* reply) override;
 
  private:
   enum class WorkerState { kStarting, kIdle, kLeased, kActor, kDead };
@@ -162,7 +173,14 @@ class NodeAgent final : public proto::NodeAgent::Service {
   static std::vector<std::string> missing_libraries(const std::string& path);
 
   NodeAgentConfig config_;
+  // GetNodeStats in two parts: the agent's tables (takes mu_), then the machine's figures.
+  grpc::Status fill_node_tables(proto::NodeStats* reply);
+  void add_host_figures(proto::NodeStats* reply);
+
   std::unique_ptr<ObjectStore> store_;
+  HostMonitor host_;                    // thread-safe on its own
+  std::unique_ptr<GpuMonitor> gpu_monitor_;  // null with logical GPUs; thread-safe
+  NodeLogs logs_;
   std::shared_ptr<proto::Head::Stub> head_;
   ChannelCache channels_;
   std::unique_ptr<ClusterView> view_;

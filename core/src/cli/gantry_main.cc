@@ -24,6 +24,10 @@
 #include <thread>
 
 #include "agent/node_agent.h"
+#include "dashboard/cluster_source.h"
+#include "dashboard/dashboard_server.h"
+#include "dashboard/login_link.h"
+#include "dashboard/node_metrics.h"
 #include "common/logging.h"
 #include "gantry/errors.h"
 #include "head/head_service.h"
@@ -55,6 +59,11 @@ struct StartOptions {
   std::vector<std::string> allowed_executables;
   double node_timeout_s = 5;
   std::string tls_cert, tls_key, tls_ca;
+  int dashboard_port = 8265;  // -1: no dashboard
+  std::string dashboard_host = "127.0.0.1";
+  bool no_dashboard = false;
+  int metrics_port = -1;  // -1: no agent metrics endpoint
+  std::string metrics_host = "127.0.0.1";
 };
 
 // Parses a flat JSON object of numbers: {"A": 2, "B": 0.5}. Throws naming what is wrong.
@@ -179,10 +188,47 @@ int run_node(const StartOptions& o, const std::function<void(const std::string&)
   }
   write_token_file(session + "/token", cluster_token());
 
+  // The dashboard asks the head and agents over gRPC like any client; it is declared
+  // after the head so that it stops first.
+  std::unique_ptr<DashboardServer> dashboard;
+  std::string dashboard_note;
+  if (o.head && !o.no_dashboard) {
+    HttpConfig http{o.dashboard_host, o.dashboard_port, cluster_token(), tls.enabled() ? tls.cert : "",
+                    tls.enabled() ? tls.key : ""};
+    dashboard = std::make_unique<DashboardServer>(http, head_address);
+    try {
+      dashboard->start();
+      write_file(session + "/dashboard_url", dashboard->url());
+      dashboard_note = "  dashboard: " + dashboard->url() + "  (sign in with a one-time link: gantry dashboard)\n";
+    } catch (const std::exception& e) {
+      GANTRY_LOG_WARN("no dashboard: {}", e.what());
+      dashboard_note = std::string("  dashboard: not started: ") + e.what() + " (--dashboard-port)\n";
+      dashboard.reset();
+    }
+  }
+
   NodeAgentConfig ac = make_agent_config(session, shape, o.object_store_memory, ip + ":0", head_address);
   ac.allowed_executable_dirs = o.allowed_executables;
   NodeAgent agent(ac);
   agent.start();
+  std::unique_ptr<MetricsServer> metrics;
+  if (o.metrics_port >= 0) {
+    auto stub = std::shared_ptr<proto::NodeAgent::Stub>(proto::NodeAgent::NewStub(make_channel(agent.address())));
+    HttpConfig http{o.metrics_host, o.metrics_port, cluster_token(), tls.enabled() ? tls.cert : "",
+                    tls.enabled() ? tls.key : ""};
+    metrics = std::make_unique<MetricsServer>(http, [stub] {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+      proto::NodeStats stats;
+      grpc::Status s = stub->GetNodeStats(&ctx, proto::Empty(), &stats);
+      if (!s.ok()) throw Error("the node agent did not answer: " + s.error_message());
+      PrometheusText text;
+      add_node_metrics(text, stats);
+      return text.str();
+    });
+    metrics->start();  // a port in use is an error the user asked about: fail the start
+    write_file(session + "/metrics_url", metrics->url() + "/metrics");
+  }
   write_file(session + "/gantry.pid", std::to_string(::getpid()));
   if (o.head) write_file(session + "/head_address", head_address);
   GANTRY_LOG_INFO("node {} up: agent {}, {} CPUs, {} GPUs", ac.node_id.short_hex(), agent.address(),
@@ -201,12 +247,13 @@ int run_node(const StartOptions& o, const std::function<void(const std::string&)
                                 "  (a certificate for that node's address, signed by the cluster's CA)"
                           : std::string())
         << "\n"
-        << "  stop with: gantry stop\n";
+        << dashboard_note << "  stop with: gantry stop\n";
   } else {
     msg << "gantry node " << ac.node_id.short_hex() << " joined " << head_address << " (" << shape.num_cpus
         << " CPUs, " << shape.num_gpus << " GPUs)\n"
         << "  session: " << session << "\n";
   }
+  if (metrics) msg << "  metrics: " << metrics->url() << "/metrics (Authorization: Bearer <cluster token>)\n";
   ready(msg.str());
 
   struct sigaction sa {};
@@ -215,6 +262,8 @@ int run_node(const StartOptions& o, const std::function<void(const std::string&)
   ::sigaction(SIGINT, &sa, nullptr);
   while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   GANTRY_LOG_INFO("stopping");
+  if (metrics) metrics->stop();
+  if (dashboard) dashboard->stop();
   agent.stop();
   if (head) head->stop();
   std::error_code ec;
@@ -367,6 +416,52 @@ std::string format_time(int64_t ms) {
   char buf[32];
   std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
   return buf;
+}
+
+// Prints the dashboard's URL and a one-time login link minted with the cluster token.
+int dashboard_command(const std::string& address_flag, const std::string& temp_dir, std::string url, int valid_minutes) {
+  std::string address = resolve_cluster(address_flag, temp_dir);
+  if (url.empty()) url = dashboard_url_for(session_root(temp_dir), address);
+  if (url.empty())
+    throw Error("no dashboard URL known for the head at " + address + " (it runs on another machine, or with "
+                "--no-dashboard); pass --url http://HOST:PORT");
+  while (!url.empty() && url.back() == '/') url.pop_back();
+  int64_t expires = std::chrono::duration_cast<std::chrono::seconds>(
+                        std::chrono::system_clock::now().time_since_epoch()).count() + valid_minutes * 60;
+  std::printf("dashboard: %s\n", url.c_str());
+  std::printf("one-time login link (valid %d min; it signs this browser in for a day):\n  %s/login?link=%s\n",
+              valid_minutes, url.c_str(), make_login_link(cluster_token(), expires).c_str());
+  std::printf("API and /metrics: send 'Authorization: Bearer <token>' (the token file of the head's session)\n");
+  return 0;
+}
+
+// Writes every worker's recent task executions as a Chrome trace.
+int timeline_command(const std::string& address_flag, const std::string& temp_dir, std::string output) {
+  std::string address = resolve_cluster(address_flag, temp_dir);
+  if (output.empty()) {
+    std::time_t t = std::time(nullptr);
+    std::tm tm{};
+    ::localtime_r(&t, &tm);
+    char buf[64];
+    std::strftime(buf, sizeof buf, "gantry-timeline-%Y%m%d-%H%M%S.json", &tm);
+    output = buf;
+  }
+  std::fprintf(stderr, "gathering task executions from the workers of %s ...\n", address.c_str());
+  ClusterSource source(address);
+  Json trace;
+  try {
+    trace = source.timeline();
+  } catch (const ApiError& e) {
+    throw Error(e.message);
+  }
+  size_t spans = 0;
+  for (const auto& e : trace["traceEvents"]) spans += e["ph"] == "X";
+  std::ofstream out(output, std::ios::trunc);
+  out << trace.dump(-1, ' ', false, Json::error_handler_t::replace) << "\n";
+  if (!out) throw Error("cannot write " + output);
+  std::printf("wrote %zu task span(s) to %s; open it in chrome://tracing or https://ui.perfetto.dev\n", spans,
+              output.c_str());
+  return 0;
 }
 
 int status_command(const std::string& address_flag, const std::string& temp_dir) {
@@ -684,6 +779,11 @@ int run(int argc, char** argv) {
   start_cmd->add_option("--tls-cert", start.tls_cert, "PEM certificate (chain) of this node: all TCP traffic of the cluster then uses TLS")->check(CLI::ExistingFile);
   start_cmd->add_option("--tls-key", start.tls_key, "PEM private key of --tls-cert")->check(CLI::ExistingFile);
   start_cmd->add_option("--tls-ca", start.tls_ca, "PEM certificate of the CA that signed the nodes' certificates (default: --tls-cert is self-signed and its own CA)")->check(CLI::ExistingFile);
+  start_cmd->add_option("--dashboard-port", start.dashboard_port, "the dashboard's HTTP port (with --head; 0 picks a free one)")->capture_default_str()->check(CLI::Range(0, 65535));
+  start_cmd->add_option("--dashboard-host", start.dashboard_host, "the address the dashboard listens on; 0.0.0.0 for every interface (it always requires the cluster token)")->capture_default_str();
+  start_cmd->add_flag("--no-dashboard", start.no_dashboard, "serve no dashboard");
+  start_cmd->add_option("--metrics-port", start.metrics_port, "serve this node's Prometheus metrics on this port (0 picks a free one; default: none)")->check(CLI::Range(0, 65535));
+  start_cmd->add_option("--metrics-host", start.metrics_host, "the address the metrics endpoint listens on")->capture_default_str();
   start_cmd->add_flag("--block", start.block, "stay in the foreground until interrupted instead of detaching");
 
   std::string stop_temp_dir;
@@ -727,6 +827,19 @@ int run(int argc, char** argv) {
   list_cmd->add_option("--address", list_address, "the head's HOST:PORT (default: GANTRY_ADDRESS, else the head started on this machine)");
   list_cmd->add_option("--temp-dir", list_temp_dir, "where this machine's sessions are (to find the address and token)");
 
+  std::string dash_address, dash_temp_dir, dash_url;
+  int dash_valid = 10;
+  auto* dash_cmd = app.add_subcommand("dashboard", "print the dashboard's URL with a one-time login link");
+  dash_cmd->add_option("--address", dash_address, "the head's HOST:PORT (default: GANTRY_ADDRESS, else the head started on this machine)");
+  dash_cmd->add_option("--temp-dir", dash_temp_dir, "where this machine's sessions are (to find the address, token and URL)");
+  dash_cmd->add_option("--url", dash_url, "the dashboard's URL, for a head on another machine (http://HOST:PORT)");
+  dash_cmd->add_option("--valid", dash_valid, "minutes the link stays usable")->capture_default_str()->check(CLI::Range(1, 1440));
+  std::string tl_address, tl_temp_dir, tl_output;
+  auto* timeline_cmd = app.add_subcommand("timeline", "write the workers' recent task executions as a Chrome trace (chrome://tracing, Perfetto)");
+  timeline_cmd->add_option("--address", tl_address, "the head's HOST:PORT (default: GANTRY_ADDRESS, else the head started on this machine)");
+  timeline_cmd->add_option("--temp-dir", tl_temp_dir, "where this machine's sessions are (to find the address and token)");
+  timeline_cmd->add_option("-o,--output", tl_output, "the file to write (default gantry-timeline-DATE-TIME.json)");
+
   auto* train_cmd = app.add_subcommand("train", "run training programs on the cluster: gantry train launch --help");
   train_cmd->prefix_command();  // everything after `train`, --help included, goes to gantry-train
   train_cmd->set_help_flag();
@@ -752,6 +865,8 @@ int run(int argc, char** argv) {
     keep_grpc_for_process();
     if (stop_cmd->parsed()) return stop_command(stop_temp_dir, grace_s);
     if (status_cmd->parsed()) return status_command(status_address, status_temp_dir);
+    if (dash_cmd->parsed()) return dashboard_command(dash_address, dash_temp_dir, dash_url, dash_valid);
+    if (timeline_cmd->parsed()) return timeline_command(tl_address, tl_temp_dir, tl_output);
     if (submit_cmd->parsed()) return job_submit(job);
     if (jlist_cmd->parsed()) return job_list(job);
     if (logs_cmd->parsed()) return job_logs(job);

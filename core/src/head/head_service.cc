@@ -607,7 +607,12 @@ void HeadService::health_loop() {
 grpc::Status HeadService::ListActors(grpc::ServerContext* ctx, const proto::Empty*, proto::ListActorsReply* reply) {
   GANTRY_REQUIRE_TOKEN(ctx);
   std::lock_guard<std::mutex> lock(mu_);
-  for (const auto& [id, actor] : actors_) *reply->add_actors() = actor.info;
+  for (const auto& [id, actor] : actors_) {
+    proto::ActorInfo* info = reply->add_actors();
+    *info = actor.info;
+    *info->mutable_resources() = actor.spec.resources();
+    info->set_job_id(actor.spec.job_id());
+  }
   return grpc::Status::OK;
 }
 

@@ -82,6 +82,7 @@ void ObjectStore::evict_secondary_locked(uint64_t need) {
     ObjectId victim = secondary_lru_.front();
     secondary_lru_.pop_front();
     secondary_.erase(victim);
+    ++evicted_;
     if (auto it = sizes_.find(victim); it != sizes_.end()) {
       used_ -= it->second;
       sizes_.erase(it);
@@ -191,6 +192,11 @@ uint64_t ObjectStore::used() const {
 size_t ObjectStore::num_objects() const {
   std::lock_guard<std::mutex> lock(mu_);
   return sizes_.size();
+}
+
+uint64_t ObjectStore::num_evicted() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return evicted_;
 }
 
 }  // namespace gantry::internal

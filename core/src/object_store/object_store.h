@@ -45,6 +45,8 @@ class ObjectStore {
   uint64_t used() const;
   uint64_t capacity() const { return capacity_; }
   size_t num_objects() const;
+  /// Secondary copies dropped to make room, since the store started.
+  uint64_t num_evicted() const;
   /// Sealed secondary copies held.
   size_t num_secondary() const;
   /// Bytes held by freed files kept for reuse (counted in used()).
@@ -71,6 +73,7 @@ class ObjectStore {
   mutable std::mutex mu_;  // guards used_ and sizes_
   uint64_t used_ = 0;    // live objects and pooled files
   uint64_t pooled_ = 0;  // part of used_ held by pool_
+  uint64_t evicted_ = 0;
   uint64_t next_pool_file_ = 0;
   std::unordered_map<ObjectId, uint64_t> sizes_;
   std::unordered_set<ObjectId> secondary_;  // secondary copies, sealed or being written

@@ -3,6 +3,7 @@
 
 #include <grpc/grpc.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -12,6 +13,7 @@
 
 #include "common/logging.h"
 #include "gantry/gantry.h"
+#include "dashboard/login_link.h"
 #include "rpc/auth.h"
 #include "rpc/frame_socket.h"
 #include "rpc/grpc_util.h"
@@ -74,6 +76,9 @@ std::string level_or(const std::string& level, const std::string& fallback) {
   sigaddset(&stop_signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   pid_t parent = ::getppid();
+  // Let the node agent (our parent) and the debuggers it starts read our stacks for the
+  // dashboard even where Yama restricts ptrace to ancestors.
+  ::prctl(PR_SET_PTRACER, static_cast<unsigned long>(parent), 0, 0, 0);
 
   std::string logs = env.session_dir + "/logs";
   std::string tag = "worker-" + std::to_string(::getpid());
@@ -275,6 +280,17 @@ void shutdown() {
 bool is_initialized() { return g_runtime.load() != nullptr; }
 
 bool is_cancelled() { return internal::current_task_cancelled(); }
+
+std::string dashboard_url() { return g_cluster ? g_cluster->dashboard_url() : std::string(); }
+
+std::string dashboard_login_url(std::chrono::seconds valid) {
+  std::string url = dashboard_url();
+  if (url.empty()) return url;
+  int64_t expires =
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch() + valid)
+          .count();
+  return url + "/login?link=" + internal::make_login_link(internal::cluster_token(), expires);
+}
 
 std::vector<int> get_gpu_ids() { return detail::runtime().context().gpu_ids; }
 

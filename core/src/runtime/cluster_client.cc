@@ -92,6 +92,15 @@ std::string latest_head_address(const std::string& root) {
   return {};
 }
 
+std::string dashboard_url_for(const std::string& root, const std::string& head_address) {
+  for (const auto& dir : head_sessions(root)) {
+    std::string pid = read_small_file(dir / "gantry.pid");
+    if (pid.empty() || ::kill(std::stoi(pid), 0) != 0) continue;
+    if (read_small_file(dir / "head_address") == head_address) return read_small_file(dir / "dashboard_url");
+  }
+  return {};
+}
+
 LocalNode find_local_node(const std::string& head_address) {
   proto::ListNodesReply nodes;
   grpc::ClientContext ctx;

@@ -36,6 +36,9 @@ TlsFiles find_cluster_tls(const std::string& head_address, const std::string& ro
 /// The head address recorded by the newest `gantry start --head` session on this machine
 /// under `root`, or empty.
 std::string latest_head_address(const std::string& root);
+/// The dashboard URL of the running head at `head_address` started on this machine under
+/// `root`, or "" (another machine's head, or no dashboard).
+std::string dashboard_url_for(const std::string& root, const std::string& head_address);
 
 /// Asks the head which node runs on this machine (same host name; of several, the first
 /// to register, which on the head's machine is the head's own). Throws gantry::Error when

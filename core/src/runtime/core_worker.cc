@@ -957,6 +957,16 @@ grpc::Status CoreWorker::StealTasks(grpc::ServerContext* ctx, const proto::Steal
   return grpc::Status::OK;
 }
 
+grpc::Status CoreWorker::GetTaskEvents(grpc::ServerContext* ctx, const proto::TaskEventsRequest* req,
+                                       proto::TaskEvents* reply) {
+  GANTRY_REQUIRE_TOKEN(ctx);
+  if (req->limit() < 0) return {grpc::StatusCode::INVALID_ARGUMENT, "limit must not be negative"};
+  reply->set_pid(::getpid());
+  reply->set_node_id(config_.node_id.binary());
+  executor_->describe_events(*req, reply);
+  return grpc::Status::OK;
+}
+
 grpc::Status CoreWorker::CancelTask(grpc::ServerContext* ctx, const proto::CancelTaskRequest* req, proto::Empty*) {
   GANTRY_REQUIRE_TOKEN(ctx);
   TaskId id = TaskId::from_binary(req->task_id());

@@ -111,6 +111,8 @@ class CoreWorker final : public detail::Runtime, public proto::WorkerService::Se
                                proto::Empty* reply) override;
   grpc::Status StealTasks(grpc::ServerContext* ctx, const proto::StealTasksRequest* req,
                           proto::StealTasksReply* reply) override;
+  grpc::Status GetTaskEvents(grpc::ServerContext* ctx, const proto::TaskEventsRequest* req,
+                             proto::TaskEvents* reply) override;
   grpc::Status CancelTask(grpc::ServerContext* ctx, const proto::CancelTaskRequest* req, proto::Empty* reply) override;
 
   // For the executor.

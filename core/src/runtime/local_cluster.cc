@@ -10,9 +10,11 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "agent/node_agent.h"
+#include "dashboard/dashboard_server.h"
 #include "common/logging.h"
 #include "gantry/errors.h"
 #include "gantry/gpu/devices.h"
@@ -82,6 +84,7 @@ NodeShape make_node_shape(int num_cpus, int num_gpus, const std::map<std::string
   NodeShape shape;
   if (num_cpus < 0) num_cpus = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   if (num_gpus < 0) {
+    shape.gpus_detected = true;
     std::string note;
     num_gpus = static_cast<int>(gpu::detect_devices(&note).size());
     if (num_gpus == 0) GANTRY_LOG_INFO("no GPUs found: {}", note);
@@ -112,6 +115,8 @@ NodeAgentConfig make_agent_config(const std::string& session_dir, const NodeShap
   ac.head_address = head_address;
   ac.total = shape.total;
   ac.num_gpus = shape.num_gpus;
+  ac.physical_gpus = shape.gpus_detected;
+  ac.logs_dir = session_dir + "/logs";
   std::string shm_root = std::filesystem::exists("/dev/shm") ? "/dev/shm" : session_dir;
   if (size_t n = remove_stale_store_dirs(shm_root))
     GANTRY_LOG_INFO("removed {} object store director{} left by agents that died", n, n == 1 ? "y" : "ies");
@@ -152,6 +157,14 @@ std::unique_ptr<LocalCluster> LocalCluster::start(const InitOptions& options, co
   ac.prestart_workers = shape.num_cpus;
   c->agent_ = std::make_unique<NodeAgent>(ac);
   c->agent_->start();
+  if (options.dashboard) {
+    TlsFiles tls = tls_from_env();
+    HttpConfig http{"127.0.0.1", options.dashboard_port, cluster_token(), tls.enabled() ? tls.cert : "",
+                    tls.enabled() ? tls.key : ""};
+    c->dashboard_ = std::make_unique<DashboardServer>(http, c->head_->address());
+    c->dashboard_->start();  // asked for explicitly: a port in use fails init
+    std::ofstream(c->session_dir_ + "/dashboard_url") << c->dashboard_->url() << "\n";
+  }
   GANTRY_LOG_INFO("local cluster up: {} CPUs, {} GPUs, session {}", shape.num_cpus, shape.num_gpus,
                   c->session_dir_);
   return c;
@@ -160,11 +173,15 @@ std::unique_ptr<LocalCluster> LocalCluster::start(const InitOptions& options, co
 LocalCluster::~LocalCluster() { stop(); }
 
 void LocalCluster::stop() {
+  if (dashboard_) dashboard_->stop();
+  dashboard_.reset();
   if (agent_) agent_->stop();
   if (head_) head_->stop();
   agent_.reset();
   head_.reset();
 }
+
+std::string LocalCluster::dashboard_url() const { return dashboard_ ? dashboard_->url() : std::string(); }
 
 std::string LocalCluster::head_address() const { return head_ ? head_->address() : std::string(); }
 std::string LocalCluster::agent_address() const { return agent_ ? agent_->address() : std::string(); }

@@ -11,6 +11,8 @@
 
 namespace gantry::internal {
 
+class DashboardServer;
+
 class HeadService;
 
 /// What a node offers: CPUs, GPUs, memory and custom resources.
@@ -18,6 +20,7 @@ struct NodeShape {
   ResourceSet total;
   int num_cpus = 0;
   int num_gpus = 0;
+  bool gpus_detected = false;  // found through the driver, not declared (logical)
 };
 
 /// A node's shape from settings: `num_cpus` -1 takes the machine's cores, `num_gpus` -1
@@ -49,6 +52,8 @@ class LocalCluster {
   const UniqueId& node_id() const { return node_id_; }
   const UniqueId& job_id() const { return job_id_; }
   int num_cpus() const { return num_cpus_; }
+  /// The dashboard's URL, or "" when it serves none.
+  std::string dashboard_url() const;
 
  private:
   LocalCluster() = default;
@@ -59,6 +64,7 @@ class LocalCluster {
   int num_cpus_ = 0;
   std::unique_ptr<HeadService> head_;
   std::unique_ptr<NodeAgent> agent_;
+  std::unique_ptr<DashboardServer> dashboard_;  // stopped before head and agent
 };
 
 /// Creates `<root>/<prefix>_<time>_<pid>` with logs/ and sockets/; for the "session"

@@ -240,6 +240,7 @@ void TaskExecutor::execute(const proto::TaskSpec& spec, proto::TaskResult* resul
   CurrentTaskScope scope(&spec, cancelled);
   const std::string& label = spec.name().empty() ? spec.function() : spec.name();
   if (OutputForwarder* out = core_.output(); out != nullptr && relabel) out->set_label(label);
+  uint64_t event = events_.started(TaskId::from_binary(spec.task_id()), label, spec.attempt());
   try {
     std::vector<std::shared_ptr<detail::Buffer>> keep;
     std::vector<detail::ArgView> views;
@@ -285,8 +286,17 @@ void TaskExecutor::execute(const proto::TaskSpec& spec, proto::TaskResult* resul
     value->Clear();
     *value->mutable_error() = current_exception_error(label);
   }
+  events_.ended(event, value->has_error() ? &value->error() : nullptr);
   result->set_exec_us(static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count()));
+}
+
+void TaskExecutor::describe_events(const proto::TaskEventsRequest& req, proto::TaskEvents* out) const {
+  events_.describe(req, out);
+  if (actor_known_.load(std::memory_order_acquire)) {
+    out->set_actor_id(actor_id_.binary());
+    out->set_actor_class(actor_class_);
+  }
 }
 
 grpc::Status TaskExecutor::push_tasks(grpc::ServerContext* ctx,
@@ -546,6 +556,7 @@ void TaskExecutor::create_actor(const proto::CreateActorRequest& req, proto::Cre
     actor_class_ = factory->class_key;
     actor_id_ = ActorId::from_binary(req.actor_id());
     actor_resources_ = req.resources();
+    actor_known_.store(true, std::memory_order_release);
     if (req.max_concurrency() > 1) {
       pool_owner_ = std::make_unique<CallPool>(req.max_concurrency());
       pool_.store(pool_owner_.get(), std::memory_order_release);

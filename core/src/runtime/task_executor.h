@@ -17,6 +17,7 @@
 #include "gantry/ids.h"
 #include "gantry/worker.grpc.pb.h"
 #include "rpc/frame_socket.h"
+#include "runtime/task_event_log.h"
 
 namespace gantry::internal {
 
@@ -61,6 +62,8 @@ class TaskExecutor {
   /// True while a task or method runs in this process.
   bool busy() const;
   const ActorId& actor_id() const { return actor_id_; }
+  /// What ran here (counts, executions, failures), for GetTaskEvents. Thread-safe.
+  void describe_events(const proto::TaskEventsRequest& req, proto::TaskEvents* out) const;
   /// Resources the hosted actor holds (empty when there is none).
   const proto::Resources& actor_resources() const { return actor_resources_; }
 
@@ -93,11 +96,13 @@ class TaskExecutor {
   proto::ErrorInfo current_exception_error(const std::string& function) const;
 
   CoreWorker& core_;
+  TaskEventLog events_;
   mutable std::mutex exec_mu_;  // held while user code runs inline: one call at a time
   std::shared_ptr<void> actor_;
   std::string actor_class_;
   ActorId actor_id_;
   proto::Resources actor_resources_;
+  std::atomic<bool> actor_known_{false};  // actor_id_ and actor_class_ are set (written once)
   std::atomic<int> running_{0};
   // The actor's call pool (max_concurrency > 1): set by create_actor before the actor is
   // reported alive, so before any caller's stream to it starts; kept for the process's life.

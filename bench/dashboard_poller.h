@@ -1,0 +1,37 @@
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+/// Polls a dashboard the way its page does, but harder: every `period`, one request to
+/// each of /api/cluster, /api/nodes, /api/actors, /api/tasks and /metrics. Signs in once
+/// with a one-time login link (`gantry::dashboard_login_url()`). For the microbenchmark's
+/// --dashboard-load: the figures with and without a dashboard being watched.
+class DashboardPoller {
+ public:
+  DashboardPoller(const std::string& login_url, std::chrono::milliseconds period);
+  ~DashboardPoller();
+  void start();
+  /// Stops polling; returns how many requests were made.
+  long stop();
+  long failures() const { return failures_.load(); }
+  /// Request latencies in milliseconds after stop(): the median and the slowest.
+  double median_ms() const;
+  double max_ms() const;
+
+ private:
+  void loop();
+  std::string host_;
+  int port_ = 0;
+  std::string cookie_;
+  std::chrono::milliseconds period_;
+  std::atomic<bool> running_{false};
+  std::atomic<long> requests_{0};
+  std::atomic<long> failures_{0};
+  std::thread thread_;
+  std::vector<double> latencies_ms_;  // written by the polling thread, read after stop()
+};

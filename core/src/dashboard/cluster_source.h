@@ -1,0 +1,130 @@
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "gantry/agent.grpc.pb.h"
+#include "gantry/head.grpc.pb.h"
+#include "gantry/worker.grpc.pb.h"
+#include "rpc/grpc_util.h"
+
+namespace gantry::internal {
+
+using Json = nlohmann::json;
+
+/// A request the API cannot answer: the HTTP status and what was wrong.
+struct ApiError {
+  int status = 400;
+  std::string message;
+};
+
+/// Holds the last value of an expensive gathering for `ttl`, so that many pollers share
+/// one gathering. Callers that find it stale while another refreshes it wait for that one.
+/// Thread-safe.
+template <typename T>
+class Cached {
+ public:
+  explicit Cached(std::chrono::milliseconds ttl) : ttl_(ttl) {}
+  std::shared_ptr<const T> get(const std::function<T()>& make) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto now = std::chrono::steady_clock::now();
+    if (!value_ || now - at_ >= ttl_) {
+      value_ = std::make_shared<const T>(make());
+      at_ = std::chrono::steady_clock::now();
+    }
+    return value_;
+  }
+
+ private:
+  const std::chrono::milliseconds ttl_;
+  std::mutex mu_;  // guards value_, at_; held while gathering
+  std::shared_ptr<const T> value_;
+  std::chrono::steady_clock::time_point at_;
+};
+
+/// The cluster as the dashboard and `gantry timeline` see it: gathered over gRPC from the
+/// head (nodes, actors, jobs, placement groups, the key-value store), from every node's
+/// agent (resources, store, CPU, memory, GPUs, logs, stacks) and from every worker and
+/// driver (tasks in flight, what ran, objects owned). Agents answer for their node; this
+/// class gathers. Gatherings are cached briefly (nodes 0.5 s, tasks 1 s). Thread-safe.
+/// Methods throw ApiError for bad requests and for a head that does not answer.
+class ClusterSource {
+ public:
+  explicit ClusterSource(std::string head_address);
+
+  const std::string& head_address() const { return head_address_; }
+  Json overview();
+  Json nodes();
+  Json actors();
+  void kill_actor(const std::string& actor_id_hex, bool no_restart);
+  Json tasks();
+  Json objects();
+  Json placement_groups();
+  Json jobs();
+  Json job(const std::string& id);
+  Json job_logs(const std::string& id, uint64_t offset);
+  Json submit_job(const Json& body);
+  Json stop_job(const std::string& id);
+  Json log_files(const std::string& node);
+  /// `offset` -1: the last `tail` lines.
+  Json read_log(const std::string& node, const std::string& file, int64_t offset, int tail);
+  Json stacks(const std::string& node, int pid);
+  /// Train runs and Tune experiments published in the cluster's key-value store.
+  Json train_runs();
+  Json train_run(const std::string& name);
+  Json tune_experiments();
+  Json tune_experiment(const std::string& name);
+  /// Every worker's task executions, as a Chrome trace (chrome://tracing, Perfetto).
+  Json timeline();
+  /// The cluster's metrics in Prometheus text format.
+  std::string metrics();
+
+  /// The published records under "gantry.dashboard/<kind>/", parsed (unparsable ones skipped).
+  std::vector<Json> published(const std::string& kind);
+
+ private:
+  struct NodeEntry {
+    proto::NodeInfo info;
+    bool answered = false;
+    proto::NodeStats stats;
+  };
+  struct WorkerEvents {
+    std::string address;
+    std::string node_id;  // hex
+    proto::TaskEvents events;
+  };
+  struct TaskGather {
+    std::vector<proto::OwnedState> owned;
+    std::vector<WorkerEvents> executed;
+    int asked = 0;
+    int silent = 0;
+  };
+
+  std::vector<NodeEntry> gather_nodes();
+  TaskGather gather_tasks(int events_limit);
+  std::shared_ptr<const std::vector<NodeEntry>> cached_nodes();
+  std::shared_ptr<const TaskGather> cached_tasks();
+  std::shared_ptr<proto::NodeAgent::Stub> agent_of(const std::string& node_hex);
+  proto::ListActorsReply list_actors();
+  /// `gantry job submit`'s jobs; none on an embedded cluster, which takes no submissions.
+  proto::ListSubmissionsReply list_submissions();
+  bool takes_submissions();
+
+  const std::string head_address_;
+  std::shared_ptr<proto::Head::Stub> head_;
+  std::shared_ptr<proto::JobService::Stub> jobs_;
+  ChannelCache channels_;
+  Cached<std::vector<NodeEntry>> nodes_cache_{std::chrono::milliseconds(500)};
+  Cached<TaskGather> tasks_cache_{std::chrono::milliseconds(1000)};
+};
+
+/// {"CPU": 2, ...} from a proto Resources (fixed point).
+Json resources_json(const proto::Resources& r);
+
+}  // namespace gantry::internal
