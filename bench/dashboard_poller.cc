@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <iterator>
 #include <regex>
 #include <stdexcept>
 
@@ -49,19 +50,19 @@ void DashboardPoller::loop() {
   client.set_keep_alive(true);
   const httplib::Headers headers = {{"Cookie", cookie_}};
   auto next = std::chrono::steady_clock::now();
-  while (running_) {
-    for (const char* path : {"/api/cluster", "/api/nodes", "/api/actors", "/api/tasks", "/metrics"}) {
-      auto sent = std::chrono::steady_clock::now();
-      auto r = client.Get(path, headers);
-      latencies_ms_.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - sent).count());
-      ++requests_;
-      if (!r || r->status != 200) {
-        ++failures_;
-        // The first few say why; a run of failures is then counted only.
-        if (failures_ <= 3) {
-          std::string why = r ? std::to_string(r->status) + " " + r->body.substr(0, 200) : httplib::to_string(r.error());
-          std::fprintf(stderr, "dashboard poll %s failed: %s\n", path, why.c_str());
-        }
+  static constexpr const char* kPaths[] = {"/api/cluster", "/api/nodes", "/api/actors", "/api/tasks", "/metrics"};
+  for (size_t i = 0; running_; ++i) {
+    const char* path = kPaths[i % std::size(kPaths)];
+    auto sent = std::chrono::steady_clock::now();
+    auto r = client.Get(path, headers);
+    latencies_ms_.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - sent).count());
+    ++requests_;
+    if (!r || r->status != 200) {
+      ++failures_;
+      // The first few say why; a run of failures is then counted only.
+      if (failures_ <= 3) {
+        std::string why = r ? std::to_string(r->status) + " " + r->body.substr(0, 200) : httplib::to_string(r.error());
+        std::fprintf(stderr, "dashboard poll %s failed: %s\n", path, why.c_str());
       }
     }
     next += period_;

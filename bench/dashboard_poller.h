@@ -7,9 +7,10 @@
 #include <thread>
 #include <vector>
 
-/// Polls a dashboard the way its page does, but harder: every `period`, one request to
-/// each of /api/cluster, /api/nodes, /api/actors, /api/tasks and /metrics. Signs in once
-/// with a one-time login link (`gantry::dashboard_login_url()`). For the microbenchmark's
+/// Polls a dashboard as a page would, every `period`: one request each time, in turn to
+/// /api/cluster, /api/nodes, /api/actors, /api/tasks and /metrics, so every view is
+/// computed while the figures run. Signs in once with a one-time login link
+/// (`gantry::dashboard_login_url()`). For the microbenchmark's
 /// --dashboard-load: the figures with and without a dashboard being watched.
 class DashboardPoller {
  public:

@@ -203,7 +203,7 @@ TEST_F(BrowserTest, TrainPageShowsLossAndThroughputCurves) {
 }
 
 TEST_F(BrowserTest, TasksPageShowsTheRunningFunction) {
-  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  std::this_thread::sleep_for(std::chrono::milliseconds(2100));  // past the shared answers
   Page p = open("#/tasks", "tasks");
   ASSERT_TRUE(p.ran);
   EXPECT_EQ(count(p.dom, "data-page=\"tasks\""), 1) << p.dom.substr(0, 2000);

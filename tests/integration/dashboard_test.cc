@@ -9,6 +9,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <regex>
@@ -119,6 +120,27 @@ class DashboardTest : public ::testing::Test {
     EXPECT_NE(r->get_header_value("Content-Type").find("application/json"), std::string::npos) << path;
     return Json::parse(r->body);
   }
+  // GETs `path` until `done` holds for the answer (views are shared for up to 2 s,
+  // so what just happened may show only on the next one), for at most 5 s.
+  static Json get_until(const std::string& path, const std::function<bool(const Json&)>& done) {
+    Json answer;
+    for (int i = 0; i < 50; ++i) {
+      answer = get(path);
+      if (done(answer)) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return answer;
+  }
+  // The id of the first actor `pick` accepts, as the dashboard lists it ("" if none shows).
+  static std::string actor_id_where(const std::function<bool(const Json&)>& pick) {
+    std::string id;
+    get_until("/api/actors", [&](const Json& answer) {
+      for (const auto& a : answer["actors"])
+        if (pick(a)) id = a["actor_id"];
+      return !id.empty();
+    });
+    return id;
+  }
   static Json post(const std::string& path, const Json& body, int expect) {
     auto r = client().Post(path.c_str(), auth(), body.dump(), "application/json");
     EXPECT_TRUE(r) << path;
@@ -162,11 +184,10 @@ TEST_F(DashboardTest, RequestsWithoutTheTokenGet401AndChangeNothing) {
   EXPECT_EQ(page->status, 303);
   EXPECT_EQ(page->get_header_value("Location"), "/login");
   // A kill or a submission without the token does nothing.
-  Json actors = get("/api/actors");
-  std::string id;
-  for (const auto& a : actors["actors"])
-    if (a["class_name"].get<std::string>().find("Counter") != std::string::npos && a["state"] == "ALIVE") id = a["actor_id"];
-  ASSERT_FALSE(id.empty()) << actors.dump();
+  std::string id = actor_id_where([](const Json& a) {
+    return a["class_name"].get<std::string>().find("Counter") != std::string::npos && a["state"] == "ALIVE";
+  });
+  ASSERT_FALSE(id.empty());
   EXPECT_EQ(c.Post(("/api/actors/" + id + "/kill").c_str(), "{}", "application/json")->status, 401);
   EXPECT_EQ(c.Post("/api/jobs", R"({"entrypoint": ["true"]})", "application/json")->status, 401);
   EXPECT_EQ(actor.task(&Counter::bump).remote().get(), 2);  // still alive
@@ -183,7 +204,7 @@ TEST_F(DashboardTest, EveryEndpointAnswersInItsShape) {
   for (int i = 0; i < 3; ++i) actor.task(&Counter::bump).remote().get();
   auto pg = gantry::create_placement_group({.bundles = {{{"CPU", 0.5}}}});
   ASSERT_TRUE(pg.wait(std::chrono::seconds(10)));
-  std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // past the task cache
+  std::this_thread::sleep_for(std::chrono::milliseconds(2100));  // past the shared answers
 
   Json cluster = get("/api/cluster");
   for (const char* key : {"head_address", "nodes", "resources", "object_store", "tasks", "actors", "jobs", "recent_errors"})
@@ -272,10 +293,7 @@ TEST_F(DashboardTest, EveryEndpointAnswersInItsShape) {
 TEST_F(DashboardTest, KillsAnActorThroughTheApi) {
   auto actor = gantry::actor(Counter::create).options({.name = "doomed", .max_restarts = 2}).remote();
   ASSERT_EQ(actor.task(&Counter::bump).remote().get(), 1);
-  std::string id;
-  Json listed1 = get("/api/actors");
-  for (const auto& a : listed1["actors"])
-    if (a["name"] == "doomed") id = a["actor_id"];
+  std::string id = actor_id_where([](const Json& a) { return a["name"] == "doomed"; });
   ASSERT_FALSE(id.empty());
   EXPECT_EQ(post("/api/actors/" + id + "/kill", {{"no_restart", true}}, 200)["killed"], id);
   EXPECT_THROW(actor.task(&Counter::bump).remote().get(), gantry::ActorDiedError);
@@ -366,9 +384,11 @@ TEST_F(DashboardTest, ShowsAWorkersThreadStacks) {
   auto actor = gantry::actor(Counter::create).remote();
   int pid = actor.task(&Counter::pid).remote().get();
   std::string node;
-  Json listed3 = get("/api/actors");
-  for (const auto& a : listed3["actors"])
-    if (a["pid"] == pid) node = a["node_id"];
+  get_until("/api/actors", [&](const Json& answer) {
+    for (const auto& a : answer["actors"])
+      if (a["pid"] == pid) node = a["node_id"];
+    return !node.empty();
+  });
   ASSERT_FALSE(node.empty());
   auto r = client().Get(("/api/stacks?node=" + node + "&pid=" + std::to_string(pid)).c_str(), auth());
   ASSERT_TRUE(r);
@@ -382,7 +402,7 @@ TEST_F(DashboardTest, ShowsAWorkersThreadStacks) {
 
 TEST_F(DashboardTest, MetricsOfTheHeadAndOfEveryAgentParseStrictly) {
   gantry::task(add).remote(1, 2).get();
-  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  std::this_thread::sleep_for(std::chrono::milliseconds(2100));  // past the shared answers
   auto r = client().Get("/metrics", auth());
   ASSERT_EQ(r->status, 200);
   EXPECT_NE(r->get_header_value("Content-Type").find("text/plain; version=0.0.4"), std::string::npos);

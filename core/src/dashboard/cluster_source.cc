@@ -125,7 +125,7 @@ std::shared_ptr<const std::vector<ClusterSource::NodeEntry>> ClusterSource::cach
   return nodes_cache_.get([this] { return gather_nodes(); });
 }
 
-ClusterSource::TaskGather ClusterSource::gather_tasks(int events_limit) {
+ClusterSource::TaskGather ClusterSource::gather_tasks(int events_limit, bool ended) {
   TaskGather g;
   auto nodes = cached_nodes();
   struct Peer {
@@ -163,6 +163,8 @@ ClusterSource::TaskGather ClusterSource::gather_tasks(int events_limit) {
       set_deadline(ctx, kPeerDeadline);
       proto::TaskEventsRequest req;
       req.set_limit(events_limit);
+      // Only the running ones: executions that ended by now are left out.
+      if (!ended) req.set_since_us(static_cast<uint64_t>(now_seconds() * 1e6) + 1);
       WorkerEvents w{p.address, p.node_id, {}};
       if (stub->GetTaskEvents(&ctx, req, &w.events).ok()) {
         answered = true;
@@ -175,7 +177,7 @@ ClusterSource::TaskGather ClusterSource::gather_tasks(int events_limit) {
 }
 
 std::shared_ptr<const ClusterSource::TaskGather> ClusterSource::cached_tasks() {
-  return tasks_cache_.get([this] { return gather_tasks(kRunningListed); });
+  return tasks_cache_.get([this] { return gather_tasks(kRunningListed, /*ended=*/false); });
 }
 
 Json ClusterSource::nodes() {
@@ -692,7 +694,7 @@ Json ClusterSource::overview() {
 
 Json ClusterSource::timeline() {
   // Not cached: a timeline wants every execution the workers still keep.
-  TaskGather g = gather_tasks(1 << 20);
+  TaskGather g = gather_tasks(1 << 20, /*ended=*/true);
   Json events = Json::array();
   std::map<std::string, int> node_pids;  // node -> Chrome "process" id
   for (const auto& w : g.executed) {

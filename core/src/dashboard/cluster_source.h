@@ -52,7 +52,7 @@ class Cached {
 /// head (nodes, actors, jobs, placement groups, the key-value store), from every node's
 /// agent (resources, store, CPU, memory, GPUs, logs, stacks) and from every worker and
 /// driver (tasks in flight, what ran, objects owned). Agents answer for their node; this
-/// class gathers. Gatherings are cached briefly (nodes 0.5 s, tasks 1 s). Thread-safe.
+/// class gathers. Gatherings are cached briefly (nodes 1 s, tasks 2 s). Thread-safe.
 /// Methods throw ApiError for bad requests and for a head that does not answer.
 class ClusterSource {
  public:
@@ -107,7 +107,8 @@ class ClusterSource {
   };
 
   std::vector<NodeEntry> gather_nodes();
-  TaskGather gather_tasks(int events_limit);
+  // `ended`: also the executions that ended (for the timeline), not only running ones.
+  TaskGather gather_tasks(int events_limit, bool ended);
   std::shared_ptr<const std::vector<NodeEntry>> cached_nodes();
   std::shared_ptr<const TaskGather> cached_tasks();
   std::shared_ptr<proto::NodeAgent::Stub> agent_of(const std::string& node_hex);
@@ -120,8 +121,8 @@ class ClusterSource {
   std::shared_ptr<proto::Head::Stub> head_;
   std::shared_ptr<proto::JobService::Stub> jobs_;
   ChannelCache channels_;
-  Cached<std::vector<NodeEntry>> nodes_cache_{std::chrono::milliseconds(500)};
-  Cached<TaskGather> tasks_cache_{std::chrono::milliseconds(1000)};
+  Cached<std::vector<NodeEntry>> nodes_cache_{std::chrono::milliseconds(1000)};
+  Cached<TaskGather> tasks_cache_{std::chrono::milliseconds(2000)};
 };
 
 /// {"CPU": 2, ...} from a proto Resources (fixed point).

@@ -21,6 +21,10 @@ namespace {
 constexpr const char* kCookie = "gantry_session";
 constexpr auto kSessionLifetime = std::chrono::hours(24);
 constexpr int kMaxFollowers = 8;  // log streams held open at once
+// GET answers of the polled views are shared by every client for this long: ten open
+// pages, or one polling every 100 ms, cost what one page polling every second does. Any
+// change made through the API drops them.
+constexpr auto kAnswerLifetime = std::chrono::milliseconds(2000);
 
 int64_t unix_now() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
@@ -134,6 +138,12 @@ class DashboardServer::Impl {
   Impl(HttpConfig config, std::string head_address)
       : config_(std::move(config)), source_(std::move(head_address)), server_(make_server(config_)) {
     server_->new_task_queue = [] { return new httplib::ThreadPool(8); };
+    server_->set_tcp_nodelay(true);  // small answers go out at once, not after a delayed ACK
+    // One request per connection: cpp-httplib waits for a kept-alive connection's next
+    // request by waking every few milliseconds for 5 s, which costs a busy 2-core machine
+    // more (measured with gantry_microbench --dashboard-load) than a new loopback
+    // connection per poll does.
+    server_->set_keep_alive_max_count(1);
     routes();
   }
   ~Impl() { stop(); }
@@ -178,10 +188,52 @@ class DashboardServer::Impl {
     res.set_header("Location", "/");
   }
 
-  // Wraps an API handler: token check, cross-site check for changes, errors as JSON.
+  struct Answer {
+    std::chrono::steady_clock::time_point at;
+    int status = 200;
+    std::string body;
+    std::string content_type;
+  };
+  enum class Kind { kView, kChange, kUncached };
+
+  // Answers a polled view from the shared answers when one is fresh; else computes it
+  // (one caller per path at a time: the others wait for it) and keeps it.
+  void cached_view(const httplib::Request& req, httplib::Response& res,
+                   const std::function<void(const httplib::Request&, httplib::Response&)>& handler) {
+    std::shared_ptr<std::mutex> path_mu;
+    {
+      std::lock_guard<std::mutex> lock(answers_mu_);
+      auto& m = answer_locks_[req.path];
+      if (!m) m = std::make_shared<std::mutex>();
+      path_mu = m;
+    }
+    std::lock_guard<std::mutex> computing(*path_mu);
+    {
+      std::lock_guard<std::mutex> lock(answers_mu_);
+      auto it = answers_.find(req.path);
+      if (it != answers_.end() && std::chrono::steady_clock::now() - it->second.at < kAnswerLifetime) {
+        res.status = it->second.status;
+        res.set_content(it->second.body, it->second.content_type);
+        return;
+      }
+    }
+    handler(req, res);
+    if (res.status != 200) return;  // errors are not kept: the next poll asks again
+    std::lock_guard<std::mutex> lock(answers_mu_);
+    answers_[req.path] = {std::chrono::steady_clock::now(), res.status, res.body, res.get_header_value("Content-Type")};
+  }
+
+  void forget_answers() {
+    std::lock_guard<std::mutex> lock(answers_mu_);
+    answers_.clear();
+  }
+
+  // Wraps an API handler: token check, cross-site check for changes, errors as JSON; a
+  // view's answer is shared for kAnswerLifetime, a change drops the shared answers.
   httplib::Server::Handler api(std::function<void(const httplib::Request&, httplib::Response&)> handler,
-                               bool changes = false) {
-    return [this, handler = std::move(handler), changes](const httplib::Request& req, httplib::Response& res) {
+                               Kind kind = Kind::kUncached) {
+    bool changes = kind == Kind::kChange;
+    return [this, handler = std::move(handler), changes, kind](const httplib::Request& req, httplib::Response& res) {
       add_security_headers(res);
       if (!authorized(req)) return send_error(res, 401, "the cluster token is required (Authorization: Bearer TOKEN, or sign in at /login)");
       if (changes) {
@@ -192,7 +244,12 @@ class DashboardServer::Impl {
           return send_error(res, 403, "cross-site request refused (Origin " + origin + ")");
       }
       try {
-        handler(req, res);
+        if (kind == Kind::kView) {
+          cached_view(req, res, handler);
+        } else {
+          handler(req, res);
+          if (changes) forget_answers();
+        }
       } catch (const ApiError& e) {
         send_error(res, e.status, e.message);
       } catch (const Json::exception& e) {
@@ -283,10 +340,10 @@ class DashboardServer::Impl {
     });
     s.Get("/metrics", api([this](const httplib::Request&, httplib::Response& res) {
       res.set_content(source_.metrics(), "text/plain; version=0.0.4; charset=utf-8");
-    }));
-    s.Get("/api/cluster", api([this](auto&, auto& res) { send_json(res, source_.overview()); }));
-    s.Get("/api/nodes", api([this](auto&, auto& res) { send_json(res, source_.nodes()); }));
-    s.Get("/api/actors", api([this](auto&, auto& res) { send_json(res, source_.actors()); }));
+    }, Kind::kView));
+    s.Get("/api/cluster", api([this](auto&, auto& res) { send_json(res, source_.overview()); }, Kind::kView));
+    s.Get("/api/nodes", api([this](auto&, auto& res) { send_json(res, source_.nodes()); }, Kind::kView));
+    s.Get("/api/actors", api([this](auto&, auto& res) { send_json(res, source_.actors()); }, Kind::kView));
     s.Post(R"(/api/actors/([0-9a-f]+)/kill)", api([this](const httplib::Request& req, httplib::Response& res) {
              bool no_restart = true;
              if (!req.body.empty()) {
@@ -295,14 +352,14 @@ class DashboardServer::Impl {
              }
              source_.kill_actor(req.matches[1].str(), no_restart);
              send_json(res, {{"killed", req.matches[1].str()}, {"no_restart", no_restart}});
-           }, true));
-    s.Get("/api/tasks", api([this](auto&, auto& res) { send_json(res, source_.tasks()); }));
-    s.Get("/api/objects", api([this](auto&, auto& res) { send_json(res, source_.objects()); }));
-    s.Get("/api/placement_groups", api([this](auto&, auto& res) { send_json(res, source_.placement_groups()); }));
-    s.Get("/api/jobs", api([this](auto&, auto& res) { send_json(res, source_.jobs()); }));
+           }, Kind::kChange));
+    s.Get("/api/tasks", api([this](auto&, auto& res) { send_json(res, source_.tasks()); }, Kind::kView));
+    s.Get("/api/objects", api([this](auto&, auto& res) { send_json(res, source_.objects()); }, Kind::kView));
+    s.Get("/api/placement_groups", api([this](auto&, auto& res) { send_json(res, source_.placement_groups()); }, Kind::kView));
+    s.Get("/api/jobs", api([this](auto&, auto& res) { send_json(res, source_.jobs()); }, Kind::kView));
     s.Post("/api/jobs", api([this](const httplib::Request& req, httplib::Response& res) {
              send_json(res, source_.submit_job(Json::parse(req.body.empty() ? "null" : req.body)), 201);
-           }, true));
+           }, Kind::kChange));
     s.Get(R"(/api/jobs/([A-Za-z0-9_-]+))", api([this](const httplib::Request& req, httplib::Response& res) {
             send_json(res, source_.job(req.matches[1].str()));
           }));
@@ -312,20 +369,20 @@ class DashboardServer::Impl {
           }));
     s.Post(R"(/api/jobs/([A-Za-z0-9_-]+)/stop)", api([this](const httplib::Request& req, httplib::Response& res) {
              send_json(res, source_.stop_job(req.matches[1].str()));
-           }, true));
+           }, Kind::kChange));
     s.Get("/api/logs", api([this](const httplib::Request& req, httplib::Response& res) { logs(req, res); }));
     s.Get("/api/stacks", api([this](const httplib::Request& req, httplib::Response& res) {
             send_json(res, source_.stacks(required(req, "node"), int_param(req, "pid", 0, 1, 1 << 30)));
           }));
     s.Get("/api/timeline", api([this](auto&, auto& res) { send_json(res, source_.timeline()); }));
-    s.Get("/api/train", api([this](auto&, auto& res) { send_json(res, source_.train_runs()); }));
+    s.Get("/api/train", api([this](auto&, auto& res) { send_json(res, source_.train_runs()); }, Kind::kView));
     s.Get(R"(/api/train/([^/]+))", api([this](const httplib::Request& req, httplib::Response& res) {
             send_json(res, source_.train_run(req.matches[1].str()));
-          }));
-    s.Get("/api/tune", api([this](auto&, auto& res) { send_json(res, source_.tune_experiments()); }));
+          }, Kind::kView));
+    s.Get("/api/tune", api([this](auto&, auto& res) { send_json(res, source_.tune_experiments()); }, Kind::kView));
     s.Get(R"(/api/tune/([^/]+))", api([this](const httplib::Request& req, httplib::Response& res) {
             send_json(res, source_.tune_experiment(req.matches[1].str()));
-          }));
+          }, Kind::kView));
     s.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
       if (res.body.empty() && res.status == 404) send_error(res, 404, "no such endpoint: " + req.method + " " + req.path);
     });
@@ -383,6 +440,9 @@ class DashboardServer::Impl {
   std::thread thread_;
   int port_ = 0;
   std::atomic<bool> stopping_{false};
+  std::mutex answers_mu_;  // guards answers_, answer_locks_
+  std::map<std::string, Answer> answers_;                          // path -> shared answer
+  std::map<std::string, std::shared_ptr<std::mutex>> answer_locks_;  // path -> held while computing it
   std::mutex mu_;  // guards sessions_, used_links_, followers_
   std::map<std::string, std::chrono::steady_clock::time_point> sessions_;  // session id -> expiry
   std::map<std::string, int64_t> used_links_;                               // login link nonce -> expiry
@@ -402,6 +462,8 @@ class MetricsServer::Impl {
   Impl(HttpConfig config, std::function<std::string()> metrics)
       : config_(std::move(config)), metrics_(std::move(metrics)), server_(make_server(config_)) {
     server_->new_task_queue = [] { return new httplib::ThreadPool(2); };
+    server_->set_tcp_nodelay(true);
+    server_->set_keep_alive_max_count(1);  // as the dashboard's: no idle keep-alive polling
     server_->Get("/metrics", [this](const httplib::Request& req, httplib::Response& res) {
       std::string auth = req.get_header_value("Authorization");
       if (auth.rfind("Bearer ", 0) != 0 || !equal_secrets(auth.substr(7), config_.token))
