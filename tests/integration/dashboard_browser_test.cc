@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
+#include <iostream>
 #include <filesystem>
 #include <regex>
 #include <thread>
@@ -69,6 +71,9 @@ void line_loop(train::TrainContext& ctx) {
 }
 GANTRY_TRAIN_LOOP(line_loop);
 
+void constant(tune::TrialContext& t) { t.report({{"loss", t.config().get<double>("x")}}); }
+GANTRY_TRAINABLE(constant);
+
 void bowl(tune::TrialContext& t) {
   double x = t.config().get<double>("x");
   for (int step = 0; step < 8; ++step) t.report({{"loss", (x - 0.3) * (x - 0.3) + 1.0 / (step + 1)}});
@@ -99,6 +104,9 @@ class BrowserTest : public ::testing::Test {
                       {.metric = "loss", .mode = tune::kMin, .num_samples = 12, .scheduler = tune::ASHA({.max_t = 8})},
                       {.name = "browser_sweep", .storage_path = storage().string(), .verbose = 0});
     sweep_trials_ = static_cast<int>(tuner.fit().size());
+    tune::Tuner big(constant, {{"x", tune::uniform(0, 1)}}, {.metric = "loss", .mode = tune::kMin, .num_samples = 1000},
+                    {.name = "browser_big", .storage_path = storage().string(), .verbose = 0, .trial_files = false});
+    big_trials_ = static_cast<int>(big.fit().size());
     greeter_ = std::make_unique<gantry::ActorHandle<Greeter>>(gantry::actor(Greeter::create).remote());
     greeter_->task(&Greeter::greet).remote().get();
     // Tasks keep running while the browser looks.
@@ -148,6 +156,7 @@ class BrowserTest : public ::testing::Test {
   static inline std::string browser_;
   static inline bool train_result_ok_ = false;
   static inline int sweep_trials_ = 0;
+  static inline int big_trials_ = 0;
   static inline std::unique_ptr<gantry::ActorHandle<Greeter>> greeter_;
   static inline std::thread load_;
   static inline std::atomic<bool> stop_{false};
@@ -189,6 +198,18 @@ TEST_F(BrowserTest, TunePageShowsTheTrialTableTheBestTrialAndAPlot) {
   EXPECT_EQ(count(p.dom, element_with_class("section", "best-trial")), 1);
   EXPECT_GE(count(p.dom, "class=\"[^\"]*\\bplot\\b[^\"]*\"[^>]*data-metric=\"loss\""), 1);
   EXPECT_GE(count(p.dom, "class=\"[^\"]*\\bct-point\\b"), 8);  // at least one trial's curve, point by point
+}
+
+TEST_F(BrowserTest, ATuneTableOfAThousandTrialsRenders) {
+  ASSERT_EQ(big_trials_, 1000);
+  auto start = std::chrono::steady_clock::now();
+  Page p = open("#/tune/browser_big", "tune_1000");
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ASSERT_TRUE(p.ran);
+  EXPECT_EQ(count(p.dom, "data-page=\"tune-experiment\""), 1) << p.dom.substr(0, 2000);
+  EXPECT_EQ(count(p.dom, element_with_class("tr", "trial-row")), 1000);
+  EXPECT_EQ(count(p.dom, element_with_class("section", "best-trial")), 1);
+  std::cout << "a thousand-trial experiment page: loaded, rendered and captured in " << seconds << " s\n";
 }
 
 TEST_F(BrowserTest, TrainPageShowsLossAndThroughputCurves) {

@@ -240,13 +240,9 @@ Json ClusterSource::actors() {
   std::map<std::string, Json> calls;  // actor id (binary) -> counts
   for (const auto& w : tasks->executed) {
     if (w.events.actor_id().empty()) continue;
-    int64_t finished = 0, failed = 0, running = 0;
-    for (const auto& c : w.events.counts()) {
-      finished += c.finished();
-      failed += c.failed();
-      running += c.running();
-    }
-    calls[w.events.actor_id()] = {{"finished", finished}, {"failed", failed}, {"running", running}};
+    // The actor's own calls: its worker may have run plain tasks before it hosted the actor.
+    const proto::ExecutedCount& c = w.events.actor_calls();
+    calls[w.events.actor_id()] = {{"finished", c.finished()}, {"failed", c.failed()}, {"running", c.running()}};
   }
   std::vector<const proto::ActorInfo*> sorted;
   for (const auto& a : list.actors()) sorted.push_back(&a);

@@ -3,6 +3,9 @@
 // cpp-httplib is included here only: no other file of gantry sees it.
 #include <httplib.h>
 
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <map>
 #include <mutex>
@@ -31,6 +34,32 @@ int64_t unix_now() {
 }
 
 std::string dump(const Json& j) { return j.dump(-1, ' ', false, Json::error_handler_t::replace); }
+
+// Lowers the calling thread's scheduling priority (nice 10) once. Watching a cluster must
+// not slow the work it watches: on a busy node the dashboard's threads yield to the
+// driver, agents and workers.
+void yield_to_the_workload() {
+  thread_local bool lowered = false;
+  if (lowered) return;
+  lowered = true;
+  ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 10);  // best effort: a refusal changes nothing
+}
+
+// cpp-httplib's thread pool, whose threads run at the lowered priority.
+class BackgroundPool final : public httplib::TaskQueue {
+ public:
+  explicit BackgroundPool(size_t threads) : pool_(threads) {}
+  void enqueue(std::function<void()> fn) override {
+    pool_.enqueue([fn = std::move(fn)] {
+      yield_to_the_workload();
+      fn();
+    });
+  }
+  void shutdown() override { pool_.shutdown(); }
+
+ private:
+  httplib::ThreadPool pool_;
+};
 
 void send_json(httplib::Response& res, const Json& j, int status = 200) {
   res.status = status;
@@ -121,7 +150,10 @@ int bind_and_serve(httplib::Server& server, const HttpConfig& config, std::threa
     throw Error(std::string("cannot bind the ") + what + " to " + config.host + ":" + std::to_string(port) +
                 " (in use? pick another port)");
   }
-  thread = std::thread([&server] { server.listen_after_bind(); });
+  thread = std::thread([&server] {
+    yield_to_the_workload();
+    server.listen_after_bind();
+  });
   return port;
 }
 
@@ -137,7 +169,7 @@ class DashboardServer::Impl {
  public:
   Impl(HttpConfig config, std::string head_address)
       : config_(std::move(config)), source_(std::move(head_address)), server_(make_server(config_)) {
-    server_->new_task_queue = [] { return new httplib::ThreadPool(8); };
+    server_->new_task_queue = [] { return new BackgroundPool(8); };
     server_->set_tcp_nodelay(true);  // small answers go out at once, not after a delayed ACK
     // One request per connection: cpp-httplib waits for a kept-alive connection's next
     // request by waking every few milliseconds for 5 s, which costs a busy 2-core machine
@@ -461,7 +493,7 @@ class MetricsServer::Impl {
  public:
   Impl(HttpConfig config, std::function<std::string()> metrics)
       : config_(std::move(config)), metrics_(std::move(metrics)), server_(make_server(config_)) {
-    server_->new_task_queue = [] { return new httplib::ThreadPool(2); };
+    server_->new_task_queue = [] { return new BackgroundPool(2); };
     server_->set_tcp_nodelay(true);
     server_->set_keep_alive_max_count(1);  // as the dashboard's: no idle keep-alive polling
     server_->Get("/metrics", [this](const httplib::Request& req, httplib::Response& res) {

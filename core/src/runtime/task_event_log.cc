@@ -14,11 +14,12 @@ uint64_t TaskEventLog::now_us() {
           .count());
 }
 
-uint64_t TaskEventLog::started(const TaskId& id, const std::string& name, int attempt) {
-  Execution e{id, name, now_us(), 0, attempt, false};
+uint64_t TaskEventLog::started(const TaskId& id, const std::string& name, int attempt, bool actor_call) {
+  Execution e{id, name, now_us(), 0, attempt, false, actor_call};
   std::lock_guard<std::mutex> lock(mu_);
   uint64_t token = next_token_++;
   ++counts_[e.name].running;
+  if (actor_call) ++actor_calls_.running;
   running_.emplace(token, std::move(e));
   return token;
 }
@@ -35,6 +36,10 @@ void TaskEventLog::ended(uint64_t token, const proto::ErrorInfo* error) {
   Counts& c = counts_[e.name];
   --c.running;
   ++(e.failed ? c.failed : c.finished);
+  if (e.actor_call) {
+    --actor_calls_.running;
+    ++(e.failed ? actor_calls_.failed : actor_calls_.finished);
+  }
   if (error != nullptr) {
     proto::TaskFailure f;
     f.set_task_id(e.id.binary());
@@ -76,6 +81,9 @@ void TaskEventLog::describe(const proto::TaskEventsRequest& req, proto::TaskEven
     n->set_finished(c.finished);
     n->set_failed(c.failed);
   }
+  out->mutable_actor_calls()->set_running(actor_calls_.running);
+  out->mutable_actor_calls()->set_finished(actor_calls_.finished);
+  out->mutable_actor_calls()->set_failed(actor_calls_.failed);
   size_t limit = req.limit() > 0 ? static_cast<size_t>(req.limit()) : 0;
   size_t added = 0;
   for (const auto& [token, e] : running_) {

@@ -19,8 +19,9 @@ class TaskEventLog {
  public:
   explicit TaskEventLog(size_t capacity = 10000, size_t failures_kept = 100);
 
-  /// A task starts; returns the token `ended` takes.
-  uint64_t started(const TaskId& id, const std::string& name, int attempt);
+  /// A task starts; returns the token `ended` takes. `actor_call`: a method of the actor
+  /// this worker hosts (counted apart as well: the worker may have run tasks before).
+  uint64_t started(const TaskId& id, const std::string& name, int attempt, bool actor_call = false);
   /// The task of `token` ended; `error` is its error, or null when it returned a value.
   void ended(uint64_t token, const proto::ErrorInfo* error);
   /// Fills `out` (counts, running and ended executions, failures) as `req` asks.
@@ -37,6 +38,7 @@ class TaskEventLog {
     uint64_t end_us = 0;
     int attempt = 0;
     bool failed = false;
+    bool actor_call = false;
   };
   struct Counts {
     int64_t running = 0;
@@ -50,6 +52,7 @@ class TaskEventLog {
   uint64_t next_token_ = 1;
   std::unordered_map<uint64_t, Execution> running_;
   std::unordered_map<std::string, Counts> counts_;
+  Counts actor_calls_;
   std::vector<Execution> ended_;  // a ring of the last `capacity_`
   size_t ended_next_ = 0;
   uint64_t ended_total_ = 0;

@@ -240,7 +240,8 @@ void TaskExecutor::execute(const proto::TaskSpec& spec, proto::TaskResult* resul
   CurrentTaskScope scope(&spec, cancelled);
   const std::string& label = spec.name().empty() ? spec.function() : spec.name();
   if (OutputForwarder* out = core_.output(); out != nullptr && relabel) out->set_label(label);
-  uint64_t event = events_.started(TaskId::from_binary(spec.task_id()), label, spec.attempt());
+  uint64_t event =
+      events_.started(TaskId::from_binary(spec.task_id()), label, spec.attempt(), !spec.actor_id().empty());
   try {
     std::vector<std::shared_ptr<detail::Buffer>> keep;
     std::vector<detail::ArgView> views;
@@ -296,6 +297,7 @@ void TaskExecutor::describe_events(const proto::TaskEventsRequest& req, proto::T
   if (actor_known_.load(std::memory_order_acquire)) {
     out->set_actor_id(actor_id_.binary());
     out->set_actor_class(actor_class_);
+    out->mutable_actor_calls()->set_name(actor_class_);
   }
 }
 

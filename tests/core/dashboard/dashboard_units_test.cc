@@ -190,6 +190,7 @@ TEST(TaskEventLog, CountsKeepsTheNewestExecutionsAndFailures) {
     log.ended(log.started(TaskId::generate(), "g", 1), &error);
   }
   uint64_t running = log.started(TaskId::generate(), "h", 0);
+  log.ended(log.started(TaskId::generate(), "Actor::m", 0, /*actor_call=*/true), nullptr);
   proto::TaskEventsRequest req;
   req.set_limit(100);
   proto::TaskEvents out;
@@ -199,11 +200,14 @@ TEST(TaskEventLog, CountsKeepsTheNewestExecutionsAndFailures) {
   EXPECT_EQ(counts["f"].finished(), 5);
   EXPECT_EQ(counts["g"].failed(), 3);
   EXPECT_EQ(counts["h"].running(), 1);
+  EXPECT_EQ(out.actor_calls().finished(), 1);  // only the actor's method, not the tasks before
+  EXPECT_EQ(out.actor_calls().failed(), 0);
   ASSERT_EQ(out.executions_size(), 4);  // the running one and the 3 kept
   EXPECT_EQ(out.executions(0).end_us(), 0u);
-  EXPECT_EQ(out.executions(1).name(), "g");
-  EXPECT_TRUE(out.executions(1).failed());
-  EXPECT_EQ(out.executions_dropped(), 5u);
+  EXPECT_EQ(out.executions(1).name(), "Actor::m");
+  EXPECT_EQ(out.executions(2).name(), "g");
+  EXPECT_TRUE(out.executions(2).failed());
+  EXPECT_EQ(out.executions_dropped(), 6u);
   ASSERT_EQ(out.failures_size(), 2);
   EXPECT_EQ(out.failures(0).message(), "boom 2");  // newest first
   EXPECT_EQ(out.failures(1).message(), "boom 1");
