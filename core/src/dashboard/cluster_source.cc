@@ -125,24 +125,22 @@ std::shared_ptr<const std::vector<ClusterSource::NodeEntry>> ClusterSource::cach
   return nodes_cache_.get([this] { return gather_nodes(); });
 }
 
-ClusterSource::TaskGather ClusterSource::gather_tasks(int events_limit, bool ended) {
-  TaskGather g;
-  auto nodes = cached_nodes();
-  struct Peer {
-    std::string address;
-    std::string node_id;
-    bool executes = false;
-  };
-  std::vector<Peer> peers;
+std::vector<ClusterSource::Owner> ClusterSource::owners() {
+  std::vector<Owner> out;
   auto jobs = call_head<proto::Head::Stub, proto::Empty, proto::ListJobsReply>(*head_, &proto::Head::Stub::ListJobs,
                                                                                proto::Empty(), "cannot list jobs");
   for (const auto& job : jobs.jobs())
     if (job.state() == proto::JobSpec::RUNNING && !job.driver_address().empty())
-      peers.push_back({job.driver_address(), "", false});
-  for (const auto& n : *nodes)
+      out.push_back({job.driver_address(), "", false});
+  for (const auto& n : *cached_nodes())
     if (n.answered)
-      for (const auto& w : n.stats.worker_addresses()) peers.push_back({w, hex_id(n.info.node_id()), true});
-  for (const auto& p : peers) {
+      for (const auto& w : n.stats.worker_addresses()) out.push_back({w, hex_id(n.info.node_id()), true});
+  return out;
+}
+
+ClusterSource::TaskGather ClusterSource::gather_tasks(int events_limit, bool ended) {
+  TaskGather g;
+  for (const Owner& p : owners()) {
     ++g.asked;
     auto stub = proto::WorkerService::NewStub(channels_.get(p.address));
     bool answered = false;
@@ -352,15 +350,8 @@ Json ClusterSource::objects() {
                          {"bytes", n.stats.store_used()}});
   Json by_owner = Json::array();
   bool truncated = false;
-  std::vector<std::string> owners;
-  auto jobs = call_head<proto::Head::Stub, proto::Empty, proto::ListJobsReply>(*head_, &proto::Head::Stub::ListJobs,
-                                                                               proto::Empty(), "cannot list jobs");
-  for (const auto& job : jobs.jobs())
-    if (job.state() == proto::JobSpec::RUNNING && !job.driver_address().empty()) owners.push_back(job.driver_address());
-  for (const auto& n : *nodes)
-    for (const auto& w : n.stats.worker_addresses()) owners.push_back(w);
-  for (const auto& address : owners) {
-    auto stub = proto::WorkerService::NewStub(channels_.get(address));
+  for (const Owner& owner : owners()) {
+    auto stub = proto::WorkerService::NewStub(channels_.get(owner.address));
     grpc::ClientContext ctx;
     set_deadline(ctx, kPeerDeadline);
     proto::ListOwnedRequest req;

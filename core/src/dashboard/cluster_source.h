@@ -106,6 +106,14 @@ class ClusterSource {
     int silent = 0;
   };
 
+  // A process that owns tasks and objects: a running job's driver, or a worker of a node
+  // that answered (which also executes tasks).
+  struct Owner {
+    std::string address;
+    std::string node_id;  // hex; empty for a driver
+    bool executes = false;
+  };
+  std::vector<Owner> owners();
   std::vector<NodeEntry> gather_nodes();
   // `ended`: also the executions that ended (for the timeline), not only running ones.
   TaskGather gather_tasks(int events_limit, bool ended);
