@@ -44,12 +44,13 @@ class Counter {
  public:
   static Counter* create() { return new Counter(); }
   int bump() { return ++n_; }
+  int tick() { return ++n_; }  // called by one test only, which counts its calls
   int pid() const { return static_cast<int>(::getpid()); }
 
  private:
   int n_ = 0;
 };
-GANTRY_REMOTE(Counter::create, &Counter::bump, &Counter::pid);
+GANTRY_REMOTE(Counter::create, &Counter::bump, &Counter::tick, &Counter::pid);
 
 std::string read_file(const std::filesystem::path& p) {
   std::ifstream in(p);
@@ -304,6 +305,45 @@ TEST_F(DashboardTest, KillsAnActorThroughTheApi) {
   EXPECT_EQ(state, "DEAD");
   post("/api/actors/" + std::string(32, '0') + "/kill", Json::object(), 404);
   post("/api/actors/123/kill", Json::object(), 400);
+}
+
+// A worker's exit must not lower the cluster's counts (Prometheus would read a fall of
+// gantry_tasks_finished_total as a restart): the head keeps what exited workers had done.
+TEST_F(DashboardTest, CountsOutliveTheWorkerThatMadeThem) {
+  auto actor = gantry::actor(Counter::create).options({.name = "ticker"}).remote();
+  int pid = actor.task(&Counter::pid).remote().get();
+  for (int i = 0; i < 4; ++i) actor.task(&Counter::tick).remote().get();
+  auto ticks = [](const Json& tasks) {
+    for (const auto& f : tasks["functions"])
+      if (f["name"].get<std::string>().find("tick") != std::string::npos) return f["finished"].get<int64_t>();
+    return int64_t{0};
+  };
+  ASSERT_EQ(ticks(get_until("/api/tasks", [&](const Json& t) { return ticks(t) == 4; })), 4);
+  std::string id = actor_id_where([](const Json& a) { return a["name"] == "ticker"; });
+  ASSERT_FALSE(id.empty());
+  post("/api/actors/" + id + "/kill", {{"no_restart", true}}, 200);
+
+  // Until its node's agent no longer lists the actor's worker process.
+  auto listed = [pid](const Json& nodes) {
+    for (const auto& n : nodes["nodes"])
+      for (const auto& w : n["worker_processes"])
+        if (w["pid"] == pid) return true;
+    return false;
+  };
+  ASSERT_FALSE(listed(get_until("/api/nodes", [&](const Json& n) { return !listed(n); })));
+  std::this_thread::sleep_for(std::chrono::milliseconds(2100));  // past the shared answers
+
+  EXPECT_EQ(ticks(get("/api/tasks")), 4);
+  Json dead, listed_actors = get("/api/actors");
+  for (const auto& a : listed_actors["actors"])
+    if (a["actor_id"] == id) dead = a;
+  EXPECT_EQ(dead["state"], "DEAD") << dead.dump();
+  EXPECT_EQ(dead["calls"]["finished"], 5) << dead.dump();  // pid() and four ticks
+  auto metrics = parse_prometheus(client().Get("/metrics", auth())->body);
+  double counted = 0;
+  for (const auto& s : metrics["gantry_tasks_finished_total"].samples)
+    if (s.labels.at("function").find("tick") != std::string::npos) counted = s.value;
+  EXPECT_EQ(counted, 4);
 }
 
 TEST_F(DashboardTest, SubmitsFollowsAndStopsAJob) {

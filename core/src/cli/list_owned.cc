@@ -4,9 +4,8 @@
 #include <map>
 #include <vector>
 
-#include "gantry/agent.grpc.pb.h"
+#include "dashboard/cluster_source.h"
 #include "gantry/errors.h"
-#include "gantry/head.grpc.pb.h"
 #include "gantry/ids.h"
 #include "gantry/worker.grpc.pb.h"
 #include "rpc/grpc_util.h"
@@ -16,36 +15,6 @@ namespace {
 
 constexpr auto kOwnerDeadline = std::chrono::seconds(10);  // a busy owner still answers
 
-// Drivers of running jobs, then the workers every live node reports.
-std::vector<std::string> owners(proto::Head::Stub& head, const std::string& address, int* unreachable_nodes) {
-  std::vector<std::string> out;
-  proto::ListJobsReply jobs;
-  grpc::ClientContext jctx;
-  jctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  grpc::Status s = head.ListJobs(&jctx, proto::Empty(), &jobs);
-  if (!s.ok()) throw Error("cannot list jobs at " + address + ": " + s.error_message());
-  for (const auto& job : jobs.jobs())
-    if (job.state() == proto::JobSpec::RUNNING && !job.driver_address().empty()) out.push_back(job.driver_address());
-  proto::ListNodesReply nodes;
-  grpc::ClientContext nctx;
-  nctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  s = head.ListNodes(&nctx, proto::Empty(), &nodes);
-  if (!s.ok()) throw Error("cannot list nodes at " + address + ": " + s.error_message());
-  for (const auto& node : nodes.nodes()) {
-    if (!node.alive()) continue;
-    auto agent = proto::NodeAgent::NewStub(make_channel(node.agent_address()));
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + kOwnerDeadline);
-    proto::NodeStats stats;
-    if (!agent->GetNodeStats(&ctx, proto::Empty(), &stats).ok()) {
-      ++*unreachable_nodes;
-      continue;
-    }
-    for (const auto& w : stats.worker_addresses()) out.push_back(w);
-  }
-  return out;
-}
-
 std::string short_owner(const proto::OwnedState& s) {
   return std::to_string(s.pid()) + "@" + s.owner_address();
 }
@@ -53,13 +22,17 @@ std::string short_owner(const proto::OwnedState& s) {
 }  // namespace
 
 int list_owned_command(const std::string& what, const std::string& address, int limit) {
-  auto head = proto::Head::NewStub(make_channel(address));
   int unreachable_nodes = 0;
-  std::vector<std::string> addresses = owners(*head, address, &unreachable_nodes);
+  std::vector<ClusterSource::Owner> owners;
+  try {
+    owners = ClusterSource(address).owners(&unreachable_nodes);
+  } catch (const ApiError& e) {
+    throw Error(e.message + " (head " + address + ")");
+  }
   std::vector<proto::OwnedState> states;
   int silent = 0;
-  for (const auto& owner : addresses) {
-    auto stub = proto::WorkerService::NewStub(make_channel(owner));
+  for (const auto& owner : owners) {
+    auto stub = proto::WorkerService::NewStub(make_channel(owner.address));
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + kOwnerDeadline);
     proto::ListOwnedRequest req;

@@ -125,22 +125,86 @@ std::shared_ptr<const std::vector<ClusterSource::NodeEntry>> ClusterSource::cach
   return nodes_cache_.get([this] { return gather_nodes(); });
 }
 
-std::vector<ClusterSource::Owner> ClusterSource::owners() {
+std::vector<ClusterSource::Owner> ClusterSource::owners(int* unreachable_nodes) {
+  return owners_of(*cached_nodes(), unreachable_nodes);
+}
+
+std::vector<ClusterSource::Owner> ClusterSource::owners_of(const std::vector<NodeEntry>& nodes, int* unreachable_nodes) {
   std::vector<Owner> out;
   auto jobs = call_head<proto::Head::Stub, proto::Empty, proto::ListJobsReply>(*head_, &proto::Head::Stub::ListJobs,
                                                                                proto::Empty(), "cannot list jobs");
   for (const auto& job : jobs.jobs())
     if (job.state() == proto::JobSpec::RUNNING && !job.driver_address().empty())
       out.push_back({job.driver_address(), "", false});
-  for (const auto& n : *cached_nodes())
+  for (const auto& n : nodes) {
+    if (n.info.alive() && !n.answered && unreachable_nodes) ++*unreachable_nodes;
     if (n.answered)
       for (const auto& w : n.stats.worker_addresses()) out.push_back({w, hex_id(n.info.node_id()), true});
+  }
   return out;
+}
+
+void ClusterSource::tally(const std::vector<NodeEntry>& nodes, TaskGather& g) {
+  std::set<std::string> answered_nodes, live_nodes, listed;
+  for (const auto& n : nodes) {
+    std::string id = hex_id(n.info.node_id());
+    if (n.info.alive()) live_nodes.insert(id);
+    if (!n.answered) continue;
+    answered_nodes.insert(id);
+    for (const auto& w : n.stats.worker_addresses()) listed.insert(w);
+  }
+  std::lock_guard<std::mutex> lock(tally_mu_);
+  auto retire = [this](const WorkerTally& t) {
+    for (const auto& [name, e] : t.by_function) {
+      retired_functions_[name].finished += e.finished;
+      retired_functions_[name].failed += e.failed;
+    }
+    if (!t.actor_id.empty()) {
+      retired_actors_[t.actor_id].finished += t.actor_calls.finished;
+      retired_actors_[t.actor_id].failed += t.actor_calls.failed;
+    }
+  };
+  for (const WorkerEvents& w : g.executed) {
+    WorkerTally now;
+    now.pid = w.events.pid();
+    now.node_id = w.node_id;
+    for (const auto& c : w.events.counts()) now.by_function[c.name()] = {c.finished(), c.failed()};
+    now.actor_id = w.events.actor_id();
+    now.actor_calls = {w.events.actor_calls().finished(), w.events.actor_calls().failed()};
+    auto it = tallies_.find(w.address);
+    if (it != tallies_.end() && it->second.pid != now.pid) retire(it->second);  // a new worker at that address
+    tallies_[w.address] = std::move(now);
+  }
+  // A worker is gone when its node died or its node's agent no longer lists it. One that
+  // did not answer, or whose agent did not, keeps the counts it last gave.
+  for (auto it = tallies_.begin(); it != tallies_.end();) {
+    const WorkerTally& t = it->second;
+    bool gone = !live_nodes.count(t.node_id) || (answered_nodes.count(t.node_id) && !listed.count(it->first));
+    if (gone) {
+      retire(t);
+      it = tallies_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  g.ended_by_function = retired_functions_;
+  g.ended_by_actor = retired_actors_;
+  for (const auto& [address, t] : tallies_) {
+    for (const auto& [name, e] : t.by_function) {
+      g.ended_by_function[name].finished += e.finished;
+      g.ended_by_function[name].failed += e.failed;
+    }
+    if (!t.actor_id.empty()) {
+      g.ended_by_actor[t.actor_id].finished += t.actor_calls.finished;
+      g.ended_by_actor[t.actor_id].failed += t.actor_calls.failed;
+    }
+  }
 }
 
 ClusterSource::TaskGather ClusterSource::gather_tasks(int events_limit, bool ended) {
   TaskGather g;
-  for (const Owner& p : owners()) {
+  auto nodes = cached_nodes();
+  for (const Owner& p : owners_of(*nodes, nullptr)) {
     ++g.asked;
     auto stub = proto::WorkerService::NewStub(channels_.get(p.address));
     bool answered = false;
@@ -171,6 +235,7 @@ ClusterSource::TaskGather ClusterSource::gather_tasks(int events_limit, bool end
     }
     if (!answered) ++g.silent;  // it may have just exited
   }
+  tally(*nodes, g);
   return g;
 }
 
@@ -235,13 +300,14 @@ proto::ListActorsReply ClusterSource::list_actors() {
 Json ClusterSource::actors() {
   proto::ListActorsReply list = list_actors();
   auto tasks = cached_tasks();
+  // The actor's own calls (its worker may have run plain tasks before it hosted the actor),
+  // those of its earlier incarnations included.
   std::map<std::string, Json> calls;  // actor id (binary) -> counts
-  for (const auto& w : tasks->executed) {
-    if (w.events.actor_id().empty()) continue;
-    // The actor's own calls: its worker may have run plain tasks before it hosted the actor.
-    const proto::ExecutedCount& c = w.events.actor_calls();
-    calls[w.events.actor_id()] = {{"finished", c.finished()}, {"failed", c.failed()}, {"running", c.running()}};
-  }
+  for (const auto& [actor, e] : tasks->ended_by_actor)
+    calls[actor] = {{"finished", e.finished}, {"failed", e.failed}, {"running", 0}};
+  for (const auto& w : tasks->executed)
+    if (!w.events.actor_id().empty() && calls.count(w.events.actor_id()))
+      calls[w.events.actor_id()]["running"] = w.events.actor_calls().running();
   std::vector<const proto::ActorInfo*> sorted;
   for (const auto& a : list.actors()) sorted.push_back(&a);
   // Live ones first, then by class and name: a stable order for the page.
@@ -290,6 +356,10 @@ Json ClusterSource::tasks() {
     int64_t pending = 0, running = 0, finished = 0, failed = 0;
   };
   std::map<std::string, Counts> by_name;
+  for (const auto& [name, e] : g->ended_by_function) {
+    by_name[name].finished = e.finished;
+    by_name[name].failed = e.failed;
+  }
   for (const auto& o : g->owned)
     for (const auto& t : o.tasks())
       if (t.state() != "SUBMITTED") ++by_name[t.name()].pending;
@@ -301,10 +371,7 @@ Json ClusterSource::tasks() {
   std::vector<Failure> failures;
   for (const auto& w : g->executed) {
     for (const auto& c : w.events.counts()) {
-      Counts& n = by_name[c.name()];
-      n.running += c.running();
-      n.finished += c.finished();
-      n.failed += c.failed();
+      by_name[c.name()].running += c.running();  // finished and failed: from the totals above
     }
     for (const auto& x : w.events.executions()) {
       if (x.end_us() != 0 || static_cast<int>(running.size()) >= kRunningListed) continue;
@@ -731,10 +798,10 @@ std::string ClusterSource::metrics() {
     m.gauge("gantry_tasks", "", L{{"function", fn}, {"state", "running"}}, f["running"].get<double>());
   }
   for (const auto& f : t["functions"])
-    m.counter("gantry_tasks_finished_total", "Tasks and actor calls that returned a value, by function (per live worker).",
+    m.counter("gantry_tasks_finished_total", "Tasks and actor calls that returned a value, by function.",
               {{"function", f["name"].get<std::string>()}}, f["finished"].get<double>());
   for (const auto& f : t["functions"])
-    m.counter("gantry_tasks_failed_total", "Tasks and actor calls that ended in an error, by function (per live worker).",
+    m.counter("gantry_tasks_failed_total", "Tasks and actor calls that ended in an error, by function.",
               {{"function", f["name"].get<std::string>()}}, f["failed"].get<double>());
   std::map<std::pair<std::string, std::string>, int> actors;
   proto::ListActorsReply actor_list = list_actors();

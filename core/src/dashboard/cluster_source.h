@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -88,6 +89,17 @@ class ClusterSource {
   /// The published records under "gantry.dashboard/<kind>/", parsed (unparsable ones skipped).
   std::vector<Json> published(const std::string& kind);
 
+  /// A process that owns tasks and objects: a running job's driver, or a worker of a node
+  /// that answered (which also executes tasks).
+  struct Owner {
+    std::string address;
+    std::string node_id;  // hex; empty for a driver
+    bool executes = false;
+  };
+  /// Running jobs' drivers, then the workers of every live node whose agent answered;
+  /// `unreachable_nodes`, if given, counts the live nodes that did not.
+  std::vector<Owner> owners(int* unreachable_nodes = nullptr);
+
  private:
   struct NodeEntry {
     proto::NodeInfo info;
@@ -99,21 +111,34 @@ class ClusterSource {
     std::string node_id;  // hex
     proto::TaskEvents events;
   };
+  struct Ended {
+    int64_t finished = 0;
+    int64_t failed = 0;
+  };
   struct TaskGather {
     std::vector<proto::OwnedState> owned;
     std::vector<WorkerEvents> executed;
     int asked = 0;
     int silent = 0;
+    // Finished and failed executions of every worker seen since this source started,
+    // those that exited included: by function, and actor calls by actor id (binary).
+    std::map<std::string, Ended> ended_by_function;
+    std::map<std::string, Ended> ended_by_actor;
+  };
+  // What one worker had finished and failed when it last answered.
+  struct WorkerTally {
+    int pid = 0;
+    std::string node_id;  // hex
+    std::map<std::string, Ended> by_function;
+    std::string actor_id;  // binary; empty when it hosts none
+    Ended actor_calls;
   };
 
-  // A process that owns tasks and objects: a running job's driver, or a worker of a node
-  // that answered (which also executes tasks).
-  struct Owner {
-    std::string address;
-    std::string node_id;  // hex; empty for a driver
-    bool executes = false;
-  };
-  std::vector<Owner> owners();
+  std::vector<Owner> owners_of(const std::vector<NodeEntry>& nodes, int* unreachable_nodes);
+  // Records what the workers that answered have ended, moves the counts of workers that are
+  // gone (no longer listed by their node's agent, or on a dead node) into the retired
+  // totals, and fills g's totals: a worker's exit must not lower a counter.
+  void tally(const std::vector<NodeEntry>& nodes, TaskGather& g);
   std::vector<NodeEntry> gather_nodes();
   // `ended`: also the executions that ended (for the timeline), not only running ones.
   TaskGather gather_tasks(int events_limit, bool ended);
@@ -131,6 +156,10 @@ class ClusterSource {
   ChannelCache channels_;
   Cached<std::vector<NodeEntry>> nodes_cache_{std::chrono::milliseconds(1000)};
   Cached<TaskGather> tasks_cache_{std::chrono::milliseconds(2000)};
+  std::mutex tally_mu_;                           // guards the three below
+  std::map<std::string, WorkerTally> tallies_;    // by worker address: the workers not yet gone
+  std::map<std::string, Ended> retired_functions_;  // what workers that are gone had ended
+  std::map<std::string, Ended> retired_actors_;
 };
 
 /// {"CPU": 2, ...} from a proto Resources (fixed point).
