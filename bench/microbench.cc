@@ -27,9 +27,12 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <iomanip>
 #include <iostream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <optional>
@@ -148,7 +151,7 @@ struct Settings {
 
 constexpr std::string_view kDashboardLoadFlag = "--dashboard-load";
 constexpr auto kDashboardPollPeriod = std::chrono::milliseconds(100);
-constexpr int kDashboardRounds = 8;
+constexpr int kDashboardRounds = 12;
 
 double parse_seconds(std::string_view text) {
   std::string s(text);
@@ -889,16 +892,100 @@ void measure_under_dashboard_load(const Figure& figure, const Settings& settings
     return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
   };
   bool higher_is_better = figure.unit != "ms";
-  double change = (median(ratios) - 1) * 100;
-  double loss = higher_is_better ? -change : change;
+  // A pair's loss in percent (positive: worse with the dashboard polled).
+  auto loss_of = [&](double ratio) { return (higher_is_better ? 1 - ratio : ratio - 1) * 100; };
+  double loss = loss_of(median(ratios));
+  auto [low, high] = std::minmax_element(ratios.begin(), ratios.end());
+  double best_pair = higher_is_better ? loss_of(*high) : loss_of(*low);
+  double worst_pair = higher_is_better ? loss_of(*low) : loss_of(*high);
+  int worse_pairs = 0;
+  for (double r : ratios) worse_pairs += loss_of(r) > 0;
+  auto words = [](double l) {
+    std::ostringstream w;
+    w << std::fixed << std::setprecision(1) << (l >= 0 ? l : -l) << "% " << (l >= 0 ? "worse" : "better");
+    return w.str();
+  };
   std::cout << figure.name << ' ' << format_value(median(without), figure.unit) << ' ' << figure.unit << '\n'
             << figure.name << "_dashboard_polled " << format_value(median(with), figure.unit) << ' ' << figure.unit
             << '\n'
             << "#   " << kDashboardRounds << " back-to-back pairs (medians shown); dashboard polled every "
             << kDashboardPollPeriod.count() << " ms (" << requests << " requests, " << failures
             << " failed; answered in " << std::fixed << std::setprecision(1) << median(medians_ms) << " ms median, "
-            << max_ms << " ms at most): median pair " << (loss >= 0 ? loss : -loss) << "% "
-            << (loss >= 0 ? "worse" : "better") << " (target: under 5% worse)\n";
+            << max_ms << " ms at most): median pair " << words(loss) << " (target: under 5% worse); "
+            << worse_pairs << " of " << ratios.size() << " pairs worse, from " << words(best_pair) << " to "
+            << words(worst_pair) << "\n";
+}
+
+/// CPU seconds (user and system) used so far by this process, whose threads include the
+/// embedded head, agent and dashboard, and by each of its live children (the workers),
+/// by pid: from /proc/PID/stat.
+std::map<pid_t, double> cluster_cpu_seconds() {
+  auto cpu_of = [](const std::string& stat_path, pid_t* parent) -> double {
+    std::ifstream in(stat_path);
+    std::string line;
+    if (!std::getline(in, line)) return -1;
+    size_t close = line.rfind(')');  // the command name may hold spaces and parentheses
+    if (close == std::string::npos) return -1;
+    std::istringstream fields(line.substr(close + 2));
+    std::vector<std::string> f{std::istream_iterator<std::string>(fields), std::istream_iterator<std::string>()};
+    if (f.size() < 13) return -1;  // f[0] is field 3 (state): ppid is f[1], utime f[11], stime f[12]
+    *parent = static_cast<pid_t>(std::stol(f[1]));
+    return static_cast<double>(std::stoull(f[11]) + std::stoull(f[12])) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+  };
+  const pid_t self = ::getpid();
+  pid_t parent = 0;
+  std::map<pid_t, double> out{{self, cpu_of("/proc/self/stat", &parent)}};
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename().string();
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    double cpu = cpu_of(entry.path().string() + "/stat", &parent);
+    if (cpu >= 0 && parent == self) out[static_cast<pid_t>(std::stol(name))] = cpu;  // else gone, or not ours
+  }
+  return out;
+}
+
+/// CPU used between two readings by the processes alive at the second (a child that
+/// started between them counts from zero; one that exited is left out).
+double cpu_used(const std::map<pid_t, double>& before, const std::map<pid_t, double>& after) {
+  double used = 0;
+  for (const auto& [pid, cpu] : after) {
+    auto was = before.find(pid);
+    used += cpu - (was != before.end() ? was->second : 0.0);
+  }
+  return used;
+}
+
+/// What watching costs, without the noise of a throughput figure: the CPU the embedded
+/// cluster (this process and its workers, four of them hosting idle actors the dashboard
+/// lists and asks) uses in alternating blocks without and with the dashboard polled as in
+/// the figures above.
+void measure_dashboard_cpu() {
+  constexpr int kBlocks = 4;
+  constexpr auto kBlock = std::chrono::seconds(3);
+  SinkGroup sinks(4);
+  double plain = 0, polled = 0;
+  long requests = 0;
+  size_t processes = 0;
+  for (int block = 0; block < 2 * kBlocks; ++block) {
+    bool poll = block % 2 == 1;
+    std::optional<DashboardPoller> poller;
+    if (poll) poller.emplace(gantry::dashboard_login_url(), kDashboardPollPeriod);
+    auto before = cluster_cpu_seconds();
+    if (poller) poller->start();
+    std::this_thread::sleep_for(kBlock);
+    if (poller) requests += poller->stop();
+    auto after = cluster_cpu_seconds();
+    processes = after.size();
+    (poll ? polled : plain) += cpu_used(before, after);
+  }
+  double seconds = std::chrono::duration<double>(kBlock).count() * kBlocks;
+  double cost_ms_per_s = std::max(0.0, polled - plain) / seconds * 1000;
+  std::cout << "dashboard_polled_cpu_ms_per_s " << std::fixed << std::setprecision(2) << cost_ms_per_s << " ms_per_s\n"
+            << "#   CPU the embedded cluster (this process and its " << processes - 1
+            << " workers, 4 hosting idle actors) used more per second while polled: " << cost_ms_per_s / 10
+            << "% of one core; " << requests << " requests, " << std::setprecision(3)
+            << (requests ? (polled - plain) * 1000 / requests : 0.0) << " ms each; unpolled it used "
+            << std::setprecision(2) << plain / seconds * 1000 << " ms per s\n";
 }
 
 /// Runs and prints `figures`; returns the exit status (1 when any figure threw).
@@ -944,6 +1031,7 @@ int run_figures(const std::vector<Figure>& figures, const Settings& settings) {
     }
     std::cout.flush();
   }
+  if (settings.dashboard_load) measure_dashboard_cpu();
   return status;
 }
 
