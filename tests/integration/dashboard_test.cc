@@ -307,6 +307,57 @@ TEST_F(DashboardTest, KillsAnActorThroughTheApi) {
   post("/api/actors/123/kill", Json::object(), 400);
 }
 
+// The head keeps every dead actor; /api/actors lists the live ones and as many dead ones as
+// asked (1,000 unless told), and counts the rest.
+TEST_F(DashboardTest, ListsAtMostTheDeadActorsAskedFor) {
+  for (int i = 0; i < 2; ++i) {
+    auto actor = gantry::actor(Counter::create).remote();
+    actor.task(&Counter::bump).remote().get();
+    gantry::kill(actor);
+  }
+  auto count = [](const Json& answer, const std::string& state) {
+    int n = 0;
+    for (const auto& a : answer["actors"]) n += a["state"] == state;
+    return n;
+  };
+  Json all = get_until("/api/actors", [&](const Json& a) { return count(a, "DEAD") >= 2; });
+  int dead = count(all, "DEAD"), alive = count(all, "ALIVE");
+  ASSERT_GE(dead, 2) << all.dump();
+  EXPECT_EQ(all["dead_not_listed"], 0);
+  Json none = get("/api/actors?dead=0");
+  EXPECT_EQ(count(none, "DEAD"), 0);
+  EXPECT_EQ(count(none, "ALIVE"), alive);
+  EXPECT_EQ(none["dead_not_listed"], dead);
+  Json one = get("/api/actors?dead=1");
+  EXPECT_EQ(count(one, "DEAD"), 1);
+  EXPECT_EQ(one["dead_not_listed"], dead - 1);
+  auto bad = client().Get("/api/actors?dead=-1", auth());
+  EXPECT_EQ(bad->status, 400);
+  EXPECT_NE(bad->body.find("'dead'"), std::string::npos) << bad->body;
+}
+
+// Polled views are computed once per 2 s and shared; a shared answer says its Age.
+TEST_F(DashboardTest, PolledViewsAreSharedAndSaySo) {
+  for (const char* path : {"/api/cluster", "/api/nodes", "/api/actors", "/api/tasks", "/metrics"}) {
+    // Twice back to back; again if the first was an answer that expired just then.
+    std::string first_body, second_body;
+    int status = 0;
+    bool shared = false;
+    for (int attempt = 0; attempt < 3 && !shared; ++attempt) {
+      auto first = client().Get(path, auth());
+      auto second = client().Get(path, auth());
+      ASSERT_TRUE(first && second) << path;
+      first_body = first->body;
+      second_body = second->body;
+      status = second->status;
+      shared = second->has_header("Age");
+    }
+    EXPECT_EQ(status, 200) << path;
+    EXPECT_TRUE(shared) << path << " was computed again";
+    EXPECT_EQ(first_body, second_body) << path;
+  }
+}
+
 // A worker's exit must not lower the cluster's counts (Prometheus would read a fall of
 // gantry_tasks_finished_total as a restart): the head keeps what exited workers had done.
 TEST_F(DashboardTest, CountsOutliveTheWorkerThatMadeThem) {

@@ -297,7 +297,7 @@ proto::ListActorsReply ClusterSource::list_actors() {
                                                                             proto::Empty(), "cannot list actors");
 }
 
-Json ClusterSource::actors() {
+Json ClusterSource::actors(int dead_limit) {
   proto::ListActorsReply list = list_actors();
   auto tasks = cached_tasks();
   // The actor's own calls (its worker may have run plain tasks before it hosted the actor),
@@ -318,7 +318,12 @@ Json ClusterSource::actors() {
     return a->actor_id() < b->actor_id();
   });
   Json out = Json::array();
+  int dead_listed = 0, dead_not_listed = 0;
   for (const proto::ActorInfo* a : sorted) {
+    if (a->state() == proto::ActorInfo::DEAD && dead_listed++ >= dead_limit) {
+      ++dead_not_listed;
+      continue;
+    }
     auto c = calls.find(a->actor_id());
     out.push_back({{"actor_id", hex_id(a->actor_id())},
                    {"class_name", a->class_name()},
@@ -334,7 +339,7 @@ Json ClusterSource::actors() {
                    {"death_cause", a->has_death_cause() ? Json(a->death_cause().message()) : Json(nullptr)},
                    {"calls", c != calls.end() ? c->second : Json{{"finished", 0}, {"failed", 0}, {"running", 0}}}});
   }
-  return {{"actors", std::move(out)}};
+  return {{"actors", std::move(out)}, {"dead_not_listed", dead_not_listed}};
 }
 
 void ClusterSource::kill_actor(const std::string& actor_id_hex, bool no_restart) {

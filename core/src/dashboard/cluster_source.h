@@ -19,6 +19,9 @@ namespace gantry::internal {
 
 using Json = nlohmann::json;
 
+/// How many dead actors /api/actors lists unless asked for another number.
+inline constexpr int kDeadActorsListed = 1000;
+
 /// A request the API cannot answer: the HTTP status and what was wrong.
 struct ApiError {
   int status = 400;
@@ -62,7 +65,10 @@ class ClusterSource {
   const std::string& head_address() const { return head_address_; }
   Json overview();
   Json nodes();
-  Json actors();
+  /// Every live actor, then at most `dead_limit` dead ones ("dead_not_listed" counts the
+  /// rest): the head keeps dead actors, and a cluster that made thousands would otherwise
+  /// send them all on every poll.
+  Json actors(int dead_limit = kDeadActorsListed);
   void kill_actor(const std::string& actor_id_hex, bool no_restart);
   Json tasks();
   Json objects();

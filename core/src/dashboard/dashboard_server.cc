@@ -232,27 +232,34 @@ class DashboardServer::Impl {
   // (one caller per path at a time: the others wait for it) and keeps it.
   void cached_view(const httplib::Request& req, httplib::Response& res,
                    const std::function<void(const httplib::Request&, httplib::Response&)>& handler) {
+    // The path and its parameters (httplib keeps them sorted by name).
+    std::string key = req.path;
+    for (const auto& [name, value] : req.params) key += (key.size() == req.path.size() ? "?" : "&") + name + "=" + value;
     std::shared_ptr<std::mutex> path_mu;
     {
       std::lock_guard<std::mutex> lock(answers_mu_);
-      auto& m = answer_locks_[req.path];
+      auto& m = answer_locks_[key];
       if (!m) m = std::make_shared<std::mutex>();
       path_mu = m;
     }
     std::lock_guard<std::mutex> computing(*path_mu);
     {
       std::lock_guard<std::mutex> lock(answers_mu_);
-      auto it = answers_.find(req.path);
-      if (it != answers_.end() && std::chrono::steady_clock::now() - it->second.at < kAnswerLifetime) {
+      auto it = answers_.find(key);
+      auto age = it != answers_.end() ? std::chrono::steady_clock::now() - it->second.at : kAnswerLifetime;
+      if (age < kAnswerLifetime) {
         res.status = it->second.status;
         res.set_content(it->second.body, it->second.content_type);
+        // HTTP's Age: how long ago this shared answer was computed, in whole seconds.
+        res.set_header("Age", std::to_string(std::chrono::duration_cast<std::chrono::seconds>(age).count()));
         return;
       }
     }
     handler(req, res);
-    if (res.status != 200) return;  // errors are not kept: the next poll asks again
+    if (res.status == -1) res.status = 200;  // cpp-httplib's "not set yet", which it answers as 200
+    if (res.status != 200) return;           // errors are not kept: the next poll asks again
     std::lock_guard<std::mutex> lock(answers_mu_);
-    answers_[req.path] = {std::chrono::steady_clock::now(), res.status, res.body, res.get_header_value("Content-Type")};
+    answers_[key] = {std::chrono::steady_clock::now(), res.status, res.body, res.get_header_value("Content-Type")};
   }
 
   void forget_answers() {
@@ -375,7 +382,9 @@ class DashboardServer::Impl {
     }, Kind::kView));
     s.Get("/api/cluster", api([this](auto&, auto& res) { send_json(res, source_.overview()); }, Kind::kView));
     s.Get("/api/nodes", api([this](auto&, auto& res) { send_json(res, source_.nodes()); }, Kind::kView));
-    s.Get("/api/actors", api([this](auto&, auto& res) { send_json(res, source_.actors()); }, Kind::kView));
+    s.Get("/api/actors", api([this](const httplib::Request& req, httplib::Response& res) {
+      send_json(res, source_.actors(int_param(req, "dead", kDeadActorsListed, 0, 1000000)));
+    }, Kind::kView));
     s.Post(R"(/api/actors/([0-9a-f]+)/kill)", api([this](const httplib::Request& req, httplib::Response& res) {
              bool no_restart = true;
              if (!req.body.empty()) {

@@ -18,6 +18,7 @@ export function mount(el, ctx) {
   if (ctx.query.get('filter')) filter.value = ctx.query.get('filter');
 
   let actors = [];
+  let deadNotListed = 0;
   let hostnames = new Map();
 
   const nodeCell = (a) => {
@@ -78,7 +79,8 @@ export function mount(el, ctx) {
   function render() {
     const q = filter.value.trim();
     const shown = q ? actors.filter((a) => matchFilter(q, [a.class_name, a.name, a.state])) : actors;
-    count.textContent = q ? `${shown.length} of ${actors.length} actors` : `${actors.length} actors`;
+    const more = deadNotListed ? ` (and ${fmtNum(deadNotListed)} more dead actors not listed)` : '';
+    count.textContent = (q ? `${shown.length} of ${actors.length} actors` : `${actors.length} actors`) + more;
     table.render(shown);
   }
 
@@ -126,6 +128,7 @@ export function mount(el, ctx) {
     const [data, nodes] = await Promise.all([get('/api/actors'), get('/api/nodes').catch(() => null)]);
     if (nodes) hostnames = new Map((nodes.nodes || []).map((n) => [n.node_id, n.hostname]));
     actors = data.actors || [];
+    deadNotListed = data.dead_not_listed || 0;
     render();
   }
 
