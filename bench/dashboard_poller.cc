@@ -1,6 +1,7 @@
 #include "dashboard_poller.h"
 
 #include <httplib.h>
+#include <time.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -68,4 +69,7 @@ void DashboardPoller::loop() {
     next += period_;
     std::this_thread::sleep_until(next);
   }
+  timespec cpu{};
+  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu);
+  cpu_seconds_ = static_cast<double>(cpu.tv_sec) + static_cast<double>(cpu.tv_nsec) / 1e9;
 }

@@ -23,6 +23,9 @@ class DashboardPoller {
   /// Request latencies in milliseconds after stop(): the median and the slowest.
   double median_ms() const;
   double max_ms() const;
+  /// CPU seconds the polling thread itself used (the client's side, as a browser's would
+  /// be), after stop().
+  double cpu_seconds() const { return cpu_seconds_; }
 
  private:
   void loop();
@@ -35,4 +38,5 @@ class DashboardPoller {
   std::atomic<long> failures_{0};
   std::thread thread_;
   std::vector<double> latencies_ms_;  // written by the polling thread, read after stop()
+  double cpu_seconds_ = 0;            // likewise
 };

@@ -292,13 +292,16 @@ Json ClusterSource::nodes() {
   return {{"nodes", std::move(out)}};
 }
 
-proto::ListActorsReply ClusterSource::list_actors() {
-  return call_head<proto::Head::Stub, proto::Empty, proto::ListActorsReply>(*head_, &proto::Head::Stub::ListActors,
-                                                                            proto::Empty(), "cannot list actors");
+std::shared_ptr<const proto::ListActorsReply> ClusterSource::list_actors() {
+  // The head keeps dead actors too; a listing of thousands costs it a few ms each time.
+  return actors_cache_.get([this] {
+    return call_head<proto::Head::Stub, proto::Empty, proto::ListActorsReply>(*head_, &proto::Head::Stub::ListActors,
+                                                                              proto::Empty(), "cannot list actors");
+  });
 }
 
 Json ClusterSource::actors(int dead_limit) {
-  proto::ListActorsReply list = list_actors();
+  auto list = list_actors();
   auto tasks = cached_tasks();
   // The actor's own calls (its worker may have run plain tasks before it hosted the actor),
   // those of its earlier incarnations included.
@@ -309,7 +312,7 @@ Json ClusterSource::actors(int dead_limit) {
     if (!w.events.actor_id().empty() && calls.count(w.events.actor_id()))
       calls[w.events.actor_id()]["running"] = w.events.actor_calls().running();
   std::vector<const proto::ActorInfo*> sorted;
-  for (const auto& a : list.actors()) sorted.push_back(&a);
+  for (const auto& a : list->actors()) sorted.push_back(&a);
   // Live ones first, then by class and name: a stable order for the page.
   std::sort(sorted.begin(), sorted.end(), [](const proto::ActorInfo* a, const proto::ActorInfo* b) {
     bool da = a->state() == proto::ActorInfo::DEAD, db = b->state() == proto::ActorInfo::DEAD;
@@ -345,14 +348,16 @@ Json ClusterSource::actors(int dead_limit) {
 void ClusterSource::kill_actor(const std::string& actor_id_hex, bool no_restart) {
   UniqueId id = parse_id(actor_id_hex, "an actor id");
   bool known = false;
-  proto::ListActorsReply list = list_actors();
-  for (const auto& a : list.actors()) known |= a.actor_id() == id.binary();
+  actors_cache_.clear();  // an actor made since the last listing may be the one asked for
+  auto list = list_actors();
+  for (const auto& a : list->actors()) known |= a.actor_id() == id.binary();
   if (!known) throw ApiError{404, "no actor " + actor_id_hex};
   proto::KillActorRequest req;
   req.set_actor_id(id.binary());
   req.set_no_restart(no_restart);
   call_head<proto::Head::Stub, proto::KillActorRequest, proto::Empty>(*head_, &proto::Head::Stub::KillActor, req,
                                                                       "cannot kill the actor");
+  actors_cache_.clear();  // the next view shows it dying
 }
 
 Json ClusterSource::tasks() {
@@ -722,8 +727,8 @@ Json ClusterSource::overview() {
                       {"node_id", f["node_id"]}});
   }
   Json actor_counts = {{"PENDING", 0}, {"ALIVE", 0}, {"RESTARTING", 0}, {"DEAD", 0}};
-  proto::ListActorsReply actor_list = list_actors();
-  for (const auto& a : actor_list.actors()) {
+  auto actor_list = list_actors();
+  for (const auto& a : actor_list->actors()) {
     std::string s = actor_state_name(a.state());
     actor_counts[s] = actor_counts.value(s, 0) + 1;
     if (a.state() == proto::ActorInfo::DEAD && a.has_death_cause() && errors.size() < 40)
@@ -809,8 +814,8 @@ std::string ClusterSource::metrics() {
     m.counter("gantry_tasks_failed_total", "Tasks and actor calls that ended in an error, by function.",
               {{"function", f["name"].get<std::string>()}}, f["failed"].get<double>());
   std::map<std::pair<std::string, std::string>, int> actors;
-  proto::ListActorsReply actor_list = list_actors();
-  for (const auto& a : actor_list.actors()) ++actors[{a.class_name(), actor_state_name(a.state())}];
+  auto actor_list = list_actors();
+  for (const auto& a : actor_list->actors()) ++actors[{a.class_name(), actor_state_name(a.state())}];
   for (const auto& [key, n] : actors)
     m.gauge("gantry_actors", "Actors by class and state.", L{{"class", key.first}, {"state", key.second}}, n);
   Json j = jobs();

@@ -35,6 +35,11 @@ template <typename T>
 class Cached {
  public:
   explicit Cached(std::chrono::milliseconds ttl) : ttl_(ttl) {}
+  /// Forgets the value: the next get() gathers again.
+  void clear() {
+    std::lock_guard<std::mutex> lock(mu_);
+    value_.reset();
+  }
   std::shared_ptr<const T> get(const std::function<T()>& make) {
     std::lock_guard<std::mutex> lock(mu_);
     auto now = std::chrono::steady_clock::now();
@@ -56,7 +61,7 @@ class Cached {
 /// head (nodes, actors, jobs, placement groups, the key-value store), from every node's
 /// agent (resources, store, CPU, memory, GPUs, logs, stacks) and from every worker and
 /// driver (tasks in flight, what ran, objects owned). Agents answer for their node; this
-/// class gathers. Gatherings are cached briefly (nodes 1 s, tasks 2 s). Thread-safe.
+/// class gathers. Gatherings are cached briefly (nodes 1 s, tasks and actors 2 s). Thread-safe.
 /// Methods throw ApiError for bad requests and for a head that does not answer.
 class ClusterSource {
  public:
@@ -151,7 +156,7 @@ class ClusterSource {
   std::shared_ptr<const std::vector<NodeEntry>> cached_nodes();
   std::shared_ptr<const TaskGather> cached_tasks();
   std::shared_ptr<proto::NodeAgent::Stub> agent_of(const std::string& node_hex);
-  proto::ListActorsReply list_actors();
+  std::shared_ptr<const proto::ListActorsReply> list_actors();
   /// `gantry job submit`'s jobs; none on an embedded cluster, which takes no submissions.
   proto::ListSubmissionsReply list_submissions();
   bool takes_submissions();
@@ -162,6 +167,7 @@ class ClusterSource {
   ChannelCache channels_;
   Cached<std::vector<NodeEntry>> nodes_cache_{std::chrono::milliseconds(1000)};
   Cached<TaskGather> tasks_cache_{std::chrono::milliseconds(2000)};
+  Cached<proto::ListActorsReply> actors_cache_{std::chrono::milliseconds(2000)};
   std::mutex tally_mu_;                           // guards the three below
   std::map<std::string, WorkerTally> tallies_;    // by worker address: the workers not yet gone
   std::map<std::string, Ended> retired_functions_;  // what workers that are gone had ended
