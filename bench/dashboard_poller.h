@@ -10,7 +10,8 @@
 /// Polls a dashboard as a page would, every `period`: one request each time, in turn to
 /// /api/cluster, /api/nodes, /api/actors, /api/tasks and /metrics, so every view is
 /// computed while the figures run. Signs in once with a one-time login link
-/// (`gantry::dashboard_login_url()`). For the microbenchmark's
+/// (`gantry::dashboard_login_url()`). Its thread runs at nice 10, as a stand-in for a
+/// browser on another machine. For the microbenchmark's
 /// --dashboard-load: the figures with and without a dashboard being watched.
 class DashboardPoller {
  public:
