@@ -887,10 +887,6 @@ void measure_under_dashboard_load(const Figure& figure, const Settings& settings
     with.push_back(polled);
     ratios.push_back(polled / plain);
   }
-  auto median = [](std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
-  };
   bool higher_is_better = figure.unit != "ms";
   // A pair's loss in percent (positive: worse with the dashboard polled).
   auto loss_of = [&](double ratio) { return (higher_is_better ? 1 - ratio : ratio - 1) * 100; };

@@ -154,16 +154,7 @@ void ClusterSource::tally(const std::vector<NodeEntry>& nodes, TaskGather& g) {
     for (const auto& w : n.stats.worker_addresses()) listed.insert(w);
   }
   std::lock_guard<std::mutex> lock(tally_mu_);
-  auto retire = [this](const WorkerTally& t) {
-    for (const auto& [name, e] : t.by_function) {
-      retired_functions_[name].finished += e.finished;
-      retired_functions_[name].failed += e.failed;
-    }
-    if (!t.actor_id.empty()) {
-      retired_actors_[t.actor_id].finished += t.actor_calls.finished;
-      retired_actors_[t.actor_id].failed += t.actor_calls.failed;
-    }
-  };
+  auto retire = [this](const WorkerTally& t) { t.add_to(retired_functions_, retired_actors_); };
   for (const WorkerEvents& w : g.executed) {
     WorkerTally now;
     now.pid = w.events.pid();
@@ -189,16 +180,7 @@ void ClusterSource::tally(const std::vector<NodeEntry>& nodes, TaskGather& g) {
   }
   g.ended_by_function = retired_functions_;
   g.ended_by_actor = retired_actors_;
-  for (const auto& [address, t] : tallies_) {
-    for (const auto& [name, e] : t.by_function) {
-      g.ended_by_function[name].finished += e.finished;
-      g.ended_by_function[name].failed += e.failed;
-    }
-    if (!t.actor_id.empty()) {
-      g.ended_by_actor[t.actor_id].finished += t.actor_calls.finished;
-      g.ended_by_actor[t.actor_id].failed += t.actor_calls.failed;
-    }
-  }
+  for (const auto& [address, t] : tallies_) t.add_to(g.ended_by_function, g.ended_by_actor);
 }
 
 ClusterSource::TaskGather ClusterSource::gather_tasks(int events_limit, bool ended) {

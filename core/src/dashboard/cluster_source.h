@@ -125,6 +125,11 @@ class ClusterSource {
   struct Ended {
     int64_t finished = 0;
     int64_t failed = 0;
+    Ended& operator+=(const Ended& o) {
+      finished += o.finished;
+      failed += o.failed;
+      return *this;
+    }
   };
   struct TaskGather {
     std::vector<proto::OwnedState> owned;
@@ -143,6 +148,11 @@ class ClusterSource {
     std::map<std::string, Ended> by_function;
     std::string actor_id;  // binary; empty when it hosts none
     Ended actor_calls;
+    // Adds these counts to totals by function and by actor.
+    void add_to(std::map<std::string, Ended>& functions, std::map<std::string, Ended>& actors) const {
+      for (const auto& [name, e] : by_function) functions[name] += e;
+      if (!actor_id.empty()) actors[actor_id] += actor_calls;
+    }
   };
 
   std::vector<Owner> owners_of(const std::vector<NodeEntry>& nodes, int* unreachable_nodes);

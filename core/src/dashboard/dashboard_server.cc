@@ -271,11 +271,10 @@ class DashboardServer::Impl {
   // view's answer is shared for kAnswerLifetime, a change drops the shared answers.
   httplib::Server::Handler api(std::function<void(const httplib::Request&, httplib::Response&)> handler,
                                Kind kind = Kind::kUncached) {
-    bool changes = kind == Kind::kChange;
-    return [this, handler = std::move(handler), changes, kind](const httplib::Request& req, httplib::Response& res) {
+    return [this, handler = std::move(handler), kind](const httplib::Request& req, httplib::Response& res) {
       add_security_headers(res);
       if (!authorized(req)) return send_error(res, 401, "the cluster token is required (Authorization: Bearer TOKEN, or sign in at /login)");
-      if (changes) {
+      if (kind == Kind::kChange) {
         // A cookie rides along with cross-site requests; a change must come from our page.
         std::string origin = req.get_header_value("Origin");
         std::string host = req.get_header_value("Host");
@@ -287,7 +286,7 @@ class DashboardServer::Impl {
           cached_view(req, res, handler);
         } else {
           handler(req, res);
-          if (changes) forget_answers();
+          if (kind == Kind::kChange) forget_answers();
         }
       } catch (const ApiError& e) {
         send_error(res, e.status, e.message);

@@ -33,13 +33,8 @@ void TaskEventLog::ended(uint64_t token, const proto::ErrorInfo* error) {
   running_.erase(it);
   e.end_us = end;
   e.failed = error != nullptr;
-  Counts& c = counts_[e.name];
-  --c.running;
-  ++(e.failed ? c.failed : c.finished);
-  if (e.actor_call) {
-    --actor_calls_.running;
-    ++(e.failed ? actor_calls_.failed : actor_calls_.finished);
-  }
+  counts_[e.name].end(e.failed);
+  if (e.actor_call) actor_calls_.end(e.failed);
   if (error != nullptr) {
     proto::TaskFailure f;
     f.set_task_id(e.id.binary());

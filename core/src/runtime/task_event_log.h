@@ -44,6 +44,10 @@ class TaskEventLog {
     int64_t running = 0;
     int64_t finished = 0;
     int64_t failed = 0;
+    void end(bool with_error) {
+      --running;
+      ++(with_error ? failed : finished);
+    }
   };
 
   const size_t capacity_;
