@@ -11,7 +11,10 @@
 #include <regex>
 #include <stdexcept>
 
-DashboardPoller::DashboardPoller(const std::string& login_url, std::chrono::milliseconds period) : period_(period) {
+DashboardPoller::DashboardPoller(const std::string& login_url, std::chrono::milliseconds period,
+                                 std::vector<std::string> paths)
+    : paths_(std::move(paths)), period_(period) {
+  if (paths_.empty()) throw std::invalid_argument("a dashboard poller needs at least one path to ask");
   std::smatch m;
   if (!std::regex_search(login_url, m, std::regex("^http://([^:/]+):(\\d+)(/login\\?link=\\S+)$")))
     throw std::runtime_error("not a dashboard login link: '" + login_url + "'");
@@ -26,13 +29,25 @@ DashboardPoller::DashboardPoller(const std::string& login_url, std::chrono::mill
 
 DashboardPoller::~DashboardPoller() { stop(); }
 
-void DashboardPoller::start() {
+void DashboardPoller::start(bool polling) {
+  polling_ = polling;
   running_ = true;
   thread_ = std::thread([this] { loop(); });
 }
 
+void DashboardPoller::set_polling(bool polling) {
+  std::unique_lock<std::mutex> lock(mu_);
+  polling_ = polling;
+  changed_.notify_all();
+  if (!polling) changed_.wait(lock, [this] { return !in_request_; });
+}
+
 long DashboardPoller::stop() {
-  running_ = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    running_ = false;
+    changed_.notify_all();
+  }
   if (thread_.joinable()) thread_.join();
   return requests_.load();
 }
@@ -56,9 +71,17 @@ void DashboardPoller::loop() {
   client.set_keep_alive(true);
   const httplib::Headers headers = {{"Cookie", cookie_}};
   auto next = std::chrono::steady_clock::now();
-  static constexpr const char* kPaths[] = {"/api/cluster", "/api/nodes", "/api/actors", "/api/tasks", "/metrics"};
-  for (size_t i = 0; running_; ++i) {
-    const char* path = kPaths[i % std::size(kPaths)];
+  for (size_t i = 0;; ++i) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (!polling_) {
+        changed_.wait(lock, [this] { return polling_ || !running_; });
+        next = std::chrono::steady_clock::now();  // a resumed poller asks at once
+      }
+      if (!running_) break;
+      in_request_ = true;
+    }
+    const char* path = paths_[i % paths_.size()].c_str();
     auto sent = std::chrono::steady_clock::now();
     auto r = client.Get(path, headers);
     latencies_ms_.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - sent).count());
@@ -71,8 +94,14 @@ void DashboardPoller::loop() {
         std::fprintf(stderr, "dashboard poll %s failed: %s\n", path, why.c_str());
       }
     }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      in_request_ = false;
+    }
+    changed_.notify_all();
     next += period_;
-    std::this_thread::sleep_until(next);
+    std::unique_lock<std::mutex> lock(mu_);
+    changed_.wait_until(lock, next, [this] { return !polling_ || !running_; });
   }
   timespec cpu{};
   ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu);

@@ -2,22 +2,32 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
 /// Polls a dashboard as a page would, every `period`: one request each time, in turn to
-/// /api/cluster, /api/nodes, /api/actors, /api/tasks and /metrics, so every view is
-/// computed while the figures run. Signs in once with a one-time login link
+/// each of `paths` (by default the polled views /api/cluster, /api/nodes, /api/actors,
+/// /api/tasks and /metrics, so every view is computed while the figures run). Signs in once with a one-time login link
 /// (`gantry::dashboard_login_url()`). Its thread runs at nice 10, as a stand-in for a
 /// browser on another machine. For the microbenchmark's
 /// --dashboard-load: the figures with and without a dashboard being watched.
 class DashboardPoller {
  public:
-  DashboardPoller(const std::string& login_url, std::chrono::milliseconds period);
+  static inline const std::vector<std::string> kViews = {"/api/cluster", "/api/nodes", "/api/actors", "/api/tasks",
+                                                        "/metrics"};
+  DashboardPoller(const std::string& login_url, std::chrono::milliseconds period,
+                  std::vector<std::string> paths = kViews);
   ~DashboardPoller();
-  void start();
+  /// Starts the polling thread, polling at once unless `polling` is false.
+  void start(bool polling = true);
+  /// Resumes (true) or pauses (false) polling without ending the thread. Pausing waits
+  /// for a request under way, so no work the dashboard does for this client falls after
+  /// the call returns.
+  void set_polling(bool polling);
   /// Stops polling; returns how many requests were made.
   long stop();
   long failures() const { return failures_.load(); }
@@ -33,7 +43,12 @@ class DashboardPoller {
   std::string host_;
   int port_ = 0;
   std::string cookie_;
+  std::vector<std::string> paths_;
   std::chrono::milliseconds period_;
+  std::mutex mu_;
+  std::condition_variable changed_;
+  bool polling_ = false;     // guarded by mu_
+  bool in_request_ = false;  // likewise
   std::atomic<bool> running_{false};
   std::atomic<long> requests_{0};
   std::atomic<long> failures_{0};
