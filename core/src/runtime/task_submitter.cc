@@ -13,6 +13,10 @@ constexpr size_t kMaxPipelineDepth = 256;
 // A worker with tasks queued behind a running one that has shown no progress for this
 // long (and for several times its function's usual time) gives the queued ones back.
 constexpr auto kStealAfter = std::chrono::milliseconds(50);
+// How often the housekeeper looks for stragglers to steal from and idle leases to return
+// while any worker is leased, and how long it sleeps when none is.
+constexpr auto kHousekeepingPeriod = std::chrono::milliseconds(10);
+constexpr auto kIdleHousekeepingPeriod = std::chrono::seconds(1);
 
 }  // namespace
 
@@ -577,7 +581,13 @@ void TaskSubmitter::on_stolen(const std::string& key, uint64_t handle, const grp
 void TaskSubmitter::housekeeping_loop() {
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_) {
-    cv_.wait_for(lock, std::chrono::milliseconds(10));
+    // With no worker leased and no stream to join there is nothing to look at: wait long,
+    // so an idle driver or worker does not wake 100 times a second. A granted lease
+    // notifies cv_ (the lease call's callback in request_lease_locked), which brings the
+    // short period back at once.
+    bool leased = !retired_streams_.empty();
+    for (const auto& [key, ks] : keys_) leased |= !ks.workers.empty();
+    cv_.wait_for(lock, leased ? kHousekeepingPeriod : kIdleHousekeepingPeriod);
     if (stopping_) break;
     AfterUnlock after;
     auto now = std::chrono::steady_clock::now();
