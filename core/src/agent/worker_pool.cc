@@ -1,7 +1,10 @@
 #include "agent/worker_pool.h"
 
+#include <poll.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -27,13 +30,24 @@ std::string describe_exit(int status) {
 
 WorkerPool::WorkerPool(std::map<std::string, std::string> node_environment, ExitCallback on_exit)
     : node_environment_(std::move(node_environment)), on_exit_(std::move(on_exit)) {
+  wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);  // without one, the monitor looks every 5 ms
   monitor_ = std::thread([this] { monitor_loop(); });
 }
 
 WorkerPool::~WorkerPool() {
   stop_all(std::chrono::milliseconds(500));
   stopping_ = true;
+  wake_monitor();
   if (monitor_.joinable()) monitor_.join();
+  for (const auto& [pid, fd] : pidfds_) ::close(fd);
+  if (wake_fd_ >= 0) ::close(wake_fd_);
+}
+
+void WorkerPool::wake_monitor() {
+  if (wake_fd_ < 0) return;
+  uint64_t one = 1;
+  ssize_t n = ::write(wake_fd_, &one, sizeof one);  // fails only when the counter is full: awake anyway
+  (void)n;
 }
 
 UniqueId WorkerPool::start(const WorkerLaunchSpec& spec, const std::vector<int>& gpu_ids) {
@@ -75,6 +89,11 @@ UniqueId WorkerPool::start(const WorkerLaunchSpec& spec, const std::vector<int>&
   if (rc != 0)
     throw Error("cannot start worker process " + spec.executable + ": " + std::strerror(rc));
   running_.emplace(pid, id);
+  // Readable once the worker exits (even before this call, as the pid stays ours until
+  // reaped); close-on-exec like every pidfd.
+  // (Debian 12's <sys/pidfd.h> declares pidfd_open without C linkage: the system call.)
+  if (int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); fd >= 0) pidfds_.emplace(pid, fd);
+  wake_monitor();
   GANTRY_LOG_DEBUG("started worker {} pid {} gpus [{}]", id.short_hex(), pid, join_ids(gpu_ids));
   return id;
 }
@@ -110,6 +129,9 @@ size_t WorkerPool::num_running() const {
 void WorkerPool::monitor_loop() {
   // Waits on our own children by pid, never waitpid(-1): the driver process may have
   // children of its own whose exit statuses are not ours to reap.
+  // It sleeps in poll() on each worker's pidfd and on wake_fd_, and looks at every worker
+  // when it wakes; a worker without a pidfd (or no wake_fd_) brings back looking every 5 ms.
+  std::vector<pollfd> fds;
   while (true) {
     std::vector<std::pair<pid_t, UniqueId>> snapshot;
     {
@@ -124,17 +146,39 @@ void WorkerPool::monitor_loop() {
         {
           std::lock_guard<std::mutex> lock(mu_);
           running_.erase(pid);
+          if (auto fd = pidfds_.find(pid); fd != pidfds_.end()) {
+            ::close(fd->second);  // only this thread closes pidfds while it runs
+            pidfds_.erase(fd);
+          }
         }
         std::string reason = r == pid ? describe_exit(status) : "exited (status unknown)";
         GANTRY_LOG_DEBUG("worker {} pid {} {}", id.short_hex(), pid, reason);
         if (on_exit_) on_exit_(id, pid, reason);
       }
     }
-    if (stopping_) {
+    bool every_worker_has_a_pidfd = wake_fd_ >= 0;
+    fds.clear();
+    if (wake_fd_ >= 0) fds.push_back({wake_fd_, POLLIN, 0});
+    {
       std::lock_guard<std::mutex> lock(mu_);
-      if (running_.empty()) return;
+      if (stopping_ && running_.empty()) return;
+      for (const auto& [pid, id] : running_) {
+        auto fd = pidfds_.find(pid);
+        if (fd == pidfds_.end()) every_worker_has_a_pidfd = false;
+        else fds.push_back({fd->second, POLLIN, 0});
+      }
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    if (!every_worker_has_a_pidfd || stopping_) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      continue;
+    }
+    // A worker that exits from now on leaves its pidfd readable, and a new worker or a stop
+    // writes wake_fd_: poll() misses neither. Its timeout is a safety net only.
+    if (::poll(fds.data(), fds.size(), 1000) > 0 && (fds[0].revents & POLLIN)) {
+      uint64_t count = 0;
+      ssize_t n = ::read(wake_fd_, &count, sizeof count);
+      (void)n;
+    }
   }
 }
 

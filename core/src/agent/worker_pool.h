@@ -22,7 +22,9 @@ struct WorkerLaunchSpec {
 };
 
 /// Starts worker processes and reports their exits. Thread-safe (one mutex); the exit
-/// callback runs on the pool's monitor thread without the pool's lock held.
+/// callback runs on the pool's monitor thread without the pool's lock held. The monitor
+/// sleeps until a worker exits (a pidfd per worker, Linux 5.3 and later), or looks every
+/// 5 ms where pidfds are not to be had.
 class WorkerPool {
  public:
   using ExitCallback = std::function<void(const UniqueId& worker_id, pid_t pid, const std::string& reason)>;
@@ -46,11 +48,15 @@ class WorkerPool {
 
  private:
   void monitor_loop();
+  /// Wakes the monitor thread (a new worker to watch, or the pool stopping).
+  void wake_monitor();
 
   std::map<std::string, std::string> node_environment_;  // guarded by mu_
   const ExitCallback on_exit_;
   mutable std::mutex mu_;  // guards running_ and node_environment_
   std::map<pid_t, UniqueId> running_;
+  std::map<pid_t, int> pidfds_;  // guarded by mu_: a pidfd for each running worker that has one
+  int wake_fd_ = -1;             // an eventfd the monitor waits on besides the pidfds; -1 if none
   std::atomic<bool> stopping_{false};
   std::thread monitor_;
 };
