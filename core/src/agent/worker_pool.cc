@@ -39,7 +39,8 @@ WorkerPool::~WorkerPool() {
   stopping_ = true;
   wake_monitor();
   if (monitor_.joinable()) monitor_.join();
-  for (const auto& [pid, fd] : pidfds_) ::close(fd);
+  for (const auto& [pid, child] : running_)
+    if (child.pidfd >= 0) ::close(child.pidfd);
   if (wake_fd_ >= 0) ::close(wake_fd_);
 }
 
@@ -88,11 +89,10 @@ UniqueId WorkerPool::start(const WorkerLaunchSpec& spec, const std::vector<int>&
   int rc = spawn_process(spec.executable, spec.argv, env_map, SpawnOptions{}, &pid);
   if (rc != 0)
     throw Error("cannot start worker process " + spec.executable + ": " + std::strerror(rc));
-  running_.emplace(pid, id);
-  // Readable once the worker exits (even before this call, as the pid stays ours until
-  // reaped); close-on-exec like every pidfd.
-  // (Debian 12's <sys/pidfd.h> declares pidfd_open without C linkage: the system call.)
-  if (int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); fd >= 0) pidfds_.emplace(pid, fd);
+  // The pidfd is readable once the worker exits (even before this call, as the pid stays
+  // ours until reaped); close-on-exec like every pidfd. (Debian 12's <sys/pidfd.h>
+  // declares pidfd_open without C linkage: the system call.)
+  running_.emplace(pid, Child{id, static_cast<int>(::syscall(SYS_pidfd_open, pid, 0))});  // -1 on failure
   wake_monitor();
   GANTRY_LOG_DEBUG("started worker {} pid {} gpus [{}]", id.short_hex(), pid, join_ids(gpu_ids));
   return id;
@@ -105,20 +105,20 @@ void WorkerPool::set_node_setting(const std::string& name, const std::string& va
 
 void WorkerPool::signal(const UniqueId& worker_id, int sig) {
   std::lock_guard<std::mutex> lock(mu_);
-  for (const auto& [pid, id] : running_)
-    if (id == worker_id) ::kill(pid, sig);
+  for (const auto& [pid, child] : running_)
+    if (child.id == worker_id) ::kill(pid, sig);
 }
 
 void WorkerPool::stop_all(std::chrono::milliseconds grace) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (const auto& [pid, id] : running_) ::kill(pid, SIGTERM);
+    for (const auto& [pid, child] : running_) ::kill(pid, SIGTERM);
   }
   auto deadline = std::chrono::steady_clock::now() + grace;
   while (num_running() > 0 && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   std::lock_guard<std::mutex> lock(mu_);
-  for (const auto& [pid, id] : running_) ::kill(pid, SIGKILL);
+  for (const auto& [pid, child] : running_) ::kill(pid, SIGKILL);
 }
 
 size_t WorkerPool::num_running() const {
@@ -137,7 +137,7 @@ void WorkerPool::monitor_loop() {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (stopping_ && running_.empty()) return;
-      snapshot.assign(running_.begin(), running_.end());
+      for (const auto& [pid, child] : running_) snapshot.emplace_back(pid, child.id);
     }
     for (const auto& [pid, id] : snapshot) {
       int status = 0;
@@ -145,10 +145,9 @@ void WorkerPool::monitor_loop() {
       if (r == pid || (r < 0 && errno == ECHILD)) {
         {
           std::lock_guard<std::mutex> lock(mu_);
-          running_.erase(pid);
-          if (auto fd = pidfds_.find(pid); fd != pidfds_.end()) {
-            ::close(fd->second);  // only this thread closes pidfds while it runs
-            pidfds_.erase(fd);
+          if (auto it = running_.find(pid); it != running_.end()) {
+            if (it->second.pidfd >= 0) ::close(it->second.pidfd);  // only this thread closes pidfds while it runs
+            running_.erase(it);
           }
         }
         std::string reason = r == pid ? describe_exit(status) : "exited (status unknown)";
@@ -162,10 +161,9 @@ void WorkerPool::monitor_loop() {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (stopping_ && running_.empty()) return;
-      for (const auto& [pid, id] : running_) {
-        auto fd = pidfds_.find(pid);
-        if (fd == pidfds_.end()) every_worker_has_a_pidfd = false;
-        else fds.push_back({fd->second, POLLIN, 0});
+      for (const auto& [pid, child] : running_) {
+        if (child.pidfd < 0) every_worker_has_a_pidfd = false;
+        else fds.push_back({child.pidfd, POLLIN, 0});
       }
     }
     if (!every_worker_has_a_pidfd || stopping_) {

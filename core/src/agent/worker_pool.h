@@ -53,10 +53,13 @@ class WorkerPool {
 
   std::map<std::string, std::string> node_environment_;  // guarded by mu_
   const ExitCallback on_exit_;
+  struct Child {
+    UniqueId id;
+    int pidfd = -1;  // readable once the process exits; -1 where none could be had
+  };
   mutable std::mutex mu_;  // guards running_ and node_environment_
-  std::map<pid_t, UniqueId> running_;
-  std::map<pid_t, int> pidfds_;  // guarded by mu_: a pidfd for each running worker that has one
-  int wake_fd_ = -1;             // an eventfd the monitor waits on besides the pidfds; -1 if none
+  std::map<pid_t, Child> running_;
+  int wake_fd_ = -1;  // an eventfd the monitor waits on besides the pidfds; -1 if none
   std::atomic<bool> stopping_{false};
   std::thread monitor_;
 };
